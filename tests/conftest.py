@@ -1,0 +1,68 @@
+"""Shared fixtures: the real packaged SmolLM2 and MiniLM, a tiny random Llama for speed, real data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is not beside this checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real packaged SmolLM2-135M-Instruct in fp32 (exactness tests)."""
+    from popsim.lm.hf import HFLanguageModel
+
+    return HFLanguageModel("smollm2-135m-instruct", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def smollm_bf16():
+    from popsim.lm.hf import HFLanguageModel
+
+    return HFLanguageModel("smollm2-135m-instruct", dtype="bf16")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory, smollm) -> Path:
+    """A 2-layer randomly initialised Llama with SmolLM2's tokenizer, saved as a transformers folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        pad_token_id=smollm.tokenizer.pad_token_id, eos_token_id=smollm.tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smollm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    from popsim.lm.hf import HFLanguageModel
+
+    return HFLanguageModel(str(tiny_lm_dir), dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from popsim.embed import SentenceEncoder
+
+    return SentenceEncoder()

@@ -1,0 +1,31 @@
+"""The real packaged MiniLM encoder and its disk cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from popsim.embed import SentenceEncoder
+from popsim.exceptions import ModelLoadError
+
+
+def test_encoder_returns_unit_norm_384d(encoder):
+    vecs = encoder.encode(["a 45-year-old woman", "a thrilling space opera", "too little"])
+    assert vecs.shape == (3, 384) and vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    sims = vecs @ vecs.T
+    assert sims[0, 1] < 0.9
+
+
+def test_disk_cache_returns_identical_vectors(tmp_path):
+    texts = ["alpha beta", "gamma delta", "alpha beta"]
+    first = SentenceEncoder(cache_path=tmp_path / "emb.sqlite").encode(texts)
+    second_encoder = SentenceEncoder(cache_path=tmp_path / "emb.sqlite")
+    second_encoder.model = None  # any re-encoding would now fail: everything must come from the cache
+    second = second_encoder.encode(texts)
+    assert np.array_equal(first, second)
+
+
+def test_unknown_encoder_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="encoder"):
+        SentenceEncoder("not-an-encoder")

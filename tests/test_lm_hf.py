@@ -1,0 +1,131 @@
+"""The transformers backend on the real packaged SmolLM2: exactness, temperature, sketches, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from popsim.exceptions import LMInputError, ModelLoadError
+from popsim.lm import Chat
+from popsim.lm.hf import HFLanguageModel, token_budget_batches
+from popsim.lm.sketch import sketch_logprob
+
+REVIEW_PROMPTS = [
+    Chat.of("You are a movie critic. Write a short review of the movie Home Alone 3."),
+    Chat.of("You are a casual viewer. Write a short review of a comedy you watched."),
+] * 4
+REVIEWS = [
+    " It was a fun family film with a few good laughs, though the plot felt thin.",
+    " Honestly the worst sequel I have seen, boring and far too long.",
+] * 4
+
+
+def test_batched_score_equals_per_pair_score(smollm):
+    batched = smollm.score(REVIEW_PROMPTS, REVIEWS)
+    single = torch.cat([smollm.score([p], [c]) for p, c in zip(REVIEW_PROMPTS, REVIEWS)])
+    assert torch.allclose(batched, single, atol=1e-4)
+
+
+def test_score_gradient_wrt_temperature_is_finite_and_nonzero(smollm):
+    tau = torch.tensor(0.6, requires_grad=True)
+    smollm.score(REVIEW_PROMPTS[:2], REVIEWS[:2], temperature=tau).sum().backward()
+    assert torch.isfinite(tau.grad) and tau.grad.abs() > 0
+
+
+def test_continuation_is_tokenised_apart_from_prompt(smollm):
+    # prompt ending in a space: tokenising prompt+continuation as one string would move the boundary
+    ids_p = smollm.encode_prompt("The answer is ")
+    ids_c = smollm.encode_continuation("yes")
+    score = smollm.score(["The answer is "], ["yes"])
+    assert len(ids_c) >= 1 and len(ids_p) >= 1 and torch.isfinite(score).all()
+
+
+def test_sketch_recovers_logprob_at_any_temperature(smollm):
+    sketches = smollm.score_sketches(REVIEW_PROMPTS[:2], REVIEWS[:2])
+    n_tokens = sum(s.n_tokens for s in sketches)
+    for tau in (0.3, 0.6, 1.0, 1.5, 2.0):
+        exact = smollm.score(REVIEW_PROMPTS[:2], REVIEWS[:2], temperature=tau)
+        approx = sketch_logprob(sketches, torch.full((2,), tau))
+        assert (exact - approx).abs().sum() / n_tokens < 1e-3, tau
+
+
+def test_generate_chat_prompt_gives_text(smollm):
+    out = smollm.generate([Chat.of("Say hello in one short sentence.")], max_new_tokens=16, seed=3)
+    assert len(out[0].strip()) > 0
+
+
+def test_generate_greedy_is_deterministic_without_seed_effect(smollm):
+    a = smollm.generate(["Once upon a time"], max_new_tokens=8, temperature=0.0, seed=1)
+    b = smollm.generate(["Once upon a time"], max_new_tokens=8, temperature=0.0, seed=99)
+    assert a == b
+
+
+SPENDING_TOPICS = [
+    "the space program", "improving and protecting the environment", "improving and protecting the "
+    "nation's health", "halting the rising crime rate", "dealing with drug addiction", "welfare",
+    "foreign aid", "highways and bridges", "Social Security", "supporting scientific research",
+]
+
+
+def test_bf16_option_distribution_close_to_fp32(smollm, smollm_bf16):
+    """Survey-style prompts (transcript with a respondent's earlier answers): bf16 within TV 0.02."""
+    prefix = (
+        "Survey interview transcript.\nRespondent: a 45-year-old woman, bachelor's degree, Democrat.\n\n"
+        "Q: Are we spending too much, too little, or about the right amount on mass transportation?\n"
+        "A: too little\n"
+    )
+    prompts = [
+        prefix + f"Q: Are we spending too much, too little, or about the right amount on {t}?\nA:"
+        for t in SPENDING_TOPICS
+    ]
+    opts = [[" too little", " about right", " too much"]] * len(prompts)
+    fp32 = smollm.option_logprobs(prompts, opts)
+    bf16 = smollm_bf16.option_logprobs(prompts, opts)
+    tv = np.array([0.5 * np.abs(np.exp(a) - np.exp(b)).sum() for a, b in zip(fp32, bf16)])
+    assert tv.mean() < 0.02 and tv.max() < 0.05, tv
+
+
+def test_token_budget_batches_cover_all_rows_within_budget():
+    lengths = [5, 100, 30, 30, 7, 64, 1]
+    batches = list(token_budget_batches(lengths, budget=128))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 128
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda lm: lm.score([], []),
+        lambda lm: lm.score(["a", "b"], ["x"]),
+        lambda lm: lm.option_logprobs(["a"], [[]]),
+        lambda lm: lm.generate([], max_new_tokens=4),
+        lambda lm: lm.generate("a single string", max_new_tokens=4),
+        lambda lm: lm.score(["a"], ["b"], temperature=-1.0),
+    ],
+)
+def test_bad_calls_raise_one_line_input_errors(tiny_lm, call):
+    with pytest.raises(LMInputError) as err:
+        call(tiny_lm)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="not a known name"):
+        HFLanguageModel("no-such-model-xyz")
+
+
+def test_broken_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("POPSIM_CACHE_DIR", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with pytest.raises(ModelLoadError, match="could not load GGUF") as err:
+        HFLanguageModel(str(bad))
+    assert "\n" not in str(err.value)
+
+
+def test_hub_id_not_cached_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="offline"):
+        HFLanguageModel("some-owner/some-missing-model")
