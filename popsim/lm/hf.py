@@ -5,7 +5,10 @@ Speed notes (LM passes are nearly all of popsim's cost):
 * batches are filled up to a token budget after sorting by length, so padding stays small;
 * scoring runs the decoder body once and projects onto the vocabulary *only* at continuation positions,
   in fp32 (log-softmax accumulates in fp32 whatever the weights' dtype);
-* ``option_logprobs`` encodes each prompt once and reuses its KV cache for all of its options;
+* scoring follows a prefix tree (:mod:`popsim.lm.prefix_tree`): a prefix shared by many prompts (an
+  agent's persona + exemplar + profile) and a prompt shared by many continuations (a question's options)
+  are encoded once and their KV cache is expanded, so ``option_logprobs`` (derived from ``score``) costs
+  little more than the options' own tokens;
 * generation is a small KV-cached loop with one torch ``Generator`` per row, so a row's sample depends
   only on its own prompt, temperature and seed.
 """
@@ -18,8 +21,9 @@ import numpy as np
 import torch
 
 from popsim.exceptions import LMInputError, ModelLoadError
-from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch, split_and_normalise
+from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch
 from popsim.lm.loading import convert_gguf, pick_device, pick_dtype, resolve_lm
+from popsim.lm.prefix_tree import batch_groups, group_by_shared_prefix
 from popsim.lm.sketch import LogitSketch, sketch_logits
 
 __all__ = ["HFLanguageModel", "token_budget_batches"]
@@ -49,6 +53,9 @@ class HFLanguageModel(LanguageModel):
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
         dtype: ``auto`` (bf16 where the hardware multiplies it natively, else fp32), ``fp32``, ``bf16``.
         batch_tokens: padded tokens per forward pass; larger uses more memory.
+        prefix_sharing: score through the prefix tree (shared prefixes and repeated prompts encoded
+            once); off encodes every (prompt, continuation) pair in full (for benchmarks).
+        min_shared_prefix: tokens two prompts must share to be encoded as one prefix.
     """
 
     def __init__(
@@ -58,6 +65,8 @@ class HFLanguageModel(LanguageModel):
         device: str = "auto",
         dtype: str = "auto",
         batch_tokens: int = 8192,
+        prefix_sharing: bool = True,
+        min_shared_prefix: int = 8,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,6 +90,8 @@ class HFLanguageModel(LanguageModel):
         self.model.requires_grad_(False)
         self.name = source.name
         self.batch_tokens = batch_tokens
+        self.prefix_sharing = prefix_sharing
+        self.min_shared_prefix = min_shared_prefix
         self._pad_id = self.tokenizer.pad_token_id
         if self._pad_id is None:
             self._pad_id = self.tokenizer.eos_token_id or 0
@@ -143,8 +154,18 @@ class HFLanguageModel(LanguageModel):
 
     def _continuation_logits(
         self, prompt_ids: list[list[int]], cont_ids: list[list[int]]
-    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per token-budget batch: (rows, fp32 logits (N, V), targets (N,), row of each token (N,))."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per batch: (pair of each token (N,), fp32 logits (N, V), target ids (N,)).
+
+        Uses the prefix tree (shared prefixes and repeated prompts encoded once) unless
+        ``prefix_sharing`` is off, in which case every pair is encoded in full.
+        """
+        if self.prefix_sharing:
+            yield from self._tree_logits(prompt_ids, cont_ids)
+        else:
+            yield from self._flat_logits(prompt_ids, cont_ids)
+
+    def _flat_logits(self, prompt_ids, cont_ids):
         seqs = [p + c for p, c in zip(prompt_ids, cont_ids, strict=True)]
         for rows in token_budget_batches([len(s) for s in seqs], self.batch_tokens):
             ids, mask = self._right_padded([seqs[r] for r in rows])
@@ -158,7 +179,105 @@ class HFLanguageModel(LanguageModel):
                     targets += cont_ids[r]
                     owner += [r] * n
                 logits = self._project(hidden[torch.tensor(sel_b), torch.tensor(sel_t)])
-            yield rows, logits.cpu(), torch.tensor(targets), torch.tensor(owner)
+            yield torch.tensor(owner, dtype=torch.long), logits.cpu(), torch.tensor(targets)
+
+    def _tree_logits(self, prompt_ids, cont_ids):
+        """Three-level prefix-tree scoring; see :mod:`popsim.lm.prefix_tree`."""
+        unique: dict[tuple[int, ...], int] = {}
+        prompt_of_pair = [unique.setdefault(tuple(p), len(unique)) for p in prompt_ids]
+        prompts = [list(p) for p in unique]
+        pairs_of_prompt: list[list[int]] = [[] for _ in prompts]
+        for pair, u in enumerate(prompt_of_pair):
+            if cont_ids[pair]:
+                pairs_of_prompt[u].append(pair)
+        groups = group_by_shared_prefix(prompts, min_shared=self.min_shared_prefix)
+        costs = []
+        for g in groups:
+            width = max(len(prompts[m]) for m in g.members)
+            n_pairs = sum(len(pairs_of_prompt[m]) for m in g.members)
+            longest = max([len(cont_ids[q]) for m in g.members for q in pairs_of_prompt[m]] or [1])
+            costs.append(width * len(g.members) + n_pairs * (width + longest))
+        for batch in batch_groups(costs, self.batch_tokens * 4):
+            yield self._tree_batch([groups[i] for i in batch], prompts, pairs_of_prompt, cont_ids)
+
+    @torch.inference_mode()
+    def _tree_batch(self, groups, prompts, pairs_of_prompt, cont_ids):
+        dev = self.device
+        # level 1: each group's shared prefix, left-padded
+        prefixes = [prompts[g.members[0]][: g.prefix_len] for g in groups]
+        w1 = max(len(p) for p in prefixes)
+        ids1 = torch.full((len(groups), w1), self._pad_id, dtype=torch.long)
+        mask1 = torch.zeros((len(groups), w1), dtype=torch.long)
+        for r, p in enumerate(prefixes):
+            if p:
+                ids1[r, w1 - len(p) :] = torch.tensor(p)
+                mask1[r, w1 - len(p) :] = 1
+        ids1, mask1 = ids1.to(dev), mask1.to(dev)
+        pos1 = (mask1.cumsum(1) - 1).clamp_min(0)
+        out1 = self._body(input_ids=ids1, attention_mask=mask1, position_ids=pos1, use_cache=True)
+        cache = out1.past_key_values
+        last1 = out1.last_hidden_state[:, -1]
+
+        # level 2: each distinct prompt's suffix on its group's cache (right-padded; may be empty)
+        members = [m for g in groups for m in g.members]
+        group_row = [gi for gi, g in enumerate(groups) for _ in g.members]
+        suffixes = [prompts[m][groups[gi].prefix_len :] for m, gi in zip(members, group_row, strict=True)]
+        g_idx = torch.tensor(group_row, device=dev)
+        cache.batch_select_indices(g_idx)
+        mask12 = mask1[g_idx]
+        if any(suffixes):
+            ids2, mask2 = self._right_padded([s or [self._pad_id] for s in suffixes])
+            for r, s in enumerate(suffixes):
+                if not s:
+                    mask2[r, 0] = 0
+            start2 = torch.tensor([groups[gi].prefix_len for gi in group_row], device=dev).unsqueeze(1)
+            pos2 = start2 + torch.arange(ids2.shape[1], device=dev).unsqueeze(0)
+            mask12 = torch.cat([mask12, mask2], dim=1)
+            out2 = self._body(
+                input_ids=ids2, attention_mask=mask12, position_ids=pos2, past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out2.past_key_values
+            last_col = torch.tensor([max(len(s) - 1, 0) for s in suffixes], device=dev)
+            last2 = out2.last_hidden_state[torch.arange(len(members), device=dev), last_col]
+            has_suffix = torch.tensor([bool(s) for s in suffixes], device=dev).unsqueeze(1)
+            prompt_last = torch.where(has_suffix, last2, last1[g_idx])
+        else:
+            prompt_last = last1[g_idx]
+
+        # first continuation token of every pair: predicted from its prompt's last position
+        pair_member = [mi for mi, m in enumerate(members) for _ in pairs_of_prompt[m]]
+        pairs = [q for m in members for q in pairs_of_prompt[m]]
+        owner = list(pairs)
+        targets = [cont_ids[q][0] for q in pairs]
+        hidden_rows = [prompt_last[torch.tensor(pair_member, device=dev)]] if pairs else []
+
+        # level 3: remaining continuation tokens on the expanded prompt cache
+        long_pairs = [(mi, q) for mi, q in zip(pair_member, pairs, strict=True) if len(cont_ids[q]) > 1]
+        if long_pairs:
+            m_idx = torch.tensor([mi for mi, _ in long_pairs], device=dev)
+            cache.batch_select_indices(m_idx)
+            ids3, mask3 = self._right_padded([cont_ids[q][:-1] for _, q in long_pairs])
+            start3 = torch.tensor([len(prompts[members[mi]]) for mi, _ in long_pairs], device=dev)
+            start3 = start3.unsqueeze(1)
+            pos3 = start3 + torch.arange(ids3.shape[1], device=dev).unsqueeze(0)
+            hidden3 = self._body(
+                input_ids=ids3, attention_mask=torch.cat([mask12[m_idx], mask3], dim=1), position_ids=pos3,
+                past_key_values=cache, use_cache=False,
+            ).last_hidden_state
+            sel_b, sel_t = [], []
+            for b, (_, q) in enumerate(long_pairs):
+                n = len(cont_ids[q]) - 1
+                sel_b += [b] * n
+                sel_t += list(range(n))
+                owner += [q] * n
+                targets += cont_ids[q][1:]
+            hidden_rows.append(hidden3[torch.tensor(sel_b, device=dev), torch.tensor(sel_t, device=dev)])
+        if not hidden_rows:
+            empty = torch.zeros((0, self._head_weight.shape[0]))
+            return torch.zeros(0, dtype=torch.long), empty, torch.zeros(0, dtype=torch.long)
+        logits = self._project(torch.cat(hidden_rows)).cpu()
+        return torch.tensor(owner, dtype=torch.long), logits, torch.tensor(targets, dtype=torch.long)
 
     def _tokenize_pairs(
         self, prompts: Sequence[Prompt], continuations: Sequence[str]
@@ -177,11 +296,11 @@ class HFLanguageModel(LanguageModel):
         temps = temps.float() if needs_grad else temps.detach().float().clamp_min(1e-4)
         pieces: list[torch.Tensor] = []
         index: list[torch.Tensor] = []
-        for _rows, logits, targets, owner in self._continuation_logits(prompt_ids, cont_ids):
+        for owner, logits, targets in self._continuation_logits(prompt_ids, cont_ids):
             if logits.shape[0] == 0:
                 continue
             if needs_grad:  # inference-mode tensors cannot enter autograd; a clone can
-                logits = logits.clone()
+                owner, logits, targets = owner.clone(), logits.clone(), targets.clone()
             tau = temps[owner].unsqueeze(1)
             token_lp = (logits / tau).log_softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
             pieces.append(token_lp)
@@ -194,86 +313,14 @@ class HFLanguageModel(LanguageModel):
     def score_sketches(self, prompts, continuations) -> list[LogitSketch]:
         """Per-continuation logit sketches (see :mod:`popsim.lm.sketch`) for temperature learning."""
         prompt_ids, cont_ids = self._tokenize_pairs(prompts, continuations)
-        out: list[LogitSketch | None] = [None] * len(prompts)
-        for rows, logits, targets, owner in self._continuation_logits(prompt_ids, cont_ids):
+        empty = sketch_logits(torch.zeros((0, self._head_weight.shape[0])), torch.zeros(0, dtype=torch.long))
+        out = [LogitSketch(*(part.numpy() for part in empty))] * len(prompts)
+        for owner, logits, targets in self._continuation_logits(prompt_ids, cont_ids):
             parts = sketch_logits(logits, targets)
-            for r in rows:
+            for r in owner.unique().tolist():
                 sel = (owner == r).nonzero().squeeze(1)
                 out[r] = LogitSketch(*(part[sel].numpy() for part in parts))
-        return out  # type: ignore[return-value]
-
-    def option_logprobs(self, prompts, options, *, temperature=1.0) -> list[np.ndarray]:
-        check_batch("prompts", prompts)
-        check_batch("options", options, expected=len(prompts))
-        temps = as_row_values(temperature, len(prompts)).detach().double().clamp_min(1e-4).tolist()
-        prompt_ids = [self.encode_prompt(p) for p in prompts]
-        option_ids = []
-        for opts in options:
-            if len(opts) == 0:
-                raise LMInputError("each prompt needs at least one option; got an empty option list")
-            option_ids.append([self.encode_continuation(o) for o in opts])
-        flat = np.zeros(sum(len(o) for o in options))
-        offsets = np.cumsum([0] + [len(o) for o in options])
-        # cost of a prompt ~ its length x number of options (the cache is expanded per option)
-        cost = [len(p) + len(o) * max(len(x) for x in o) for p, o in zip(prompt_ids, option_ids, strict=True)]
-        for rows in token_budget_batches(cost, self.batch_tokens):
-            scores = self._shared_prefix_option_scores(
-                [prompt_ids[r] for r in rows], [option_ids[r] for r in rows], [temps[r] for r in rows]
-            )
-            for r, s in zip(rows, scores, strict=True):
-                flat[offsets[r] : offsets[r + 1]] = s
-        return split_and_normalise(flat, [len(o) for o in options])
-
-    @torch.inference_mode()
-    def _shared_prefix_option_scores(
-        self, prompt_ids: list[list[int]], option_ids: list[list[list[int]]], temps: list[float]
-    ) -> list[np.ndarray]:
-        """Encode each prompt once (left-padded batch), then all options on its expanded KV cache."""
-        n = len(prompt_ids)
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((n, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, p in enumerate(prompt_ids):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(1) - 1).clamp_min(0)
-        out = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        first_logits = self._project(out.last_hidden_state[:, -1])  # predicts every option's 1st token
-        cache = out.past_key_values
-
-        owner = [r for r, opts in enumerate(option_ids) for _ in opts]
-        flat_opts = [o for opts in option_ids for o in opts]
-        longest = max(len(o) for o in flat_opts)
-        scores = torch.zeros(len(flat_opts), dtype=torch.float64)
-        tau = torch.tensor([temps[r] for r in owner], dtype=torch.float32)
-        first = torch.tensor([o[0] for o in flat_opts])
-        first_lp = (first_logits[torch.tensor(owner)].cpu() / tau.unsqueeze(1)).log_softmax(1)
-        scores += first_lp.gather(1, first.view(-1, 1)).squeeze(1).double()
-        if longest > 1:
-            cache.batch_select_indices(torch.tensor(owner, device=self.device))
-            tail_in = [o[:-1] for o in flat_opts]  # inputs that predict tokens 1..L-1
-            opt_ids, opt_mask = self._right_padded(tail_in)
-            full_mask = torch.cat([mask[torch.tensor(owner, device=self.device)], opt_mask], dim=1)
-            start = torch.tensor([len(prompt_ids[r]) for r in owner], device=self.device).unsqueeze(1)
-            pos = start + torch.arange(opt_ids.shape[1], device=self.device).unsqueeze(0)
-            hidden = self._body(
-                input_ids=opt_ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache,
-                use_cache=False,
-            ).last_hidden_state
-            sel_b, sel_t, targets = [], [], []
-            for b, o in enumerate(flat_opts):
-                sel_b += [b] * (len(o) - 1)
-                sel_t += list(range(len(o) - 1))
-                targets += o[1:]
-            if targets:
-                logits = self._project(hidden[torch.tensor(sel_b), torch.tensor(sel_t)]).cpu()
-                sel_tau = tau[torch.tensor(sel_b)].unsqueeze(1)
-                lp = (logits / sel_tau).log_softmax(1).gather(1, torch.tensor(targets).view(-1, 1)).squeeze(1)
-                scores.index_add_(0, torch.tensor(sel_b), lp.double())
-        offsets = np.cumsum([0] + [len(o) for o in option_ids])
-        arr = scores.numpy()
-        return [arr[offsets[r] : offsets[r + 1]] for r in range(n)]
+        return out
 
     def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
         check_batch("prompts", prompts)

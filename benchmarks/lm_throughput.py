@@ -1,0 +1,295 @@
+"""Throughput of popsim's transformers backend on the embedded SmolLM2-135M-Instruct.
+
+What is measured, in one run (all on the device ``HFLanguageModel`` picks, normally the CPU):
+
+* ``generate_speedup`` - 64 short chat prompts ("Write a one-sentence review of movie #i" and
+  similar), ~20 new tokens each, sampled with one seed per row: one ``generate`` call per prompt
+  versus one batched ``generate`` call for all of them. Ratio = per-prompt time / batched time.
+* ``score_speedup`` - 64 (prompt, continuation) pairs, prompts of ~100 tokens (persona as system
+  message + an exemplar review + a task) and ~20-token continuations: one ``score`` call per pair
+  versus one batched ``score`` call. Ratio = per-pair time / batched time.
+* ``score_vs_raw`` - the batched ``score`` call versus a plain ``lm.model(input_ids, attention_mask)``
+  forward (full-vocabulary logits at every position, under ``torch.inference_mode``) over the same
+  right-padded batch of prompt+continuation ids. Ratio = raw time / score time; above 1 means
+  ``score`` (decoder body once, vocabulary projection only at continuation positions) beats the
+  naive forward, even though it also does the log-softmax and gathering.
+* ``bf16_vs_fp32`` - tokens/s of the batched scoring workload in the default dtype (``--dtype``,
+  ``auto`` = bf16 on CPUs with AVX-512 BF16 / AMX) over the same workload on an fp32 copy.
+* ``roofline_fraction`` - achieved FLOP/s of batched scoring in the default dtype over the machine's
+  bf16 matmul FLOP/s (a 2048x2048 @ 2048x2048 bf16 matmul, median of several repetitions, torch's
+  default thread count). The FLOP model is deliberately simple: ``2 x (parameters excluding the
+  token embedding)`` per input token (prompt and continuation; attention-score FLOPs are ignored,
+  they are small at ~120 tokens) plus ``2 x vocab x hidden`` per *continuation* token (the only
+  positions ``score`` projects onto the vocabulary). The matmul figure is not the hardware's peak,
+  just what torch reaches on a large square bf16 product here.
+
+Absolute times depend on the machine and on whatever else runs on it; the ratios are what matter on
+shared machines, so every figure is a ratio of two timings taken in the same process moments apart.
+Timings use ``time.perf_counter`` after warm-up calls, and the median of ``--reps`` repetitions
+where a repetition is cheap. The per-prompt generation loop may be timed on a subset and scaled
+linearly (``--loop-rows``); the printed line says so.
+
+The last line printed is always::
+
+    RESULT generate_speedup=X score_speedup=Y score_vs_raw=Z bf16_vs_fp32=A roofline_fraction=B
+
+Usage::
+
+    python benchmarks/lm_throughput.py            # ~3-4 min on 2 CPU cores
+    python benchmarks/lm_throughput.py --quick    # ~1-1.5 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+try:
+    import popsim  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without installing: use the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from popsim.lm import Chat  # noqa: E402
+from popsim.lm.hf import HFLanguageModel  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+
+GENRES = ["thriller", "comedy", "documentary", "romance", "space opera", "western", "horror", "musical"]
+TASKS = [
+    "Write a one-sentence review of movie #{i}.",
+    "In one sentence, say whether you would recommend movie #{i} to a friend.",
+    "Describe the ending of {genre} movie #{i} in a single sentence.",
+    "Give a short, honest opinion of the {genre} film #{i}.",
+    "Summarise what you liked least about movie #{i} in one sentence.",
+    "Write a tweet-length reaction to the {genre} movie #{i}.",
+]
+PERSONAS = [
+    "You are Maria, a 34-year-old nurse from Lisbon who watches films on night-shift breaks. "
+    "You care about believable characters and get impatient with long action scenes.",
+    "You are Tom, a retired history teacher from Ohio. You notice every historical inaccuracy and "
+    "love slow, dialogue-driven dramas; you rarely give more than three stars.",
+    "You are Aiko, a 21-year-old design student in Osaka. You judge films mostly by their colour, "
+    "framing and soundtrack, and you write with lots of enthusiasm.",
+    "You are Sam, a 45-year-old truck driver who listens to audiobooks and watches action films at "
+    "motels. You like clear plots, practical effects and endings that do not drag on.",
+]
+EXEMPLARS = [
+    "Solid acting, but the second half drags and the twist is obvious from the first scene. "
+    "Three stars, mostly for the lead's performance.",
+    "A gorgeous film: every frame looks like a painting and the score stayed with me for days. "
+    "Easily my favourite this year.",
+    "Too long and too loud. I lost track of who was fighting whom and why. Two stars at best.",
+    "Warm, funny and surprisingly sad near the end. The dialogue felt real. Four stars.",
+]
+CONTINUATIONS = [
+    "Honestly, it was better than I expected, with a clever plot and a great final scene.",
+    "I found the pacing slow and the characters flat, so I would not watch it again.",
+    "The soundtrack is wonderful, but the story falls apart in the last twenty minutes.",
+    "A pleasant surprise: tight, funny and moving, and I recommended it to all my friends.",
+]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    return statistics.median(timed(fn) for _ in range(reps))
+
+
+def gen_prompts(n: int) -> list[Chat]:
+    return [
+        Chat.of(TASKS[i % len(TASKS)].format(i=i + 1, genre=GENRES[i % len(GENRES)])) for i in range(n)
+    ]
+
+
+def score_pairs(n: int) -> tuple[list[Chat], list[str]]:
+    prompts, conts = [], []
+    for i in range(n):
+        genre = GENRES[i % len(GENRES)]
+        user = (
+            f"Here is a review you wrote last week: \"{EXEMPLARS[(i // 4) % len(EXEMPLARS)]}\"\n\n"
+            f"Now write a short review of the {genre} movie #{i + 1} in the same voice."
+        )
+        prompts.append(Chat.of(user, system=PERSONAS[i % len(PERSONAS)]))
+        conts.append(CONTINUATIONS[(i + i // 4) % len(CONTINUATIONS)])
+    return prompts, conts
+
+
+def right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+def load_average() -> str:
+    """1-minute load average: well above the core count means other work shares the CPUs."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b
+    return 2 * size**3 / median_time(lambda: a @ b, reps) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller run (fewer rows and repetitions)")
+    ap.add_argument("--dtype", default="auto", help="default dtype of the model: auto, bf16 or fp32")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="prompts/pairs per batch (default 64, quick 32)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions of cheap timings (default 3, quick 2)")
+    ap.add_argument("--loop-rows", type=int, default=None,
+                    help="time the per-prompt generate loop on this many rows and scale linearly "
+                    "(default all, quick 8)")
+    ap.add_argument("--new-tokens", type=int, default=20, help="max_new_tokens for generation")
+    args = ap.parse_args()
+    rows = args.rows or (32 if args.quick else 64)
+    reps = args.reps or (2 if args.quick else 3)
+    loop_rows = min(rows, args.loop_rows or (8 if args.quick else rows))
+    t_start = time.perf_counter()
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+          f"rows {rows}, reps {reps}; load average before start {load_average()}")
+    matmul_gflops(torch.bfloat16, reps=3)  # warm-up
+    fp32_gflops = matmul_gflops(torch.float32, reps=3)
+
+    lm = HFLanguageModel(MODEL, dtype=args.dtype)
+    cfg = lm.model.config
+    n_params = sum(p.numel() for p in lm.model.parameters())  # tied head counted once
+    n_embed = lm.model.get_input_embeddings().weight.numel()
+    body_flops = 2 * (n_params - n_embed)
+    head_flops = 2 * cfg.vocab_size * cfg.hidden_size
+    print(f"model {lm.name} dtype {lm.dtype} device {lm.device}: {n_params / 1e6:.1f}M params, "
+          f"{(n_params - n_embed) / 1e6:.1f}M excluding the embedding; FLOPs/token body "
+          f"{body_flops / 1e6:.0f}M, vocabulary projection {head_flops / 1e6:.0f}M")
+
+    # ---------------------------------------------------------------- (a) generation
+    # The per-prompt loop is cut into `reps` chunks, each followed by one batched call, so a burst of
+    # load from elsewhere on the machine hits both sides of the ratio alike.
+    prompts = gen_prompts(rows)
+    seeds = [1000 + i for i in range(rows)]
+    kw = dict(max_new_tokens=args.new_tokens, temperature=0.8)
+    lm.generate(prompts[:1], max_new_tokens=4, seed=[0])
+    lm.generate(prompts[:8], max_new_tokens=4, seed=list(range(8)))
+    loop_out: list[str] = []
+    batch_out: list[str] = []
+
+    def run_loop(chunk: range) -> None:
+        for i in chunk:
+            loop_out.extend(lm.generate([prompts[i]], seed=[seeds[i]], **kw))
+
+    def run_batch() -> None:
+        batch_out[:] = lm.generate(prompts, seed=seeds, **kw)
+
+    t_loop, t_batch = 0.0, []
+    bounds = [round(k * loop_rows / reps) for k in range(reps + 1)]
+    for k in range(reps):
+        t_loop += timed(lambda k=k: run_loop(range(bounds[k], bounds[k + 1])))
+        t_batch.append(timed(run_batch))
+    t_loop_all = t_loop * rows / loop_rows
+    t_gen = statistics.median(t_batch)
+    gen_tokens = sum(len(lm.encode_continuation(t)) for t in batch_out)
+    same = sum(a == b for a, b in zip(loop_out, batch_out))
+    scaled = f" (timed {loop_rows} prompts, scaled x{rows / loop_rows:g})" if loop_rows < rows else ""
+    print(f"generate per-prompt: {t_loop_all:.2f} s for {rows} prompts{scaled}, "
+          f"{t_loop / loop_rows * 1000:.0f} ms/prompt")
+    print(f"generate batched: {t_gen:.2f} s for {rows} prompts (median of {reps}), {gen_tokens} new "
+          f"tokens, {gen_tokens / t_gen:.1f} tokens/s; batched text equals per-prompt text in "
+          f"{same}/{loop_rows} rows")
+    generate_speedup = t_loop_all / t_gen
+    print(f"generate_speedup {generate_speedup:.2f}")
+
+    # ---------------------------------------------------------------- (b), (c), dtype, roofline
+    s_prompts, s_conts = score_pairs(rows)
+    p_ids = [lm.encode_prompt(p) for p in s_prompts]
+    c_ids = [lm.encode_continuation(c) for c in s_conts]
+    n_prompt_tok = sum(map(len, p_ids))
+    n_cont_tok = sum(map(len, c_ids))
+    n_tok = n_prompt_tok + n_cont_tok
+    print(f"score workload: {rows} pairs, prompt tokens mean {n_prompt_tok / rows:.0f} "
+          f"(min {min(map(len, p_ids))}, max {max(map(len, p_ids))}), continuation tokens mean "
+          f"{n_cont_tok / rows:.1f}, {n_tok} tokens in all")
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids, mask = right_padded([p + c for p, c in zip(p_ids, c_ids)], pad)
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    lm32 = HFLanguageModel(MODEL, dtype="fp32")
+
+    def per_pair() -> None:
+        for p, c in zip(s_prompts, s_conts):
+            lm.score([p], [c])
+
+    def batched() -> None:
+        lm.score(s_prompts, s_conts)
+
+    def raw() -> None:
+        with torch.inference_mode():
+            lm.model(input_ids=ids, attention_mask=mask).logits  # noqa: B018
+
+    def batched_fp32() -> None:
+        lm32.score(s_prompts, s_conts)
+
+    for p, c in zip(s_prompts[:2], s_conts[:2]):
+        lm.score([p], [c])
+    batched()
+    raw()
+    batched_fp32()
+    samples: dict[str, list[float]] = {"pair": [], "score": [], "raw": [], "fp32": [], "gflops": []}
+    for _ in range(reps):  # interleaved, for the same reason as above
+        samples["pair"].append(timed(per_pair))
+        samples["score"].append(timed(batched))
+        samples["raw"].append(timed(raw))
+        samples["fp32"].append(timed(batched_fp32))
+        samples["gflops"].append(matmul_gflops(torch.bfloat16, reps=5))
+    t_pair, t_score, t_raw, t_score32, bf16_gflops = (statistics.median(v) for v in samples.values())
+    print(f"score per-pair: {t_pair:.2f} s, {n_tok / t_pair:.0f} tokens/s")
+    print(f"score batched: {t_score:.2f} s, {n_tok / t_score:.0f} tokens/s "
+          f"({n_cont_tok / t_score:.0f} continuation tokens/s)")
+    score_speedup = t_pair / t_score
+    print(f"score_speedup {score_speedup:.2f}")
+    print(f"raw forward (full logits, {ids.shape[0]}x{ids.shape[1]} right-padded): {t_raw:.2f} s, "
+          f"{n_tok / t_raw:.0f} tokens/s")
+    score_vs_raw = t_raw / t_score
+    print(f"score_vs_raw {score_vs_raw:.2f}")
+    print(f"score batched fp32: {t_score32:.2f} s, {n_tok / t_score32:.0f} tokens/s "
+          f"(default dtype {lm.dtype}: {n_tok / t_score:.0f} tokens/s)")
+    bf16_vs_fp32 = t_score32 / t_score
+    print(f"bf16_vs_fp32 {bf16_vs_fp32:.2f}")
+
+    work_flops = n_tok * body_flops + n_cont_tok * head_flops
+    achieved = work_flops / t_score / 1e9
+    roofline_fraction = achieved / bf16_gflops
+    print(f"matmul 2048^3: bf16 {bf16_gflops:.0f} GFLOP/s, fp32 {fp32_gflops:.0f} GFLOP/s")
+    print(f"scoring FLOPs/token (workload mean) {work_flops / n_tok / 1e6:.0f}M; achieved "
+          f"{achieved:.0f} GFLOP/s vs bf16 matmul {bf16_gflops:.0f} GFLOP/s")
+    print(f"roofline_fraction {roofline_fraction:.3f}")
+    print(f"total benchmark time {time.perf_counter() - t_start:.0f} s; "
+          f"load average at end {load_average()}")
+    print(
+        f"RESULT generate_speedup={generate_speedup:.2f} score_speedup={score_speedup:.2f} "
+        f"score_vs_raw={score_vs_raw:.2f} bf16_vs_fp32={bf16_vs_fp32:.2f} "
+        f"roofline_fraction={roofline_fraction:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The learned part of MoP: persona gate, exemplar gate and per-persona temperatures (the LM stays frozen).
+
+With h() the frozen sentence encoder (Bui et al. 2025, Sec. 3):
+
+    x~ = W_x h(x),   g~_k = W_g h(g_k),   e~_j = W_e h(x_j, y_j)
+    pi_k(x)      = softmax_k(x~ . g~_k)                         (persona gate)
+    Omega_kj(x)  = softmax_j(x~ . e~_j + g~_k . e~_j)           (exemplar gate, per persona)
+    tau_k        = exp(log_tau_k), initialised at 0.6           (kept positive)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MixtureGate"]
+
+
+class MixtureGate(nn.Module):
+    """Projections W_x, W_g, W_e (encoder dim -> ``dim``) and one log-temperature per persona."""
+
+    def __init__(self, in_dim: int, n_personas: int, *, dim: int = 128, tau_init: float = 0.6) -> None:
+        super().__init__()
+        self.W_x = nn.Linear(in_dim, dim, bias=False)
+        self.W_g = nn.Linear(in_dim, dim, bias=False)
+        self.W_e = nn.Linear(in_dim, dim, bias=False)
+        self.log_tau = nn.Parameter(torch.full((n_personas,), math.log(tau_init)))
+
+    @property
+    def temperatures(self) -> torch.Tensor:
+        return self.log_tau.exp()
+
+    def forward(
+        self,
+        h_x: torch.Tensor,
+        h_g: torch.Tensor,
+        h_e: torch.Tensor,
+        exemplar_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return log pi (B, K) and log Omega (B, K, N).
+
+        ``exemplar_mask`` (B, N) is True where exemplar j must not be used for context b (its own).
+        """
+        x, g, e = self.W_x(h_x), self.W_g(h_g), self.W_e(h_e)
+        log_pi = (x @ g.T).log_softmax(dim=-1)
+        logits = (x @ e.T).unsqueeze(1) + (g @ e.T).unsqueeze(0)
+        if exemplar_mask is not None:
+            logits = logits.masked_fill(exemplar_mask.unsqueeze(1), float("-inf"))
+        return log_pi, logits.log_softmax(dim=-1)
+
+    def exemplar_log_probs(self, h_x: torch.Tensor, h_g_k: torch.Tensor, h_e: torch.Tensor) -> torch.Tensor:
+        """log Omega_k(x) for one persona per row: h_x (B, D), h_g_k (B, D) -> (B, N)."""
+        x, g, e = self.W_x(h_x), self.W_g(h_g_k), self.W_e(h_e)
+        return ((x + g) @ e.T).log_softmax(dim=-1)

@@ -1,0 +1,403 @@
+"""``MixtureOfPersonas``: the sklearn-style MoP estimator (Bui et al., Findings of ACL 2025).
+
+    p(y | x) = sum_k sum_j pi_k(x) Omega_kj(x) p_LM^{tau_k}(y | persona g_k, exemplar (x_j, y_j), x)
+
+``fit`` synthesises personas (or takes the user's), embeds records and exemplars with the frozen encoder,
+and trains the gates and temperatures by maximum likelihood over the top-M (k, j) pairs per record,
+the record's own exemplar masked out, with the LM frozen. ``sample`` draws persona, exemplar and
+temperature for a population of contexts. ``save``/``load`` use safetensors + JSON (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from popsim.embed import SentenceEncoder
+from popsim.exceptions import DataError, NotFittedError, RunDirectoryError
+from popsim.lm.base import LanguageModel, Prompt
+from popsim.mop.gating import MixtureGate
+from popsim.mop.personas import Persona, synthesize_personas, user_personas
+from popsim.mop.prompts import PromptStyle, build_prompt
+from popsim.mop.records import ExemplarPool, Records
+from popsim.mop.scoring import ScoreCache, pair_log_likelihood
+
+__all__ = ["MixtureOfPersonas"]
+
+_FORMAT_VERSION = 1
+
+
+class MixtureOfPersonas:
+    """Mixture of Personas with learned persona/exemplar gates over a frozen LM.
+
+    Args:
+        lm: the frozen LM (scores prompts during ``fit``; summarises clusters into personas).
+        encoder: the frozen sentence encoder h().
+        n_personas: K (paper: 100). Ignored when ``personas`` is given.
+        n_exemplars: N, size of the exemplar pool drawn from the records (paper: 1,000).
+        top_m: pairs (k, j) per record in the objective (paper: 4).
+        dim: projection dimension d (paper: 128).
+        tau_init: initial per-persona temperature (paper: 0.6).
+        personas: user-supplied persona descriptions instead of synthesis.
+        style: how prompts are worded (:class:`PromptStyle`).
+        learning_rate, epochs, batch_size, patience, val_fraction: Adam training schedule with
+            early stopping on a validation split (not published in the paper; tuned on dev data).
+        max_train_records: cap on records used for training (LM scoring is the cost).
+        cache_path: optional SQLite file for LM scores, reused across epochs and runs.
+        random_state: seed for everything random in ``fit``.
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel | None = None,
+        encoder: SentenceEncoder | None = None,
+        *,
+        n_personas: int = 20,
+        n_exemplars: int = 500,
+        top_m: int = 4,
+        dim: int = 128,
+        tau_init: float = 0.6,
+        personas: Sequence[str] | None = None,
+        style: PromptStyle | None = None,
+        learning_rate: float = 0.01,
+        epochs: int = 8,
+        batch_size: int = 32,
+        patience: int = 2,
+        val_fraction: float = 0.15,
+        max_train_records: int | None = 2000,
+        cache_path: str | Path | None = None,
+        random_state: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        self.lm = lm
+        self.encoder = encoder
+        self.n_personas = n_personas
+        self.n_exemplars = n_exemplars
+        self.top_m = top_m
+        self.dim = dim
+        self.tau_init = tau_init
+        self.personas = personas
+        self.style = style
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.max_train_records = max_train_records
+        self.cache_path = cache_path
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    def get_params(self, deep: bool = False) -> dict:
+        names = [
+            "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
+            "learning_rate", "epochs", "batch_size", "patience", "val_fraction", "max_train_records",
+            "cache_path", "random_state", "verbose",
+        ]
+        return {n: getattr(self, n) for n in names}
+
+    def set_params(self, **params) -> MixtureOfPersonas:
+        for key, value in params.items():
+            if key not in self.get_params():
+                raise ValueError(f"MixtureOfPersonas has no parameter {key!r}")
+            setattr(self, key, value)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "gate_"):
+            raise NotFittedError("this MixtureOfPersonas is not fitted yet; call fit(records) or load(dir)")
+
+    def _validate(self) -> None:
+        checks = {
+            "n_personas": self.n_personas >= 1, "n_exemplars": self.n_exemplars >= 1, "top_m": self.top_m >= 1,
+            "dim": self.dim >= 1, "tau_init": self.tau_init > 0, "learning_rate": self.learning_rate > 0,
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
+            "val_fraction": 0 <= self.val_fraction < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise DataError(f"mop.{name} is out of range; got {getattr(self, name)!r}")
+        if self.lm is None or self.encoder is None:
+            raise DataError("MixtureOfPersonas needs lm= and encoder= to fit")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, records: Records, exemplars: ExemplarPool | None = None) -> MixtureOfPersonas:
+        """Fit personas, exemplar pool, gates and temperatures to ``records``; returns self."""
+        self._validate()
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(self.random_state)
+        style = self.style or PromptStyle()
+        pool = exemplars or ExemplarPool.from_records(records, self.n_exemplars, seed=self.random_state)
+        encoder = self.encoder
+        h_e = encoder.encode(pool.texts)
+        if self.personas is not None:
+            personas = user_personas(self.personas)
+            labels = None
+        else:
+            personas, labels = synthesize_personas(
+                pool.texts, h_e, n_personas=self.n_personas, lm=self.lm, attributes=pool.attributes,
+                seed=self.random_state,
+            )
+        h_g = encoder.encode([p.text for p in personas])
+        self.personas_ = personas
+        self.exemplars_ = pool
+        self.persona_labels_ = labels
+        self.style_ = style
+        self.h_g_ = torch.from_numpy(h_g)
+        self.h_e_ = torch.from_numpy(h_e)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.random_state)
+            self.gate_ = MixtureGate(h_e.shape[1], len(personas), dim=self.dim, tau_init=self.tau_init)
+
+        if self.max_train_records and len(records) > self.max_train_records:
+            records = records.subset(np.sort(rng.choice(len(records), self.max_train_records, replace=False)))
+        order = rng.permutation(len(records))
+        n_val = int(round(self.val_fraction * len(records))) if len(records) >= 10 else 0
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        h_x = torch.from_numpy(encoder.encode(records.contexts))
+        self.cache_ = ScoreCache(self.lm, self.cache_path)
+        optimizer = torch.optim.Adam(self.gate_.parameters(), lr=self.learning_rate)
+        best, best_state, bad_epochs, history = float("inf"), None, 0, []
+        for epoch in range(self.epochs):
+            t_epoch = time.perf_counter()
+            self.gate_.train()
+            perm = rng.permutation(train_idx)
+            batches = [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+            train_loss = 0.0
+            bar = tqdm(batches, desc=f"MoP epoch {epoch + 1}/{self.epochs}", disable=not self.verbose, leave=False)
+            for batch in bar:
+                loss = self._batch_loss(records, batch, h_x)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                train_loss += float(loss.detach()) * len(batch)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", cache=f"{self.cache_.hit_rate:.0%}")
+            train_loss /= max(len(train_idx), 1)
+            val_loss = train_loss
+            if n_val:
+                with torch.no_grad():
+                    val_loss = sum(
+                        float(self._batch_loss(records, val_idx[i : i + 256], h_x)) * len(val_idx[i : i + 256])
+                        for i in range(0, n_val, 256)
+                    ) / n_val
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                            "seconds": time.perf_counter() - t_epoch, "cache_hit_rate": self.cache_.hit_rate})
+            if val_loss < best - 1e-4:
+                best, bad_epochs = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in self.gate_.state_dict().items()}
+            else:
+                bad_epochs += 1
+                if bad_epochs > self.patience:
+                    break
+        if best_state is not None:
+            self.gate_.load_state_dict(best_state)
+        self.gate_.eval()
+        self.history_ = history
+        self.fit_info_ = {
+            "seconds": time.perf_counter() - t0, "n_records": len(records), "n_train": len(train_idx),
+            "n_val": int(n_val), "best_val_loss": best, "cache_hits": self.cache_.hits,
+            "cache_misses": self.cache_.misses, "cache_hit_rate": self.cache_.hit_rate,
+        }
+        self.lm_name_ = self.lm.name
+        self.encoder_name_ = encoder.name
+        return self
+
+    def prompt(self, k: int | None, j: int | None, context: str) -> Prompt:
+        """The prompt for persona k, exemplar j and context (``None`` leaves the part out)."""
+        self._check_fitted()
+        persona = None if k is None else self.personas_[k].text
+        exemplar = None if j is None else (self.exemplars_.inputs[j], self.exemplars_.outputs[j])
+        return build_prompt(persona, exemplar, context, self.style_)
+
+    def _own_exemplar_mask(self, groups: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(groups)[:, None] == self.exemplars_.groups[None, :])
+
+    def _batch_loss(self, records: Records, batch: np.ndarray, h_x: torch.Tensor) -> torch.Tensor:
+        """-weighted mean over the batch of log sum_{(k,j) in top-M} pi_k Omega_kj p_LM^{tau_k}(y | ...)."""
+        mask = self._own_exemplar_mask(records.groups[batch])
+        log_pi, log_omega = self.gate_(h_x[batch], self.h_g_, self.h_e_, mask)
+        joint = (log_pi.unsqueeze(2) + log_omega).flatten(1)  # (B, K*N)
+        m = min(self.top_m, joint.shape[1])
+        top_logw, top_idx = joint.topk(m, dim=1)
+        n_ex = self.h_e_.shape[0]
+        ks, js = (top_idx // n_ex), (top_idx % n_ex)
+        prompts, responses, options = [], [], []
+        for row, i in enumerate(batch):
+            for k, j in zip(ks[row].tolist(), js[row].tolist(), strict=True):
+                prompts.append(self.prompt(k, j, records.contexts[i]))
+                responses.append(records.responses[i])
+                options.append(records.options[i])
+        tau = self.gate_.temperatures[ks.flatten()]
+        ll, _ = pair_log_likelihood(self.cache_, prompts, responses, options, tau)
+        per_record = torch.logsumexp(top_logw + ll.view(len(batch), m), dim=1)
+        w = torch.from_numpy(records.weights[batch]).float()
+        return -(w * per_record).sum() / w.sum()
+
+    # ------------------------------------------------------------------ inference
+    def _encode_contexts(self, contexts: Sequence[str]) -> torch.Tensor:
+        return torch.from_numpy(self.encoder.encode(list(contexts)))
+
+    def mixing_weights(self, contexts: Sequence[str]) -> np.ndarray:
+        """pi(x) for each context: array (n, K)."""
+        self._check_fitted()
+        with torch.no_grad():
+            x = self.gate_.W_x(self._encode_contexts(contexts))
+            return (x @ self.gate_.W_g(self.h_g_).T).softmax(-1).numpy()
+
+    def exemplar_weights(self, contexts: Sequence[str], personas: Sequence[int]) -> np.ndarray:
+        """Omega_k(x) over the pool for one persona per context: array (n, N)."""
+        self._check_fitted()
+        with torch.no_grad():
+            h_x = self._encode_contexts(contexts)
+            return self.gate_.exemplar_log_probs(h_x, self.h_g_[list(personas)], self.h_e_).exp().numpy()
+
+    @property
+    def temperatures_(self) -> np.ndarray:
+        self._check_fitted()
+        return self.gate_.temperatures.detach().numpy()
+
+    def sample(
+        self, contexts: Sequence[str], rng: np.random.Generator, *, groups: Sequence | None = None
+    ) -> dict[str, np.ndarray]:
+        """Draw persona k ~ pi(x), exemplar j ~ Omega_k(x) and tau_k for every context (vectorised).
+
+        ``groups`` (optional) masks each context's own exemplar, as in training.
+        """
+        self._check_fitted()
+        pi = self.mixing_weights(contexts)
+        ks = _sample_rows(pi, rng)
+        omega = self.exemplar_weights(contexts, ks)
+        if groups is not None:
+            omega = np.where(np.asarray(groups).astype(str)[:, None] == self.exemplars_.groups[None, :], 0, omega)
+            omega = omega / omega.sum(axis=1, keepdims=True)
+        js = _sample_rows(omega, rng)
+        return {"persona": ks, "exemplar": js, "temperature": self.temperatures_[ks]}
+
+    def log_likelihood(
+        self, records: Records, *, method: str = "mop", n_samples: int = 8, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out log-likelihood per record and y's token count, for comparing methods fairly.
+
+        ``mop`` and ``uniform`` (personas and exemplars uniform, tau = tau_init) both use the Monte-Carlo
+        estimate log (1/S) sum_s p(y | k_s, j_s) with (k_s, j_s) drawn from the mixture; ``no_persona``
+        scores the bare task prompt at temperature 1.
+        """
+        self._check_fitted()
+        rng = np.random.default_rng(seed)
+        n = len(records)
+        if method == "no_persona":
+            prompts = [self.prompt(None, None, c) for c in records.contexts]
+            ll, n_tok = pair_log_likelihood(self.cache_for_eval(), prompts, records.responses, records.options,
+                                            torch.ones(n))
+            return ll.detach().numpy(), n_tok.numpy()
+        if method not in {"mop", "uniform"}:
+            raise ValueError(f"method must be mop, uniform or no_persona; got {method!r}")
+        prompts, taus = [], []
+        for _ in range(n_samples):
+            if method == "mop":
+                draw = self.sample(records.contexts, rng, groups=records.groups)
+                ks, js, tau = draw["persona"], draw["exemplar"], draw["temperature"]
+            else:
+                ks = rng.integers(len(self.personas_), size=n)
+                js = rng.integers(len(self.exemplars_), size=n)
+                tau = np.full(n, self.tau_init)
+            prompts += [self.prompt(int(k), int(j), c) for k, j, c in zip(ks, js, records.contexts, strict=True)]
+            taus.append(tau)
+        ll, n_tok = pair_log_likelihood(
+            self.cache_for_eval(), prompts, records.responses * n_samples, records.options * n_samples,
+            torch.from_numpy(np.concatenate(taus)).float(),
+        )
+        ll = ll.detach().view(n_samples, n)
+        return (torch.logsumexp(ll, dim=0) - np.log(n_samples)).numpy(), n_tok[:n].numpy()
+
+    def cache_for_eval(self) -> ScoreCache:
+        if not hasattr(self, "cache_"):
+            self.cache_ = ScoreCache(self.lm, self.cache_path)
+        return self.cache_
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write ``gate.safetensors`` and ``mop.json`` (personas, exemplars, settings, provenance)."""
+        self._check_fitted()
+        from popsim.io import atomic_write_bytes, atomic_write_json
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"gate.{k}": v.detach().contiguous() for k, v in self.gate_.state_dict().items()}
+        tensors["h_g"] = self.h_g_.contiguous()
+        tensors["h_e"] = self.h_e_.contiguous()
+        tmp = out / ".gate.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        atomic_write_bytes(out / "gate.safetensors", tmp.read_bytes())
+        tmp.unlink()
+        params = {k: v for k, v in self.get_params().items() if k not in {"lm", "encoder", "style", "cache_path"}}
+        params["personas"] = list(self.personas) if self.personas is not None else None
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "params": params,
+            "style": vars(self.style_),
+            "personas": [p.to_dict() for p in self.personas_],
+            "exemplars": {"inputs": self.exemplars_.inputs, "outputs": self.exemplars_.outputs,
+                          "groups": [str(g) for g in self.exemplars_.groups]},
+            "lm": self.lm_name_,
+            "encoder": self.encoder_name_,
+            "history": getattr(self, "history_", []),
+            "fit_info": getattr(self, "fit_info_", {}),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        }
+        atomic_write_json(out / "mop.json", meta)
+        return out
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, *, lm: LanguageModel | None = None, encoder: SentenceEncoder | None = None
+    ) -> MixtureOfPersonas:
+        """Load a saved model. ``lm`` may differ from the one it was fitted with (gates transfer)."""
+        folder = Path(directory)
+        try:
+            meta = json.loads((folder / "mop.json").read_text())
+            tensors = load_file(str(folder / "gate.safetensors"))
+            if meta.get("format_version") != _FORMAT_VERSION:
+                raise ValueError("format version")
+        except FileNotFoundError:
+            raise RunDirectoryError(f"no fitted MoP model in {folder}; run `popsim fit` first") from None
+        except Exception as exc:
+            raise RunDirectoryError(
+                f"fitted model in {folder} is corrupt or truncated ({type(exc).__name__}); delete the folder "
+                "and fit again"
+            ) from None
+        params = meta["params"]
+        model = cls(lm=lm, encoder=encoder, **params)
+        model.style_ = PromptStyle(**meta["style"])
+        model.personas_ = [Persona(**p) for p in meta["personas"]]
+        ex = meta["exemplars"]
+        model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]))
+        model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
+        model.gate_ = MixtureGate(model.h_e_.shape[1], len(model.personas_), dim=params["dim"])
+        model.gate_.load_state_dict({k.removeprefix("gate."): v for k, v in tensors.items()})
+        model.gate_.eval()
+        model.lm_name_, model.encoder_name_ = meta["lm"], meta["encoder"]
+        model.history_, model.fit_info_ = meta.get("history", []), meta.get("fit_info", {})
+        model.persona_labels_ = None
+        if encoder is not None and encoder.name != meta["encoder"]:
+            raise RunDirectoryError(
+                f"model in {folder} was fitted with encoder '{meta['encoder']}', not '{encoder.name}'; "
+                "use the same encoder (the gates read its embeddings)"
+            )
+        return model
+
+
+def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One categorical draw per row of ``probs`` (rows sum to 1), vectorised via inverse CDF."""
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(probs.shape[0]) * cdf[:, -1]
+    return np.minimum((cdf < u[:, None]).sum(axis=1), probs.shape[1] - 1)

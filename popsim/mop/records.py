@@ -1,0 +1,126 @@
+"""Records (x, y) a MoP model is fitted on, and the exemplar pool it draws (x_j, y_j) from.
+
+A record is one human response y to a context x. For a survey, x is the respondent's profile rendered
+as text plus the question ("About you: a 45-year-old woman, ... Q: ..."), y is the chosen option, and
+``options`` lists the question's options (the likelihood is then normalised over them, exactly as
+simulation samples answers). For reviews, x is the instruction/item and y the review text.
+
+``groups`` identifies the person behind each record: a record's own exemplar (same group) is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from popsim.exceptions import DataError
+
+__all__ = ["Records", "ExemplarPool"]
+
+
+def _as_groups(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:
+    if groups is None:
+        return np.arange(n).astype(str)
+    arr = np.asarray(groups).astype(str)
+    if arr.shape != (n,):
+        raise DataError(f"groups has {arr.shape[0]} entries for {n} records; pass one per record")
+    return arr
+
+
+@dataclass(frozen=True)
+class Records:
+    """A table of (context, response) records with optional options, groups, weights and attributes."""
+
+    contexts: list[str]
+    responses: list[str]
+    options: list[tuple[str, ...] | None] | None = None
+    groups: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    attributes: pd.DataFrame | None = None
+    question_ids: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.contexts)
+        if n == 0:
+            raise DataError("records are empty; the population table has no usable rows")
+        if len(self.responses) != n:
+            raise DataError(f"{len(self.responses)} responses for {n} contexts; pass one per context")
+        options = self.options if self.options is not None else [None] * n
+        for i, (resp, opts) in enumerate(zip(self.responses, options, strict=True)):
+            if opts is not None and resp not in opts:
+                raise DataError(f"record {i}: response {resp!r} is not one of its options {list(opts)}")
+        object.__setattr__(self, "options", list(options))
+        object.__setattr__(self, "groups", _as_groups(self.groups, n))
+        weights = np.ones(n) if self.weights is None else np.asarray(self.weights, dtype=float)
+        if weights.shape != (n,) or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+            raise DataError("record weights must be finite, >= 0, one per record and not all zero")
+        object.__setattr__(self, "weights", weights)
+        if self.attributes is not None and len(self.attributes) != n:
+            raise DataError(f"attributes have {len(self.attributes)} rows for {n} records")
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Records:
+        idx = np.asarray(index, dtype=int)
+        return Records(
+            contexts=[self.contexts[i] for i in idx],
+            responses=[self.responses[i] for i in idx],
+            options=[self.options[i] for i in idx],  # type: ignore[index]
+            groups=self.groups[idx],  # type: ignore[index]
+            weights=self.weights[idx],  # type: ignore[index]
+            attributes=None if self.attributes is None else self.attributes.iloc[idx].reset_index(drop=True),
+            question_ids=None if self.question_ids is None else [self.question_ids[i] for i in idx],
+        )
+
+
+@dataclass(frozen=True)
+class ExemplarPool:
+    """N exemplars (x_j, y_j), each with the group (person) it came from and optional attributes.
+
+    ``texts`` is what the encoder sees for h(x_j, y_j) and what persona synthesis clusters.
+    """
+
+    inputs: list[str]
+    outputs: list[str]
+    groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    attributes: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.inputs)
+        if n == 0:
+            raise DataError("the exemplar pool is empty; the training split has no usable rows")
+        if len(self.outputs) != n:
+            raise DataError(f"{len(self.outputs)} exemplar outputs for {n} inputs")
+        object.__setattr__(self, "groups", _as_groups(self.groups if len(self.groups) else None, n))
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def texts(self) -> list[str]:
+        return [(x + "\n" + y).strip() for x, y in zip(self.inputs, self.outputs, strict=True)]
+
+    @classmethod
+    def from_records(cls, records: Records, n: int, *, seed: int = 0) -> ExemplarPool:
+        """Draw ``n`` records, stratified by response (free text: uniformly), seeded."""
+        rng = np.random.default_rng(seed)
+        n = min(n, len(records))
+        strata = pd.Series(
+            [r if o is not None else "" for r, o in zip(records.responses, records.options, strict=True)]
+        )
+        chosen: list[int] = []
+        groups = strata.groupby(strata).indices
+        for key in sorted(groups):
+            idx = np.asarray(groups[key])
+            take = int(round(n * len(idx) / len(records)))
+            chosen += list(rng.choice(idx, size=min(take, len(idx)), replace=False))
+        rest = np.setdiff1d(np.arange(len(records)), chosen)
+        if len(chosen) < n:
+            chosen += list(rng.choice(rest, size=n - len(chosen), replace=False))
+        chosen = sorted(chosen[:n])
+        sub = records.subset(chosen)
+        return cls(sub.contexts, sub.responses, sub.groups, sub.attributes)  # type: ignore[arg-type]

@@ -1,0 +1,122 @@
+"""MoP core on the hash test double (fast) and on the real packaged SmolLM2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from popsim.exceptions import NotFittedError, RunDirectoryError
+from popsim.lm.testing import HashLM
+from popsim.mop import MixtureOfPersonas, PromptStyle, Records, build_prompt
+from popsim.mop.scoring import ScoreCache, pair_log_likelihood
+
+CONTEXTS = [f"a movie you rate {1 + i % 10}/10" for i in range(60)]
+REVIEWS = [("great fun film with fine acting" if i % 3 else "boring slow plot and bad acting") for i in range(60)]
+
+
+def _fit(encoder, **kw):
+    params = dict(n_personas=3, n_exemplars=20, epochs=2, batch_size=8, max_train_records=40, verbose=False,
+                  style=PromptStyle.reviews())
+    params.update(kw)
+    return MixtureOfPersonas(HashLM(), encoder, **params).fit(Records(CONTEXTS, REVIEWS))
+
+
+def test_objective_gradients_reach_projections_and_used_temperatures(encoder):
+    model = _fit(encoder, epochs=1)
+    records = Records(CONTEXTS, REVIEWS)
+    h_x = torch.from_numpy(encoder.encode(records.contexts))
+    model.gate_.zero_grad()
+    batch = np.arange(8)
+    loss = model._batch_loss(records, batch, h_x)
+    loss.backward()
+    for name in ("W_x", "W_g", "W_e"):
+        grad = getattr(model.gate_, name).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    mask = model._own_exemplar_mask(records.groups[batch])
+    log_pi, log_omega = model.gate_(h_x[batch], model.h_g_, model.h_e_, mask)
+    top = (log_pi.unsqueeze(2) + log_omega).flatten(1).topk(model.top_m, dim=1).indices
+    used = set((top // model.h_e_.shape[0]).flatten().tolist())
+    grads = model.gate_.log_tau.grad
+    for k in range(len(model.personas_)):
+        assert (grads[k] != 0) == (k in used), k
+
+
+def test_own_exemplar_never_enters_top_m(encoder):
+    model = _fit(encoder, epochs=1, n_exemplars=60)  # every record is in the pool
+    records = Records(CONTEXTS, REVIEWS)
+    h_x = torch.from_numpy(encoder.encode(records.contexts))
+    batch = np.arange(len(records))
+    mask = model._own_exemplar_mask(records.groups[batch])
+    log_pi, log_omega = model.gate_(h_x, model.h_g_, model.h_e_, mask)
+    top = (log_pi.unsqueeze(2) + log_omega).flatten(1).topk(model.top_m, dim=1).indices
+    js = top % model.h_e_.shape[0]
+    for row in range(len(records)):
+        own = np.flatnonzero(model.exemplars_.groups == records.groups[row])
+        assert not set(js[row].tolist()) & set(own.tolist())
+
+
+def test_fit_is_deterministic_for_a_seed(encoder):
+    a, b = _fit(encoder, random_state=3), _fit(encoder, random_state=3)
+    assert np.array_equal(a.mixing_weights(CONTEXTS[:5]), b.mixing_weights(CONTEXTS[:5]))
+    assert np.array_equal(a.temperatures_, b.temperatures_)
+    draws_a = a.sample(CONTEXTS, np.random.default_rng(1))
+    draws_b = b.sample(CONTEXTS, np.random.default_rng(1))
+    assert all(np.array_equal(draws_a[k], draws_b[k]) for k in draws_a)
+
+
+def test_sample_follows_mixing_weights(encoder):
+    model = _fit(encoder)
+    ctx = [CONTEXTS[0]] * 4000
+    draws = model.sample(ctx, np.random.default_rng(0))
+    freq = np.bincount(draws["persona"], minlength=len(model.personas_)) / len(ctx)
+    assert np.abs(freq - model.mixing_weights(CONTEXTS[:1])[0]).max() < 0.03
+    assert np.allclose(draws["temperature"], model.temperatures_[draws["persona"]])
+
+
+def test_save_load_roundtrip_and_transfer_to_another_lm(encoder, tmp_path):
+    model = _fit(encoder)
+    model.save(tmp_path / "mop")
+    loaded = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM("another-lm"), encoder=encoder)
+    assert np.allclose(loaded.mixing_weights(CONTEXTS[:4]), model.mixing_weights(CONTEXTS[:4]))
+    assert [p.text for p in loaded.personas_] == [p.text for p in model.personas_]
+    assert loaded.lm.name == "another-lm"  # the gate transfers; prompts now go to the other LM
+    (tmp_path / "mop" / "gate.safetensors").write_bytes(b"truncated")
+    with pytest.raises(RunDirectoryError, match="corrupt"):
+        MixtureOfPersonas.load(tmp_path / "mop", encoder=encoder)
+
+
+def test_unfitted_model_raises_clear_error(encoder):
+    with pytest.raises(NotFittedError, match="fit"):
+        MixtureOfPersonas(HashLM(), encoder).mixing_weights(["x"])
+
+
+def test_multiple_choice_likelihood_is_normalised_over_options():
+    cache = ScoreCache(HashLM())
+    opts = ("too little", "about right", "too much")
+    prompts = ["Q: spending on roads?"] * 3
+    ll, _ = pair_log_likelihood(cache, prompts, list(opts), [opts] * 3, torch.ones(3))
+    assert np.isclose(torch.logsumexp(ll, 0).item(), 0.0, atol=1e-5)
+    assert cache.misses == 3  # the three options of one prompt are scored once
+    pair_log_likelihood(cache, prompts, list(opts), [opts] * 3, torch.full((3,), 0.5))
+    assert cache.misses == 3  # a new temperature needs no new LM call
+
+
+def test_prompt_keeps_data_braces_inert():
+    prompt = build_prompt("You are {persona}.", ("{x}", "{y} {0}"), "the movie {title}", PromptStyle.reviews())
+    text = prompt.messages[-1][1]
+    assert "{persona}" in text and "{y} {0}" in text and "{title}" in text
+
+
+def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):
+    """Every MoP capability once on the real packaged LM (small sizes)."""
+    model = MixtureOfPersonas(smollm, encoder, n_personas=2, n_exemplars=8, epochs=1, batch_size=4,
+                              max_train_records=8, verbose=False, style=PromptStyle.reviews())
+    model.fit(Records(CONTEXTS[:20], REVIEWS[:20]))
+    assert len(model.personas_) == 2 and all(p.text.startswith("You") for p in model.personas_)
+    assert model.fit_info_["cache_misses"] > 0
+    ll, n_tok = model.log_likelihood(Records(CONTEXTS[20:24], REVIEWS[20:24]), n_samples=2)
+    assert np.isfinite(ll).all() and (n_tok > 0).all()
+    model.save(tmp_path / "m")
+    again = MixtureOfPersonas.load(tmp_path / "m", lm=smollm, encoder=encoder)
+    assert again.sample(CONTEXTS[:3], np.random.default_rng(0))["persona"].shape == (3,)
