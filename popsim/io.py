@@ -27,6 +27,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,16 @@ from popsim.eval.metrics import (
     wasserstein_ordinal,
     weighted_distribution,
 )
+from popsim.eval.report import BANNER, build_report, method_headline, worst_cells
+from popsim.eval.subgroups import (
+    Cell,
+    cell_fidelity,
+    cell_question_fidelity,
+    noise_floor_curve,
+    persona_composition,
+    respondent_table,
+    subgroup_cells,
+)
 
 __all__ = [
     "weighted_distribution",
@@ -26,4 +36,15 @@ __all__ = [
     "kl_cosine",
     "distinct_n",
     "downstream_scores",
+    "Cell",
+    "respondent_table",
+    "subgroup_cells",
+    "cell_question_fidelity",
+    "cell_fidelity",
+    "noise_floor_curve",
+    "persona_composition",
+    "BANNER",
+    "build_report",
+    "method_headline",
+    "worst_cells",
 ]

@@ -23,7 +23,7 @@ from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, persona_comp
 from popsim.exceptions import DataError
 from popsim.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["BANNER", "build_report", "headline_table", "worst_cells"]
+__all__ = ["BANNER", "build_report", "method_headline", "worst_cells"]
 
 BANNER = "Synthetic-population output: simulated answers, not real respondents"
 
@@ -48,7 +48,8 @@ color:#1b1b1b;background:#fff;padding:0 1rem}
 border-radius:6px;margin-bottom:1.2rem}
 table{border-collapse:collapse;margin:.6rem 0 1.4rem;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .55rem;text-align:right}
-th{background:#eef2f7}td:first-child,th:first-child{text-align:left}
+th{background:#eef2f7}td{white-space:nowrap}td:first-child,th:first-child{text-align:left}
+.cells td:nth-child(2),.cells th:nth-child(2){text-align:left}.scroll{overflow-x:auto}
 img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{color:#555;font-size:.9rem}
 """
 
@@ -71,7 +72,7 @@ def _load(obj: pd.DataFrame | str | Path, what: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def headline_table(cells: pd.DataFrame) -> pd.DataFrame:
+def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
     """Per method: overall TV (the "all" cell) with CI, mean TV over scored subgroup cells, share of them
     worse than the noise floor, and how many cells were scored or suppressed."""
     rows = []
@@ -168,7 +169,7 @@ def _html(title, context, head, worst, cells, png: bytes, notes) -> str:
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     items = "".join(f"<li>{e(c)}</li>" for c in context)
     note_items = "".join(f"<li>{e(n)}</li>" for n in notes)
-    worst_html = _html_table(worst) if len(worst) else "<p>No scored cells.</p>"
+    worst_html = f'<div class="cells">{_html_table(worst)}</div>' if len(worst) else "<p>No scored cells.</p>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{e(title)}</title><style>{_CSS}</style></head>
@@ -187,7 +188,7 @@ def _html(title, context, head, worst, cells, png: bytes, notes) -> str:
 <h2>How to read this</h2>
 <ul>{note_items}</ul>
 <details><summary>All cells ({len(cells)} rows)</summary>
-{_html_table(cells)}
+<div class="cells scroll">{_html_table(cells)}</div>
 </details>
 </body></html>
 """
@@ -229,8 +230,8 @@ def build_report(
     cells = pd.concat(tables, ignore_index=True)
     n_real = len(real_df)
     sizes = np.unique(np.round(np.geomspace(min(5, n_real), n_real, 12)).astype(int))
-    floor = noise_floor_curve(real_df, options, sizes, seed=seed, weights_col=weights_col)
-    head, worst = headline_table(cells), worst_cells(cells, worst_k)
+    floor = noise_floor_curve(real_df, options, sizes, n_rep=100, seed=seed, weights_col=weights_col)
+    head, worst = method_headline(cells), worst_cells(cells, worst_k)
     png = _longtail_png(cells, floor, min_n=min_n, title=title)
     context = _context(real_df, options, attributes, frames, min_n, max_order)
 

@@ -7,7 +7,11 @@ __all__ = ["Chat", "LanguageModel", "Prompt", "EMBEDDED_LMS", "cache_dir", "reso
 
 
 def load_lm(name: str = "smollm2-135m-instruct", **options) -> LanguageModel:
-    """Load a backend by name: ``openai:<url>`` for an OpenAI-compatible endpoint, else transformers."""
+    """Load a backend by name: ``hash-lm`` (the deterministic test double), else transformers."""
+    if name == "hash-lm":
+        from popsim.lm.testing import HashLM
+
+        return HashLM()
     from popsim.lm.hf import HFLanguageModel
 
     return HFLanguageModel(name, **options)

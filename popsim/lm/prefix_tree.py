@@ -32,13 +32,16 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def group_by_shared_prefix(
-    prompts: Sequence[Sequence[int]], *, min_shared: int = 8, max_members: int = 64
+    prompts: Sequence[Sequence[int]], *, min_shared: int = 8, min_fraction: float = 0.5, max_members: int = 64
 ) -> list[PrefixGroup]:
-    """Group prompts (token id lists) whose common prefix is at least ``min_shared`` tokens.
+    """Group prompts (token id lists) that share a long common prefix.
 
     Prompts are sorted lexicographically, so a group's common prefix is the common prefix of its first
-    and last member. A prompt sharing too little with its neighbours forms a group of one, whose
-    "prefix" is the whole prompt.
+    and last member. A prompt joins the current group while the shared prefix stays at least
+    ``min_shared`` tokens and ``min_fraction`` of the first member's length: prompts that share only a
+    short opening (the instruction) are not worth a group, those of one agent (instruction + persona +
+    exemplar + profile) are. A prompt sharing too little forms a group of one, whose "prefix" is the
+    whole prompt.
     """
     order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
     groups: list[PrefixGroup] = []
@@ -46,7 +49,8 @@ def group_by_shared_prefix(
     shared = len(prompts[order[0]])
     for idx in order[1:]:
         candidate = min(shared, common_prefix_length(prompts[members[0]], prompts[idx]))
-        if candidate >= min_shared and len(members) < max_members:
+        needed = max(min_shared, min_fraction * len(prompts[members[0]]))
+        if candidate >= needed and len(members) < max_members:
             members.append(idx)
             shared = candidate
         else:

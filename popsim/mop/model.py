@@ -163,7 +163,7 @@ class MixtureOfPersonas:
         order = rng.permutation(len(records))
         n_val = int(round(self.val_fraction * len(records))) if len(records) >= 10 else 0
         val_idx, train_idx = order[:n_val], order[n_val:]
-        h_x = torch.from_numpy(encoder.encode(records.contexts))
+        h_x = torch.from_numpy(encoder.encode(records.gate_inputs))
         self.cache_ = ScoreCache(self.lm, self.cache_path)
         optimizer = torch.optim.Adam(self.gate_.parameters(), lr=self.learning_rate)
         best, best_state, bad_epochs, history = float("inf"), None, 0, []
@@ -304,7 +304,7 @@ class MixtureOfPersonas:
         prompts, taus = [], []
         for _ in range(n_samples):
             if method == "mop":
-                draw = self.sample(records.contexts, rng, groups=records.groups)
+                draw = self.sample(records.gate_inputs, rng, groups=records.groups)
                 ks, js, tau = draw["persona"], draw["exemplar"], draw["temperature"]
             else:
                 ks = rng.integers(len(self.personas_), size=n)

@@ -5,6 +5,8 @@ as text plus the question ("About you: a 45-year-old woman, ... Q: ..."), y is t
 ``options`` lists the question's options (the likelihood is then normalised over them, exactly as
 simulation samples answers). For reviews, x is the instruction/item and y the review text.
 
+``gate_texts`` (optional) is what the gates encode as x when it differs from the prompt context: a
+survey agent holds one persona and exemplar for all its questions, drawn from its profile alone.
 ``groups`` identifies the person behind each record: a record's own exemplar (same group) is masked.
 """
 
@@ -41,9 +43,12 @@ class Records:
     weights: np.ndarray | None = None
     attributes: pd.DataFrame | None = None
     question_ids: list[str] | None = None
+    gate_texts: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.contexts)
+        if self.gate_texts is not None and len(self.gate_texts) != n:
+            raise DataError(f"{len(self.gate_texts)} gate texts for {n} contexts; pass one per context")
         if n == 0:
             raise DataError("records are empty; the population table has no usable rows")
         if len(self.responses) != n:
@@ -74,7 +79,13 @@ class Records:
             weights=self.weights[idx],  # type: ignore[index]
             attributes=None if self.attributes is None else self.attributes.iloc[idx].reset_index(drop=True),
             question_ids=None if self.question_ids is None else [self.question_ids[i] for i in idx],
+            gate_texts=None if self.gate_texts is None else [self.gate_texts[i] for i in idx],
         )
+
+    @property
+    def gate_inputs(self) -> list[str]:
+        """What the gates encode as x: ``gate_texts`` (e.g. a respondent profile) or the contexts."""
+        return self.gate_texts if self.gate_texts is not None else self.contexts
 
 
 @dataclass(frozen=True)

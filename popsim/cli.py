@@ -1,0 +1,120 @@
+"""``python -m popsim``: a thin command layer over :func:`popsim.runner.run` and friends.
+
+Commands: run (fit if needed, simulate, summarise), validate, fit, simulate, report. User errors print
+one line (``popsim: error: ...``) and exit 2; Ctrl-C keeps completed responses and says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from popsim.exceptions import PopsimError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="popsim", description="Simulate populations with Mixture of Personas.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in [("run", "fit if needed, simulate, summarise"), ("validate", "check a scenario file"),
+                        ("fit", "fit the MoP model only"), ("simulate", "simulate with the fitted model")]:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("scenario", help="scenario YAML file")
+        p.add_argument("--out", help="run directory (default runs/<name>)")
+        p.add_argument("--agents", type=int, help="population size")
+        p.add_argument("--seed", type=int, help="random seed")
+        p.add_argument("--lm", help="LM name, folder or .gguf")
+        p.add_argument("--method", help="mop, uniform, persona-only, no-persona or silicon")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep = sub.add_parser("report", help="per-subgroup summary / fidelity report of a run")
+    rep.add_argument("run_dirs", nargs="+", help="one or more run directories (methods side by side)")
+    rep.add_argument("--real", help="held-out real respondents (parquet/CSV); default RUN_DIR/heldout.parquet")
+    rep.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    if args.out:
+        out["output"] = args.out
+    if args.agents is not None:
+        out["simulation.agents"] = args.agents
+    if args.seed is not None:
+        out["seed"] = args.seed
+    if args.lm:
+        out["lm.name"] = args.lm
+    if args.method:
+        out["simulation.method"] = args.method
+    return out
+
+
+def _print_run(result) -> None:
+    from popsim.eval.headline import headline_table
+
+    print(f"\nOutputs in {result.run_dir}/: responses.parquet, agents.parquet, summary.csv, personas.json, "
+          "manifest.json")
+    table = headline_table(result.run_dir)
+    if table is not None:
+        print("\nSimulated vs real held-out answers, by subgroup (mean total variation over questions):")
+        print(table.to_string(index=False))
+    print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
+          + f"; LM calls: {result.lm_calls}")
+
+
+def _command(args: argparse.Namespace) -> int:
+    from popsim.config import load_scenario
+
+    if args.command == "report":
+        from popsim.eval.headline import report_command
+
+        return report_command(args.run_dirs, real=args.real, out=args.out)
+    scenario = load_scenario(args.scenario, _overrides(args))
+    if args.command == "validate":
+        print(f"{args.scenario}: valid {scenario.kind} scenario '{scenario.name}' "
+              f"({len(scenario.questions)} questions, {scenario.simulation.agents} agents)")
+        return 0
+    from popsim import runner
+
+    if args.command == "fit":
+        from popsim.data import load_population
+        from popsim.embed import SentenceEncoder
+        from popsim.lm.loading import cache_dir
+
+        run_dir = runner.prepare_run_dir(scenario, scenario.run_dir)
+        population = load_population(scenario) if scenario.kind == "survey" else None
+        encoder = SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
+        model = runner.fit_model(scenario, runner._load_lm(scenario), encoder, run_dir, population,
+                                 verbose=not args.quiet)
+        print(f"fitted {len(model.personas_)} personas, {len(model.exemplars_)} exemplars -> {run_dir / 'mop'}")
+        return 0
+    if args.command == "simulate" and not (scenario.run_dir / "mop" / "fit_key").is_file() \
+            and scenario.simulation.method not in {"no-persona", "silicon"}:
+        raise PopsimError(f"no fitted model in {scenario.run_dir / 'mop'}; run `popsim fit {args.scenario}` first")
+    try:
+        result = runner.run(scenario, verbose=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: completed responses are saved in {scenario.run_dir}/parts; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    _print_run(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except PopsimError as exc:
+        print(f"popsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

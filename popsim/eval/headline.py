@@ -1,0 +1,96 @@
+"""The small per-subgroup table printed after a run, and the ``popsim report`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from popsim.eval.metrics import total_variation, weighted_distribution
+from popsim.exceptions import RunDirectoryError
+
+__all__ = ["headline_table", "report_command", "load_run"]
+
+
+def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict, list[str]]:
+    """responses (last round), question options and attribute names of a run directory."""
+    run_dir = Path(run_dir)
+    try:
+        responses = pd.read_parquet(run_dir / "responses.parquet")
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise RunDirectoryError(f"{run_dir} is not a complete popsim run (no responses.parquet/manifest.json); "
+                                "run `popsim run` first") from None
+    questions = manifest["config"].get("questions", [])
+    options = {}
+    for q in questions:
+        opts = q.get("options")
+        if opts and not q.get("free_text"):
+            options[q["id"]] = list(opts.values()) if isinstance(opts, dict) else list(opts)
+    attributes = [c.removeprefix("attr_") for c in responses.columns if c.startswith("attr_")]
+    last = responses[responses["round"] == responses["round"].max()]
+    return last, options, attributes
+
+
+def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Mean TV over questions between simulated and real answer shares, overall and per attribute value."""
+    run_dir = Path(run_dir)
+    responses, options, attributes = load_run(run_dir)
+    if real is None:
+        if not (run_dir / "heldout.parquet").is_file() or not options:
+            return None
+        real = pd.read_parquet(run_dir / "heldout.parquet")
+    rows = []
+    cells = [("all", None, None)] + [
+        (f"{a}={v}", a, v) for a in attributes for v in sorted(responses[f"attr_{a}"].dropna().unique())]
+    for name, attr, value in cells:
+        sim = responses if attr is None else responses[responses[f"attr_{attr}"] == value]
+        ref = real if attr is None else real[real[f"attr_{attr}"] == value]
+        tvs = []
+        for q, opts in options.items():
+            if q not in ref.columns:
+                continue
+            s = sim.loc[sim["question"] == q, "answer"]
+            r = ref[[q, "weight"]].dropna()
+            if len(s) == 0 or len(r) == 0:
+                continue
+            p = weighted_distribution(s.to_numpy(object), opts)
+            tvs.append(total_variation(p, weighted_distribution(r[q].to_numpy(object), opts, r["weight"].to_numpy())))
+        if tvs:
+            rows.append({"subgroup": name, "sim_n": int(sim["agent"].nunique()), "real_n": len(ref),
+                         "mean_tv": round(float(np.mean(tvs)), 3)})
+    return pd.DataFrame(rows) if rows else None
+
+
+def report_command(run_dirs: list[str], *, real: str | None = None, out: str | None = None) -> int:
+    """``popsim report``: the per-subgroup table and, when available, the full fidelity report."""
+    from popsim.data import load_table
+
+    first = Path(run_dirs[0])
+    real_frame = None
+    if real:
+        real_frame = load_table(real)
+        if "weight" not in real_frame.columns:
+            real_frame["weight"] = 1.0
+    for run_dir in run_dirs:
+        table = headline_table(run_dir, real_frame)
+        print(f"\n{run_dir}:")
+        print("no real held-out data to compare with" if table is None else table.to_string(index=False))
+    try:
+        from popsim.eval.report import build_report
+    except ImportError:
+        return 0
+    responses = {}
+    options, attributes = {}, []
+    for run_dir in run_dirs:
+        frame, options, attributes = load_run(run_dir)
+        method = json.loads((Path(run_dir) / "manifest.json").read_text()).get("method", Path(run_dir).name)
+        name = method if method not in responses else f"{method} ({Path(run_dir).name})"
+        responses[name] = frame
+    if real_frame is None:
+        real_frame = pd.read_parquet(first / "heldout.parquet")
+    paths = build_report(responses, real_frame, options, attributes, Path(out) if out else first / "report")
+    print("\nReport: " + ", ".join(str(p) for p in paths.values()))
+    return 0

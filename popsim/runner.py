@@ -1,0 +1,257 @@
+"""One scenario end to end: load data -> fit (or reuse) MoP -> simulate (resumable) -> summarise.
+
+A run directory is the unit of output and of resumption:
+
+    manifest.json      config, seed, config hash, versions, timings
+    mop/               the fitted model (gate.safetensors + mop.json), reused while data/mop/encoder match
+    personas.json      persona texts, sizes, sources and attribute composition
+    parts/             answers flushed chunk by chunk while simulating (atomic files)
+    responses.parquet  one row per (agent, round, question) with option probabilities and attributes
+    agents.parquet     one row per agent: profile, persona, exemplar, temperature
+    summary.csv        answer shares per question x subgroup, with n
+    heldout.parquet    the real held-out respondents (for `popsim report --real`)
+
+Every file is written atomically; a run stopped by Ctrl-C or kill -9 continues where it stopped when the
+same command is rerun, losing and duplicating nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from popsim.config import QuestionSpec, Scenario, config_hash
+from popsim.data import Population, load_population, profile_text, review_records, survey_exemplars, survey_records
+from popsim.embed import SentenceEncoder
+from popsim.exceptions import RunDirectoryError
+from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
+from popsim.lm import LanguageModel, load_lm
+from popsim.lm.loading import cache_dir
+from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.sim.model import PopulationModel
+from popsim.sim.network import build_network
+
+__all__ = ["RunResult", "run", "fit_model", "prepare_run_dir", "summarise"]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    responses: pd.DataFrame
+    summary: pd.DataFrame
+    timings: dict = field(default_factory=dict)
+    lm_calls: int = 0
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("popsim", "torch", "transformers", "sentence-transformers", "mesa", "numpy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def prepare_run_dir(scenario: Scenario, run_dir: Path) -> Path:
+    """Create the run directory, or check an existing one was written by the same config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = run_dir / "manifest.json"
+    digest = config_hash(scenario)
+    if manifest.is_file():
+        try:
+            old = json.loads(manifest.read_text()).get("config_hash")
+        except (json.JSONDecodeError, OSError):
+            old = None
+        if old and old != digest:
+            raise RunDirectoryError(
+                f"run directory {run_dir} was written by a different config; pass --out to a new folder "
+                "or delete it to start over"
+            )
+    return run_dir
+
+
+def _manifest(scenario: Scenario, run_dir: Path, **extra) -> None:
+    path = run_dir / "manifest.json"
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update({"scenario": scenario.name, "config_hash": config_hash(scenario), "seed": scenario.seed,
+                    "config": scenario.model_dump(mode="json"), "versions": _versions(),
+                    "torch_threads": torch.get_num_threads()})
+    current.update(extra)
+    atomic_write_json(path, current)
+
+
+def _load_lm(scenario: Scenario) -> LanguageModel:
+    cfg = scenario.lm
+    return load_lm(cfg.name, device=cfg.device, dtype=cfg.dtype, batch_tokens=cfg.batch_tokens)
+
+
+def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, run_dir: Path,
+              population: Population | None = None, *, verbose: bool = True) -> MixtureOfPersonas:
+    """Fit MoP for the scenario, or load the one in ``run_dir/mop`` fitted with the same settings."""
+    key = config_hash(scenario, "data", "questions", "reviews", "mop", "encoder", "seed")
+    folder = run_dir / "mop"
+    if (folder / "fit_key").is_file() and (folder / "fit_key").read_text().strip() == key:
+        return MixtureOfPersonas.load(folder, lm=lm, encoder=encoder)
+    m = scenario.mop
+    style = PromptStyle.survey() if scenario.kind == "survey" else PromptStyle.reviews()
+    model = MixtureOfPersonas(
+        lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
+        tau_init=m.tau_init, personas=m.personas, style=style, learning_rate=m.learning_rate, epochs=m.epochs,
+        batch_size=m.batch_size, max_train_records=m.max_train_records, random_state=scenario.seed,
+        cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
+    )
+    if scenario.kind == "survey":
+        population = population or load_population(scenario)
+        records = survey_records(population)
+        pool = survey_exemplars(population, m.n_exemplars, n_questions=m.exemplar_questions, seed=scenario.seed)
+        model.fit(records, pool)
+    else:
+        train, _ = review_records(scenario)
+        model.fit(train)
+    model.save(folder)
+    atomic_write_text(folder / "fit_key", key + "\n")
+    atomic_write_json(run_dir / "personas.json", [p.to_dict() for p in model.personas_])
+    return model
+
+
+def _agent_profiles(scenario: Scenario, population: Population | None) -> tuple[pd.DataFrame, list[str]]:
+    """Agents' profiles sampled from the held-out population (honouring survey weights), seeded."""
+    rng = np.random.default_rng([scenario.seed, 1])
+    n = scenario.simulation.agents
+    if scenario.kind == "survey":
+        assert population is not None
+        test = population.test
+        p = test["weight"].to_numpy(float)
+        idx = rng.choice(len(test), size=n, replace=n > len(test), p=p / p.sum())
+        rows = test.iloc[idx].reset_index(drop=True)
+        profiles = rows[[f"attr_{a}" for a in population.attributes]].copy()
+        texts = [profile_text(r, population.attributes) for _, r in rows.iterrows()]
+        return profiles, texts
+    _, test = review_records(scenario)
+    idx = rng.choice(len(test), size=n, replace=n > len(test))
+    contexts = [test.contexts[i] for i in idx]
+    return pd.DataFrame({"context": contexts}), contexts
+
+
+def _load_parts(parts_dir: Path) -> pd.DataFrame:
+    files = sorted(parts_dir.glob("part-*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    frames = []
+    for f in files:
+        try:
+            frames.append(pd.read_parquet(f))
+        except Exception:  # a torn file cannot exist (atomic writes), but never trust a leftover blindly
+            f.unlink()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: SentenceEncoder | None = None,
+        verbose: bool = True) -> RunResult:
+    """Run one scenario end to end (fit if needed, simulate with resume, summarise)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    run_dir = prepare_run_dir(scenario, scenario.run_dir)
+    _manifest(scenario, run_dir, status="running")
+    population = load_population(scenario) if scenario.kind == "survey" else None
+    lm = lm or _load_lm(scenario)
+    encoder = encoder or SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
+    timings["load"] = time.perf_counter() - t0
+    method = scenario.simulation.method
+    mop = None
+    if method not in {"no-persona", "silicon"}:
+        t = time.perf_counter()
+        mop = fit_model(scenario, lm, encoder, run_dir, population, verbose=verbose)
+        timings["fit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    profiles, texts = _agent_profiles(scenario, population)
+    questions = (list(scenario.questions) if scenario.kind == "survey"
+                 else [QuestionSpec(id="review", text="", free_text=True)])
+    network = (build_network(scenario.simulation.network, len(profiles), seed=scenario.seed,
+                             base_dir=scenario.base_dir) if scenario.simulation.network else None)
+    parts_dir = run_dir / "parts"
+    parts_dir.mkdir(exist_ok=True)
+    existing = _load_parts(parts_dir)
+    done = {}
+    for row in existing.itertuples(index=False):
+        done[(int(row.agent), int(row.round), str(row.question))] = (
+            row.answer, None if row.probs is None or pd.isna(row.probs) else json.loads(row.probs))
+    counter = [len(list(parts_dir.glob("part-*.parquet")))]
+
+    def flush(rows: list[dict]) -> None:
+        frame = pd.DataFrame(rows)
+        frame["probs"] = [None if p is None else json.dumps(p) for p in frame["probs"]]
+        atomic_write_parquet(parts_dir / f"part-{counter[0]:06d}.parquet", frame)
+        counter[0] += 1
+
+    style = (mop.style_ if mop is not None else
+             (PromptStyle.survey() if scenario.kind == "survey" else PromptStyle.reviews()))
+    model = PopulationModel(
+        questions=questions, lm=lm, mop=mop, profiles=profiles, profile_texts=texts, method=method, style=style,
+        seed=scenario.seed, network=network, requests_per_call=scenario.simulation.requests_per_call,
+        chunk_agents=scenario.simulation.chunk_agents,
+        max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
+        done=done, on_chunk=flush, progress=verbose,
+    )
+    for _ in range(scenario.simulation.rounds):
+        model.step()
+    timings["simulate"] = time.perf_counter() - t
+    responses = _final_responses(_load_parts(parts_dir), model, profiles)
+    atomic_write_parquet(run_dir / "responses.parquet", responses)
+    agents = profiles.copy()
+    agents.insert(0, "agent", range(len(agents)))
+    agents["profile"] = texts
+    agents["persona"] = [model.by_id[i].persona for i in range(len(agents))]
+    agents["exemplar"] = [model.by_id[i].exemplar for i in range(len(agents))]
+    agents["temperature"] = [model.by_id[i].temperature for i in range(len(agents))]
+    atomic_write_parquet(run_dir / "agents.parquet", agents)
+    summary = summarise(responses, [c for c in profiles.columns if c.startswith("attr_")])
+    atomic_write_parquet(run_dir / "summary.parquet", summary)
+    atomic_write_text(run_dir / "summary.csv", summary.to_csv(index=False))
+    if population is not None:
+        held = population.test.rename(columns={c: c.removeprefix("q_") for c in population.test.columns
+                                               if c.startswith("q_")})
+        atomic_write_parquet(run_dir / "heldout.parquet", held)
+    timings["total"] = time.perf_counter() - t0
+    _manifest(scenario, run_dir, status="complete", timings=timings, lm_calls=model.lm_calls,
+              n_responses=len(responses), method=method,
+              fit=None if mop is None else getattr(mop, "fit_info_", {}))
+    return RunResult(run_dir, responses, summary, timings, model.lm_calls)
+
+
+def _final_responses(parts: pd.DataFrame, model: PopulationModel, profiles: pd.DataFrame) -> pd.DataFrame:
+    """Deduplicate on (agent, round, question) - a chunk written twice around a crash counts once."""
+    frame = parts.drop_duplicates(["agent", "round", "question"], keep="first")
+    frame = frame.sort_values(["agent", "round", "question"], kind="stable").reset_index(drop=True)
+    attrs = profiles.reset_index(drop=True)
+    for col in attrs.columns:
+        frame[col] = attrs[col].to_numpy()[frame["agent"].to_numpy()]
+    frame["temperature"] = frame["temperature"].astype(float).round(6)
+    return frame
+
+
+def summarise(responses: pd.DataFrame, attribute_columns: list[str]) -> pd.DataFrame:
+    """Answer shares per question x subgroup (each attribute value and 'all'), with n, last round only."""
+    if responses.empty:
+        return pd.DataFrame(columns=["question", "subgroup", "answer", "share", "n"])
+    last = responses[responses["round"] == responses["round"].max()]
+    frames = []
+    groupings = [("all", None)] + [(c.removeprefix("attr_"), c) for c in attribute_columns]
+    for name, col in groupings:
+        keys = ["question"] + ([col] if col else [])
+        counts = last.groupby(keys + ["answer"], dropna=True).size().rename("count").reset_index()
+        totals = counts.groupby(keys)["count"].transform("sum")
+        counts["share"] = (counts["count"] / totals).round(4)
+        counts["n"] = totals
+        counts["subgroup"] = "all" if col is None else name + "=" + counts[col].astype(str)
+        frames.append(counts[["question", "subgroup", "answer", "share", "n"]])
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,246 @@
+"""``PopulationModel``: a Mesa 3 model of agents answering through ONE shared, batched, frozen LM.
+
+Each step (a round) the model gathers every agent's pending requests, deduplicates identical prompts,
+sends them to the LM in batches (``requests_per_call`` prompts per call: one population step of N agents
+makes about ceil(requests / requests_per_call) calls, not N), and scatters the results back. Agents are
+processed in chunks so completed answers can be flushed to disk as they finish (``on_chunk``), which
+keeps memory flat and makes a run resumable.
+
+Randomness: the model owns ``rng`` (seeded); persona/exemplar draws use it; each answer is sampled from
+its own stream ``SeedSequence([seed, agent, round, question])``, so an answer does not depend on which
+other answers were computed in the same call or before an interruption.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import mesa
+import networkx as nx
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from popsim.config import QuestionSpec
+from popsim.data import survey_context
+from popsim.lm.base import LanguageModel, Prompt
+from popsim.mop.model import MixtureOfPersonas
+from popsim.mop.prompts import PromptStyle, build_prompt
+from popsim.sim.agent import PersonaAgent, Request
+
+__all__ = ["PopulationModel", "assign_mixture"]
+
+METHODS = ("mop", "uniform", "persona-only", "no-persona", "silicon")
+
+
+def assign_mixture(method: str, mop: MixtureOfPersonas | None, gate_texts: Sequence[str],
+                   rng: np.random.Generator, tau_default: float = 1.0) -> dict[str, np.ndarray]:
+    """Persona, exemplar (-1 = none) and temperature per agent for MoP or a baseline.
+
+    mop: drawn from the learned gates; uniform: persona and exemplar uniform, tau = tau_init;
+    persona-only: uniform persona, no exemplar, tau 1; no-persona and silicon: neither, tau 1
+    (silicon keeps the agent's real profile in its prompt, no-persona drops it too).
+    """
+    n = len(gate_texts)
+    none = np.full(n, -1)
+    if method == "mop":
+        assert mop is not None
+        return mop.sample(gate_texts, rng)
+    if method == "uniform":
+        assert mop is not None
+        return {"persona": rng.integers(len(mop.personas_), size=n),
+                "exemplar": rng.integers(len(mop.exemplars_), size=n), "temperature": np.full(n, mop.tau_init)}
+    if method == "persona-only":
+        assert mop is not None
+        return {"persona": rng.integers(len(mop.personas_), size=n), "exemplar": none,
+                "temperature": np.full(n, tau_default)}
+    if method in {"no-persona", "silicon"}:
+        return {"persona": none, "exemplar": none, "temperature": np.full(n, tau_default)}
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+
+
+class PopulationModel(mesa.Model):
+    """Agents with persona + exemplar answering questions through one shared LM.
+
+    Args:
+        questions: what every agent answers each round (reviews: one free-text "question").
+        lm: the shared frozen LM.
+        mop: a fitted MixtureOfPersonas (``None`` only for no-persona/silicon).
+        profiles: one row per agent: ``attr_<name>`` columns (surveys) or a ``context`` column (reviews).
+        profile_texts: what each agent's prompt states about itself (and the gates read).
+        method: ``mop`` or a baseline (see :func:`assign_mixture`).
+        style: prompt wording; ``kind="chat"`` means free-text reviews.
+        network: optional graph over agent ids; from round 2 prompts include neighbours' answers.
+        done: (agent, round, question) -> (answer, probs) already on disk (resume).
+        on_chunk: called with the list of completed answer rows after each chunk of agents.
+    """
+
+    def __init__(
+        self,
+        *,
+        questions: Sequence[QuestionSpec],
+        lm: LanguageModel,
+        mop: MixtureOfPersonas | None,
+        profiles: pd.DataFrame,
+        profile_texts: Sequence[str],
+        method: str = "mop",
+        style: PromptStyle | None = None,
+        seed: int = 0,
+        network: nx.Graph | None = None,
+        requests_per_call: int = 256,
+        chunk_agents: int = 64,
+        max_new_tokens: int = 60,
+        done: dict | None = None,
+        on_chunk: Callable[[list[dict]], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(rng=seed)
+        self.seed = seed
+        self.questions = list(questions)
+        self.question_by_id = {q.id: q for q in self.questions}
+        self.lm = lm
+        self.mop = mop
+        self.method = method
+        self.style = style or (mop.style_ if mop is not None else PromptStyle.survey())
+        self.network = network
+        self.requests_per_call = requests_per_call
+        self.chunk_agents = chunk_agents
+        self.max_new_tokens = max_new_tokens
+        self.done = done or {}
+        self.on_chunk = on_chunk
+        self.progress = progress
+        self.round = 0
+        self.lm_calls = 0
+        gate_texts = [t or "a member of the population" for t in profile_texts]
+        draws = assign_mixture(method, mop, gate_texts, self.rng)
+        shown = ["" if method == "no-persona" else t for t in profile_texts]
+        records = profiles.to_dict("records")
+        PersonaAgent.create_agents(
+            self, len(records), person_id=list(range(len(records))), profile=records, profile_text=shown,
+            persona=[int(k) for k in draws["persona"]], exemplar=[int(j) for j in draws["exemplar"]],
+            temperature=[float(t) for t in draws["temperature"]],
+        )
+        self.by_id = {a.person_id: a for a in self.agents}
+        for (agent, round_, question), (text, probs) in self.done.items():
+            if agent in self.by_id:
+                self.by_id[agent].answers[(round_, question)] = text
+                if probs is not None:
+                    self.by_id[agent].probs[(round_, question)] = probs
+        reporters = {f"share:{q.id}:{o}": _share_reporter(q.id, o) for q in self.questions for o in q.option_labels}
+        self.datacollector = mesa.DataCollector(model_reporters=reporters)
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "") -> Prompt:
+        persona = None if agent.persona < 0 or self.mop is None else self.mop.personas_[agent.persona].text
+        exemplar = None
+        if agent.exemplar >= 0 and self.mop is not None:
+            pool = self.mop.exemplars_
+            exemplar = (pool.inputs[agent.exemplar], pool.outputs[agent.exemplar])
+        if self.style.kind == "chat":
+            context = agent.profile_text + (("\n" + neighbours) if neighbours else "")
+        elif agent.profile_text:
+            context = survey_context(agent.profile_text, question, neighbours)
+        else:
+            context = ((neighbours + "\n") if neighbours else "") + "Q: " + question.text.strip()
+        return build_prompt(persona, exemplar, context, self.style)
+
+    def neighbour_summary(self, agent: PersonaAgent, question: str, round_: int) -> str:
+        if self.network is None or agent.person_id not in self.network:
+            return ""
+        answers = [self.by_id[n].answers.get((round_ - 1, question)) for n in self.network.neighbors(agent.person_id)
+                   if n in self.by_id]
+        answers = [a for a in answers if a]
+        if not answers:
+            return ""
+        counts = Counter(answers).most_common()
+        return "People you know answered: " + ", ".join(f"{a} ({c})" for a, c in counts) + "."
+
+    def answer_rng(self, agent: int, round_: int, question: str) -> np.random.Generator:
+        q = zlib.crc32(question.encode())
+        return np.random.default_rng(np.random.SeedSequence([self.seed, agent, round_, q]))
+
+    # ------------------------------------------------------------------ stepping
+    def step(self) -> None:
+        """One round: every agent answers every question it has not answered yet."""
+        self.round += 1
+        agents = sorted(self.agents, key=lambda a: a.person_id)
+        chunks = [agents[i : i + self.chunk_agents] for i in range(0, len(agents), self.chunk_agents)]
+        bar = tqdm(total=len(agents), desc=f"round {self.round}", disable=not self.progress, unit="agent")
+        for chunk in chunks:
+            requests = [r for a in chunk for r in a.requests(self.round)]
+            if requests:
+                rows = self.answer(requests)
+                if self.on_chunk is not None:
+                    self.on_chunk(rows)
+            bar.update(len(chunk))
+        bar.close()
+        self.datacollector.collect(self)
+
+    def answer(self, requests: list[Request]) -> list[dict]:
+        """Gather -> dedupe -> batch through the LM -> scatter; returns completed answer rows."""
+        rows = []
+        choice = [r for r in requests if r.options is not None]
+        free = [r for r in requests if r.options is None]
+        unique: dict[tuple, int] = {}
+        keys = []
+        for r in choice:
+            key = (self.lm.render(r.prompt), r.options, round(r.temperature, 6))
+            keys.append(unique.setdefault(key, len(unique)))
+        uniq_requests = [None] * len(unique)
+        for r, k in zip(choice, keys, strict=True):
+            uniq_requests[k] = r
+        probs: list[np.ndarray] = []
+        for start in range(0, len(uniq_requests), self.requests_per_call):
+            batch = uniq_requests[start : start + self.requests_per_call]
+            self.lm_calls += 1
+            logps = self.lm.option_logprobs([r.prompt for r in batch], [list(r.options) for r in batch],
+                                            temperature=[r.temperature for r in batch])
+            probs += [_stable_probs(lp) for lp in logps]
+        for r, k in zip(choice, keys, strict=True):
+            agent = self.by_id[r.agent]
+            text = agent.answer(self.round, r.question, probs[k], None)
+            rows.append(self._row(agent, r.question, text))
+        for start in range(0, len(free), self.requests_per_call):
+            batch = free[start : start + self.requests_per_call]
+            self.lm_calls += 1
+            seeds = [int(self.answer_rng(r.agent, self.round, r.question).integers(2**31)) for r in batch]
+            texts = self.lm.generate([r.prompt for r in batch], max_new_tokens=self.max_new_tokens,
+                                     temperature=[r.temperature for r in batch], seed=seeds)
+            for r, text in zip(batch, texts, strict=True):
+                agent = self.by_id[r.agent]
+                agent.answer(self.round, r.question, None, text.strip())
+                rows.append(self._row(agent, r.question, text.strip()))
+        return rows
+
+    def _row(self, agent: PersonaAgent, question: str, text: str) -> dict:
+        probs = agent.probs.get((self.round, question))
+        return {"agent": agent.person_id, "round": self.round, "question": question, "answer": text,
+                "probs": probs, "persona": agent.persona, "exemplar": agent.exemplar,
+                "temperature": agent.temperature}
+
+    def responses(self) -> pd.DataFrame:
+        """All answers so far, one row per (agent, round, question)."""
+        rows = []
+        for agent in sorted(self.agents, key=lambda a: a.person_id):
+            for (round_, question), text in sorted(agent.answers.items()):
+                rows.append({"agent": agent.person_id, "round": round_, "question": question, "answer": text,
+                             "probs": agent.probs.get((round_, question)), "persona": agent.persona,
+                             "exemplar": agent.exemplar, "temperature": agent.temperature})
+        return pd.DataFrame(rows)
+
+
+def _stable_probs(logprobs: np.ndarray) -> np.ndarray:
+    """Probabilities rounded to 6 decimals, so results do not depend on batch make-up at float noise level."""
+    p = np.round(np.exp(logprobs - np.logaddexp.reduce(logprobs)), 6)
+    return p / p.sum()
+
+
+def _share_reporter(question: str, option: str) -> Callable[[PopulationModel], float]:
+    def share(model: PopulationModel) -> float:
+        answers = [a.answers.get((model.round, question)) for a in model.agents]
+        answers = [a for a in answers if a is not None]
+        return sum(a == option for a in answers) / len(answers) if answers else float("nan")
+
+    return share

@@ -1,0 +1,121 @@
+"""Simulation on Mesa: batching through one LM, determinism, resume after SIGKILL, networks, real LM."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from popsim import runner
+from popsim.config import QuestionSpec, load_scenario
+from popsim.lm.testing import CountingLM, HashLM
+from popsim.mop.prompts import PromptStyle
+from popsim.sim.model import PopulationModel
+
+from .helpers import small_survey
+
+QUESTIONS = [QuestionSpec(id=f"q{i}", text=f"Question {i}?", options=["yes", "no", "maybe"]) for i in range(5)]
+
+
+def _model(lm, n=50, **kw):
+    profiles = pd.DataFrame({"attr_sex": ["man", "woman"] * (n // 2)})
+    texts = [f"sex: {s}; id {i}" for i, s in enumerate(profiles["attr_sex"])]
+    return PopulationModel(questions=QUESTIONS, lm=lm, mop=None, profiles=profiles, profile_texts=texts,
+                           method="silicon", style=PromptStyle.survey(), progress=False, **kw)
+
+
+def test_population_step_batches_requests_through_one_lm():
+    lm = CountingLM(HashLM())
+    model = _model(lm, n=50, requests_per_call=64, chunk_agents=50)
+    model.step()
+    calls = lm.count("option_logprobs")
+    assert calls == math.ceil(50 * 5 / 64)  # not one call per agent or per question
+    assert all(len(a.answers) == 5 for a in model.agents)
+    shares = model.datacollector.get_model_vars_dataframe()
+    assert np.isclose(shares[[c for c in shares.columns if c.startswith("share:q0:")]].iloc[0].sum(), 1.0)
+
+
+def test_identical_prompts_are_deduplicated():
+    lm = CountingLM(HashLM())
+    profiles = pd.DataFrame({"attr_sex": ["man"] * 20})
+    model = PopulationModel(questions=QUESTIONS[:1], lm=lm, mop=None, profiles=profiles,
+                            profile_texts=["sex: man"] * 20, method="silicon", progress=False)
+    model.step()
+    assert sum(c.batch_size for c in lm.calls) == 1  # twenty agents, one distinct prompt
+    answers = [a.answers[(1, "q0")] for a in model.agents]
+    assert len(set(answers)) > 1  # each agent still samples its own answer
+
+
+def test_user_mesa_loop_runs_rounds_with_a_network():
+    import networkx as nx
+
+    model = _model(HashLM(), n=20, network=nx.watts_strogatz_graph(20, 4, 0.1, seed=1))
+    for _ in range(2):
+        model.step()
+    prompt = model.prompt_for(model.by_id[0], QUESTIONS[0], model.neighbour_summary(model.by_id[0], "q0", 2))
+    assert "People you know answered" in prompt
+    assert len(model.responses()) == 20 * 5 * 2
+
+
+def test_same_seed_same_responses(tmp_path):
+    a = runner.run(load_scenario(small_survey(tmp_path / "a")), verbose=False)
+    b = runner.run(load_scenario(small_survey(tmp_path / "b")), verbose=False)
+    assert (a.run_dir / "responses.parquet").read_bytes() == (b.run_dir / "responses.parquet").read_bytes()
+    assert len(a.responses) == 12 * 4
+    assert {"agent", "round", "question", "answer", "probs", "persona", "exemplar", "temperature",
+            "attr_sex", "attr_race", "attr_party"} <= set(a.responses.columns)
+    assert (a.run_dir / "summary.csv").is_file() and (a.run_dir / "heldout.parquet").is_file()
+
+
+def test_fitted_model_is_reused(tmp_path):
+    scenario = load_scenario(small_survey(tmp_path))
+    runner.run(scenario, verbose=False)
+    stamp = (scenario.run_dir / "mop" / "gate.safetensors").stat().st_mtime_ns
+    bigger = load_scenario(small_survey(tmp_path, agents=16))  # a different simulation, same fit
+    with pytest.raises(Exception, match="different config"):
+        runner.run(bigger, verbose=False)
+    other = load_scenario(small_survey(tmp_path), {"output": str(scenario.run_dir)})
+    runner.run(other, verbose=False)
+    assert (scenario.run_dir / "mop" / "gate.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_sigkill_mid_simulation_then_resume_gives_identical_responses(tmp_path):
+    reference = runner.run(load_scenario(small_survey(tmp_path / "ref", agents=40)), verbose=False)
+    path = small_survey(tmp_path / "killed", agents=40)
+    cmd = [sys.executable, "-m", "popsim", "run", str(path), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "killed" / "run" / "parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(parts.glob("part-*.parquet")))
+    assert 0 < done_before
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    resumed = pd.read_parquet(tmp_path / "killed" / "run" / "responses.parquet")
+    pd.testing.assert_frame_equal(resumed, reference.responses)
+
+
+def test_cli_prints_outputs_and_subgroup_table(tmp_path):
+    path = small_survey(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "popsim", "run", str(path), "--quiet"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Outputs in" in out.stdout and "mean_tv" in out.stdout and "sex=woman" in out.stdout
+
+
+def test_real_smollm_survey_run(tmp_path, smollm, encoder):
+    """The whole pipeline once on the real packaged SmolLM2 and MiniLM (tiny sizes)."""
+    scenario = load_scenario(small_survey(tmp_path, lm="smollm2-135m-instruct", agents=6))
+    result = runner.run(scenario, lm=smollm, encoder=encoder, verbose=False)
+    assert len(result.responses) == 6 * 4
+    probs = result.responses["probs"].map(lambda s: sum(__import__("json").loads(s).values()))
+    assert np.allclose(probs, 1.0, atol=1e-5)
+    assert set(result.responses["answer"]) <= {"too little", "about right", "too much"}
