@@ -110,9 +110,10 @@ class MopConfig(_Strict):
     dim: int = Field(128, gt=0, description="Gate projection dimension d.")
     tau_init: float = Field(0.6, gt=0, description="Initial temperature per persona.")
     epochs: int = Field(4, gt=0, description="Maximum training epochs (early stopping on validation).")
-    learning_rate: float = Field(0.01, gt=0, description="Adam learning rate.")
+    learning_rate: float = Field(0.003, gt=0, description="Adam learning rate.")
     batch_size: int = Field(32, gt=0, description="Records per training step.")
     max_train_records: int = Field(256, gt=0, description="Records scored in training (LM cost).")
+    balance: float = Field(1.0, ge=0, description="Load-balancing bonus keeping personas/exemplars in use (0 = paper).")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
 

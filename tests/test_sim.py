@@ -119,3 +119,22 @@ def test_real_smollm_survey_run(tmp_path, smollm, encoder):
     probs = result.responses["probs"].map(lambda s: sum(__import__("json").loads(s).values()))
     assert np.allclose(probs, 1.0, atol=1e-5)
     assert set(result.responses["answer"]) <= {"too little", "about right", "too much"}
+
+
+@pytest.mark.parametrize("name", ["reviews", "network_survey"])
+def test_shipped_scenarios_run_shrunk(tmp_path, name, smollm, encoder):
+    """The shipped scenarios run as written, shrunk in size, on the real LM and encoder."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / f"{name}.yaml"
+    overrides = {"output": str(tmp_path / name), "simulation.agents": 4, "mop.n_personas": 2,
+                 "mop.n_exemplars": 10, "mop.max_train_records": 8, "mop.epochs": 1, "data.max_rows": 200}
+    scenario = load_scenario(path, overrides)
+    result = runner.run(scenario, lm=smollm, encoder=encoder, verbose=False)
+    rounds = scenario.simulation.rounds
+    per_agent = 1 if scenario.kind == "reviews" else len(scenario.questions)
+    assert len(result.responses) == 4 * per_agent * rounds
+    if scenario.kind == "reviews":
+        assert (result.responses["answer"].str.len() > 0).mean() >= 0.75
+    if rounds > 1:
+        assert sorted(result.responses["round"].unique()) == list(range(1, rounds + 1))

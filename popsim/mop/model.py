@@ -51,6 +51,10 @@ class MixtureOfPersonas:
         learning_rate, epochs, batch_size, patience, val_fraction: Adam training schedule with
             early stopping on a validation split (not published in the paper; tuned on dev data).
         max_train_records: cap on records used for training (LM scoring is the cost).
+        balance: weight of a load-balancing bonus, the entropy of the batch-average persona and exemplar
+            distributions (as in mixture-of-experts training, Shazeer et al. 2017). The top-M objective alone
+            rewards putting all mass on M pairs, which on survey data collapsed every context onto one
+            persona and a handful of exemplars; 0 gives the paper's objective exactly.
         cache_path: optional SQLite file for LM scores, reused across epochs and runs.
         random_state: seed for everything random in ``fit``.
     """
@@ -67,12 +71,13 @@ class MixtureOfPersonas:
         tau_init: float = 0.6,
         personas: Sequence[str] | None = None,
         style: PromptStyle | None = None,
-        learning_rate: float = 0.01,
+        learning_rate: float = 0.003,
         epochs: int = 8,
         batch_size: int = 32,
         patience: int = 2,
         val_fraction: float = 0.15,
         max_train_records: int | None = 2000,
+        balance: float = 1.0,
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
@@ -92,6 +97,7 @@ class MixtureOfPersonas:
         self.patience = patience
         self.val_fraction = val_fraction
         self.max_train_records = max_train_records
+        self.balance = balance
         self.cache_path = cache_path
         self.random_state = random_state
         self.verbose = verbose
@@ -100,7 +106,7 @@ class MixtureOfPersonas:
     def get_params(self, deep: bool = False) -> dict:
         names = [
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
-            "learning_rate", "epochs", "batch_size", "patience", "val_fraction", "max_train_records",
+            "learning_rate", "epochs", "batch_size", "patience", "val_fraction", "max_train_records", "balance",
             "cache_path", "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
@@ -175,7 +181,7 @@ class MixtureOfPersonas:
             train_loss = 0.0
             bar = tqdm(batches, desc=f"MoP epoch {epoch + 1}/{self.epochs}", disable=not self.verbose, leave=False)
             for batch in bar:
-                loss = self._batch_loss(records, batch, h_x)
+                loss = self._batch_loss(records, batch, h_x, balance=self.balance)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -221,8 +227,14 @@ class MixtureOfPersonas:
     def _own_exemplar_mask(self, groups: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(groups)[:, None] == self.exemplars_.groups[None, :])
 
-    def _batch_loss(self, records: Records, batch: np.ndarray, h_x: torch.Tensor) -> torch.Tensor:
-        """-weighted mean over the batch of log sum_{(k,j) in top-M} pi_k Omega_kj p_LM^{tau_k}(y | ...)."""
+    def _batch_loss(
+        self, records: Records, batch: np.ndarray, h_x: torch.Tensor, *, balance: float = 0.0
+    ) -> torch.Tensor:
+        """-weighted mean over the batch of log sum_{(k,j) in top-M} pi_k Omega_kj p_LM^{tau_k}(y | ...).
+
+        With ``balance`` > 0, minus ``balance`` times the entropies of the batch-average persona
+        distribution and exemplar marginal (load balancing; see the class docstring).
+        """
         mask = self._own_exemplar_mask(records.groups[batch])
         log_pi, log_omega = self.gate_(h_x[batch], self.h_g_, self.h_e_, mask)
         joint = (log_pi.unsqueeze(2) + log_omega).flatten(1)  # (B, K*N)
@@ -240,7 +252,13 @@ class MixtureOfPersonas:
         ll, _ = pair_log_likelihood(self.cache_, prompts, responses, options, tau)
         per_record = torch.logsumexp(top_logw + ll.view(len(batch), m), dim=1)
         w = torch.from_numpy(records.weights[batch]).float()
-        return -(w * per_record).sum() / w.sum()
+        nll = -(w * per_record).sum() / w.sum()
+        if balance <= 0:
+            return nll
+        mean_pi = log_pi.exp().mean(0)
+        mean_ex = (log_pi.unsqueeze(2) + log_omega).exp().sum(1).mean(0)
+        entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
+        return nll - balance * entropy
 
     # ------------------------------------------------------------------ inference
     def _encode_contexts(self, contexts: Sequence[str]) -> torch.Tensor:
