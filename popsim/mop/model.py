@@ -301,13 +301,14 @@ class MixtureOfPersonas:
         return {"persona": ks, "exemplar": js, "temperature": self.temperatures_[ks]}
 
     def log_likelihood(
-        self, records: Records, *, method: str = "mop", n_samples: int = 8, seed: int = 0
+        self, records: Records, *, method: str = "mop", n_samples: int = 8, seed: int = 0, exact_pairs: int = 64
     ) -> tuple[np.ndarray, np.ndarray]:
         """Held-out log-likelihood per record and y's token count, for comparing methods fairly.
 
-        ``mop`` and ``uniform`` (personas and exemplars uniform, tau = tau_init) both use the Monte-Carlo
-        estimate log (1/S) sum_s p(y | k_s, j_s) with (k_s, j_s) drawn from the mixture; ``no_persona``
-        scores the bare task prompt at temperature 1.
+        ``mop`` and ``uniform`` (personas and exemplars uniform, tau = tau_init) sum the mixture exactly
+        over every (k, j) pair when K x N <= ``exact_pairs``; otherwise both use the Monte-Carlo estimate
+        log (1/S) sum_s p(y | k_s, j_s) with S = ``n_samples`` pairs drawn from the mixture (the own
+        exemplar masked). ``no_persona`` scores the bare task prompt at temperature 1.
         """
         self._check_fitted()
         rng = np.random.default_rng(seed)
@@ -319,14 +320,17 @@ class MixtureOfPersonas:
             return ll.detach().numpy(), n_tok.numpy()
         if method not in {"mop", "uniform"}:
             raise ValueError(f"method must be mop, uniform or no_persona; got {method!r}")
+        n_k, n_j = len(self.personas_), len(self.exemplars_)
+        if n_k * n_j <= exact_pairs:
+            return self._exact_log_likelihood(records, method)
         prompts, taus = [], []
         for _ in range(n_samples):
             if method == "mop":
                 draw = self.sample(records.gate_inputs, rng, groups=records.groups)
                 ks, js, tau = draw["persona"], draw["exemplar"], draw["temperature"]
             else:
-                ks = rng.integers(len(self.personas_), size=n)
-                js = rng.integers(len(self.exemplars_), size=n)
+                ks = rng.integers(n_k, size=n)
+                js = rng.integers(n_j, size=n)
                 tau = np.full(n, self.tau_init)
             prompts += [self.prompt(int(k), int(j), c) for k, j, c in zip(ks, js, records.contexts, strict=True)]
             taus.append(tau)
@@ -336,6 +340,31 @@ class MixtureOfPersonas:
         )
         ll = ll.detach().view(n_samples, n)
         return (torch.logsumexp(ll, dim=0) - np.log(n_samples)).numpy(), n_tok[:n].numpy()
+
+    def _exact_log_likelihood(self, records: Records, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """log sum_k sum_j w_kj p(y | k, j) over every pair (small K x N only)."""
+        n, n_k, n_j = len(records), len(self.personas_), len(self.exemplars_)
+        if method == "mop":
+            with torch.no_grad():
+                mask = self._own_exemplar_mask(records.groups)
+                log_pi, log_omega = self.gate_(self._encode_contexts(records.gate_inputs), self.h_g_, self.h_e_, mask)
+                log_w = (log_pi.unsqueeze(2) + log_omega).flatten(1)
+            taus = self.temperatures_
+        else:
+            log_w = torch.full((n, n_k * n_j), -float(np.log(n_k * n_j)))
+            taus = np.full(n_k, self.tau_init)
+        prompts, tau = [], []
+        for i in range(n):
+            for k in range(n_k):
+                for j in range(n_j):
+                    prompts.append(self.prompt(k, j, records.contexts[i]))
+                    tau.append(taus[k])
+        ll, n_tok = pair_log_likelihood(
+            self.cache_for_eval(), prompts, [y for y in records.responses for _ in range(n_k * n_j)],
+            [o for o in records.options for _ in range(n_k * n_j)], torch.tensor(tau, dtype=torch.float32),
+        )
+        total = torch.logsumexp(log_w + ll.detach().view(n, n_k * n_j), dim=1)
+        return total.numpy(), n_tok.view(n, n_k * n_j)[:, 0].numpy()
 
     def cache_for_eval(self) -> ScoreCache:
         if not hasattr(self, "cache_"):
