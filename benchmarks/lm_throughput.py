@@ -16,18 +16,25 @@ What is measured, in one run (all on the device ``HFLanguageModel`` picks, norma
 * ``bf16_vs_fp32`` - tokens/s of the batched scoring workload in the default dtype (``--dtype``,
   ``auto`` = bf16 on CPUs with AVX-512 BF16 / AMX) over the same workload on an fp32 copy.
 * ``roofline_fraction`` - achieved FLOP/s of batched scoring in the default dtype over the machine's
-  bf16 matmul FLOP/s (a 2048x2048 @ 2048x2048 bf16 matmul, median of several repetitions, torch's
-  default thread count). The FLOP model is deliberately simple: ``2 x (parameters excluding the
+  bf16 matmul FLOP/s (a 2048x2048 @ 2048x2048 bf16 matmul, median of 5, torch's default thread
+  count, measured right after each batched-scoring repetition; median of the per-repetition
+  fractions). The FLOP model is deliberately simple: ``2 x (parameters excluding the
   token embedding)`` per input token (prompt and continuation; attention-score FLOPs are ignored,
   they are small at ~120 tokens) plus ``2 x vocab x hidden`` per *continuation* token (the only
   positions ``score`` projects onto the vocabulary). The matmul figure is not the hardware's peak,
   just what torch reaches on a large square bf16 product here.
 
-Absolute times depend on the machine and on whatever else runs on it; the ratios are what matter on
-shared machines, so every figure is a ratio of two timings taken in the same process moments apart.
-Timings use ``time.perf_counter`` after warm-up calls, and the median of ``--reps`` repetitions
-where a repetition is cheap. The per-prompt generation loop may be timed on a subset and scaled
-linearly (``--loop-rows``); the printed line says so.
+Absolute times depend on the machine and on whatever else runs on it (on a shared 2-core VM the same
+bf16 matmul has measured anywhere from ~250 to ~1900 GFLOP/s), so every figure is a ratio of two
+timings taken in the same process moments apart: the repetitions of the two sides of each ratio are
+interleaved (the per-prompt generation loop is cut into ``--reps`` chunks, each followed by one
+batched call) and each figure is the median of the per-repetition ratios. Timings use
+``time.perf_counter`` after warm-up calls. The per-prompt generation loop may be timed on a subset
+and scaled linearly (``--loop-rows``; ``--quick`` does this and says so). The load average is printed
+at start and end: when it is well above the core count, other processes compete for the cores and
+the small-batch sides (per-prompt, per-pair) slow down far more than the batched ones, which
+inflates ``generate_speedup`` and ``score_speedup``; rerun on a quiet machine (or with
+``--threads 1``, which is much less sensitive to competing processes).
 
 The last line printed is always::
 
@@ -35,8 +42,8 @@ The last line printed is always::
 
 Usage::
 
-    python benchmarks/lm_throughput.py            # ~3-4 min on 2 CPU cores
-    python benchmarks/lm_throughput.py --quick    # ~1-1.5 min
+    python benchmarks/lm_throughput.py            # ~3.5 min on 2 quiet CPU cores
+    python benchmarks/lm_throughput.py --quick    # ~1 min
 """
 
 from __future__ import annotations
@@ -161,11 +168,15 @@ def main() -> None:
     ap.add_argument("--loop-rows", type=int, default=None,
                     help="time the per-prompt generate loop on this many rows and scale linearly "
                     "(default all, quick 8)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's default, normally one per core)")
     ap.add_argument("--new-tokens", type=int, default=20, help="max_new_tokens for generation")
     args = ap.parse_args()
     rows = args.rows or (32 if args.quick else 64)
     reps = args.reps or (2 if args.quick else 3)
     loop_rows = min(rows, args.loop_rows or (8 if args.quick else rows))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
@@ -201,13 +212,18 @@ def main() -> None:
     def run_batch() -> None:
         batch_out[:] = lm.generate(prompts, seed=seeds, **kw)
 
-    t_loop, t_batch = 0.0, []
+    t_chunks, t_batch = [], []
     bounds = [round(k * loop_rows / reps) for k in range(reps + 1)]
     for k in range(reps):
-        t_loop += timed(lambda k=k: run_loop(range(bounds[k], bounds[k + 1])))
+        t_chunks.append(timed(lambda k=k: run_loop(range(bounds[k], bounds[k + 1]))))
         t_batch.append(timed(run_batch))
+    t_loop = sum(t_chunks)
     t_loop_all = t_loop * rows / loop_rows
     t_gen = statistics.median(t_batch)
+    # each chunk is paired with the batched call right after it; the figure is the median pair ratio
+    generate_speedup = statistics.median(
+        t / (bounds[k + 1] - bounds[k]) * rows / t_batch[k] for k, t in enumerate(t_chunks)
+    )
     gen_tokens = sum(len(lm.encode_continuation(t)) for t in batch_out)
     same = sum(a == b for a, b in zip(loop_out, batch_out))
     scaled = f" (timed {loop_rows} prompts, scaled x{rows / loop_rows:g})" if loop_rows < rows else ""
@@ -216,7 +232,6 @@ def main() -> None:
     print(f"generate batched: {t_gen:.2f} s for {rows} prompts (median of {reps}), {gen_tokens} new "
           f"tokens, {gen_tokens / t_gen:.1f} tokens/s; batched text equals per-prompt text in "
           f"{same}/{loop_rows} rows")
-    generate_speedup = t_loop_all / t_gen
     print(f"generate_speedup {generate_speedup:.2f}")
 
     # ---------------------------------------------------------------- (b), (c), dtype, roofline
@@ -234,12 +249,13 @@ def main() -> None:
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     lm32 = HFLanguageModel(MODEL, dtype="fp32")
 
+    scores: dict[str, torch.Tensor] = {}
+
     def per_pair() -> None:
-        for p, c in zip(s_prompts, s_conts):
-            lm.score([p], [c])
+        scores["pair"] = torch.cat([lm.score([p], [c]) for p, c in zip(s_prompts, s_conts)])
 
     def batched() -> None:
-        lm.score(s_prompts, s_conts)
+        scores["batched"] = lm.score(s_prompts, s_conts)
 
     def raw() -> None:
         with torch.inference_mode():
@@ -261,24 +277,33 @@ def main() -> None:
         samples["fp32"].append(timed(batched_fp32))
         samples["gflops"].append(matmul_gflops(torch.bfloat16, reps=5))
     t_pair, t_score, t_raw, t_score32, bf16_gflops = (statistics.median(v) for v in samples.values())
+    work_flops = n_tok * body_flops + n_cont_tok * head_flops
+
+    def paired(num: str, den: str) -> float:
+        """Median over repetitions of num/den, each pair timed moments apart."""
+        return statistics.median(a / b for a, b in zip(samples[num], samples[den]))
+
+    fractions = [work_flops / t / 1e9 / g for t, g in zip(samples["score"], samples["gflops"])]
     print(f"score per-pair: {t_pair:.2f} s, {n_tok / t_pair:.0f} tokens/s")
     print(f"score batched: {t_score:.2f} s, {n_tok / t_score:.0f} tokens/s "
           f"({n_cont_tok / t_score:.0f} continuation tokens/s)")
-    score_speedup = t_pair / t_score
+    score_speedup = paired("pair", "score")
+    gap = float((scores["pair"] - scores["batched"]).abs().max())
+    print(f"max |batched - per-pair| score: {gap:.2g} nats ({lm.dtype})")
     print(f"score_speedup {score_speedup:.2f}")
     print(f"raw forward (full logits, {ids.shape[0]}x{ids.shape[1]} right-padded): {t_raw:.2f} s, "
           f"{n_tok / t_raw:.0f} tokens/s")
-    score_vs_raw = t_raw / t_score
+    score_vs_raw = paired("raw", "score")
     print(f"score_vs_raw {score_vs_raw:.2f}")
     print(f"score batched fp32: {t_score32:.2f} s, {n_tok / t_score32:.0f} tokens/s "
           f"(default dtype {lm.dtype}: {n_tok / t_score:.0f} tokens/s)")
-    bf16_vs_fp32 = t_score32 / t_score
+    bf16_vs_fp32 = paired("fp32", "score")
     print(f"bf16_vs_fp32 {bf16_vs_fp32:.2f}")
 
-    work_flops = n_tok * body_flops + n_cont_tok * head_flops
     achieved = work_flops / t_score / 1e9
-    roofline_fraction = achieved / bf16_gflops
-    print(f"matmul 2048^3: bf16 {bf16_gflops:.0f} GFLOP/s, fp32 {fp32_gflops:.0f} GFLOP/s")
+    roofline_fraction = statistics.median(fractions)
+    print(f"matmul 2048^3: bf16 {bf16_gflops:.0f} GFLOP/s (per repetition: "
+          f"{', '.join(f'{g:.0f}' for g in samples['gflops'])}), fp32 {fp32_gflops:.0f} GFLOP/s")
     print(f"scoring FLOPs/token (workload mean) {work_flops / n_tok / 1e6:.0f}M; achieved "
           f"{achieved:.0f} GFLOP/s vs bf16 matmul {bf16_gflops:.0f} GFLOP/s")
     print(f"roofline_fraction {roofline_fraction:.3f}")
