@@ -143,6 +143,18 @@ class HFLanguageModel(LanguageModel):
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ids, mask and position ids (positions count real tokens only)."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            if s:
+                ids[r, width - len(s) :] = torch.tensor(s)
+                mask[r, width - len(s) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
+
     def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
@@ -204,16 +216,7 @@ class HFLanguageModel(LanguageModel):
     def _tree_batch(self, groups, prompts, pairs_of_prompt, cont_ids):
         dev = self.device
         # level 1: each group's shared prefix, left-padded
-        prefixes = [prompts[g.members[0]][: g.prefix_len] for g in groups]
-        w1 = max(len(p) for p in prefixes)
-        ids1 = torch.full((len(groups), w1), self._pad_id, dtype=torch.long)
-        mask1 = torch.zeros((len(groups), w1), dtype=torch.long)
-        for r, p in enumerate(prefixes):
-            if p:
-                ids1[r, w1 - len(p) :] = torch.tensor(p)
-                mask1[r, w1 - len(p) :] = 1
-        ids1, mask1 = ids1.to(dev), mask1.to(dev)
-        pos1 = (mask1.cumsum(1) - 1).clamp_min(0)
+        ids1, mask1, pos1 = self._left_padded([prompts[g.members[0]][: g.prefix_len] for g in groups])
         out1 = self._body(input_ids=ids1, attention_mask=mask1, position_ids=pos1, use_cache=True)
         cache = out1.past_key_values
         last1 = out1.last_hidden_state[:, -1]
@@ -347,14 +350,7 @@ class HFLanguageModel(LanguageModel):
         self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int], max_new_tokens: int
     ) -> list[list[int]]:
         n = len(prompt_ids)
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((n, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, p in enumerate(prompt_ids):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        ids, mask, positions = self._left_padded(prompt_ids)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         out_tokens: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
