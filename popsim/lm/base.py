@@ -8,6 +8,9 @@ Three batch-first calls, after Concordia's two-method LM and vLLM's ``LLM``:
 * :meth:`LanguageModel.option_logprobs` - normalised log-probabilities of multiple-choice options.
 
 Outputs keep input order and mismatched lengths raise :class:`~popsim.exceptions.LMInputError`.
+Results are independent of batch make-up exactly in fp32 (within 1e-4); in bf16 (the CPU default where
+native) padding and batch shape move a score by up to ~0.03 nats per token and can flip a sampled token,
+so pick ``dtype: fp32`` where bit-level reproducibility across batch sizes matters.
 Prompts are either plain text (sent verbatim) or a :class:`Chat` that the backend renders with the
 model's chat template.
 """
