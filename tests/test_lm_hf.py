@@ -86,6 +86,35 @@ def test_bf16_option_distribution_close_to_fp32(smollm, smollm_bf16):
     assert tv.mean() < 0.02 and tv.max() < 0.05, tv
 
 
+@pytest.mark.parametrize("max_tree_tokens", [1024, 40])
+def test_prefix_tree_scores_equal_full_prompt_scores(smollm, max_tree_tokens):
+    """Tree-attention scoring (shared prefix once, trees split when long) equals scoring every
+    (prompt + option) in full, within 1e-4 in fp32: two agents x several questions, a prompt that is a
+    strict prefix of others (empty suffix), a prompt shared by nobody, multi-token options."""
+    agents = ["Survey interview transcript.\nRespondent: a 45-year-old woman, bachelor's degree, Democrat.\n",
+              "Survey interview transcript.\nRespondent: a 70-year-old man, high school, Republican.\n"]
+    prompts, options = [], []
+    for agent in agents:
+        for topic in SPENDING_TOPICS[:4]:
+            prompts.append(agent + f"Q: Are we spending too much, too little or about right on {topic}?\nA:")
+            options.append([" too little", " about right", " too much"])
+        prompts.append(agent)
+        options.append([" Q:", " The respondent refused to answer this question."])
+    prompts.append("Something else entirely")
+    options.append([" yes", " no"])
+    old = (smollm.prefix_sharing, smollm.max_tree_tokens)
+    try:
+        smollm.max_tree_tokens = max_tree_tokens
+        tree = smollm.option_logprobs(prompts, options)
+        smollm.prefix_sharing = False
+        full = smollm.option_logprobs(prompts, options)
+    finally:
+        smollm.prefix_sharing, smollm.max_tree_tokens = old
+    for a, b in zip(tree, full, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not all(np.allclose(a, tree[0]) for a in tree[1:])  # the options are really scored
+
+
 def test_token_budget_batches_cover_all_rows_within_budget():
     lengths = [5, 100, 30, 30, 7, 64, 1]
     batches = list(token_budget_batches(lengths, budget=128))

@@ -26,7 +26,7 @@ import torch
 
 from popsim.exceptions import LMInputError
 
-__all__ = ["Chat", "Prompt", "LanguageModel", "as_row_values", "check_batch"]
+__all__ = ["Chat", "Prompt", "LanguageModel", "as_row_values", "check_batch", "row_seeds"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,21 @@ def as_row_values(
     if bool((t.detach() < 0).any()) or not bool(torch.isfinite(t.detach()).all()):
         raise LMInputError(f"`{name}` must be finite and >= 0; got {t.detach().tolist()[:5]}")
     return t
+
+
+def row_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """Per-row seeds: a list is used as given; an int spawns one independent seed per row.
+
+    Every backend (and the HTTP server, which receives one seed per request) expands seeds this way,
+    so a row's sample is the same in-process and through ``popsim serve``.
+    """
+    if isinstance(seed, (int, np.integer)):
+        children = np.random.SeedSequence(int(seed)).generate_state(n, dtype=np.uint32)
+        return [int(c) for c in children]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise LMInputError(f"`seed` has {len(seeds)} values but there are {n} prompts; pass one or {n}")
+    return seeds
 
 
 class LanguageModel(ABC):

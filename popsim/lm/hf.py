@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 
 from popsim.exceptions import LMInputError, ModelLoadError
-from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch
+from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch, row_seeds
 from popsim.lm.loading import convert_gguf, pick_device, pick_dtype, resolve_lm
-from popsim.lm.prefix_tree import batch_groups, group_by_shared_prefix
+from popsim.lm.prefix_tree import PackedTree, group_by_shared_prefix, pack_groups
 from popsim.lm.sketch import LogitSketch, sketch_logits
 
 __all__ = ["HFLanguageModel", "token_budget_batches"]
@@ -56,6 +55,7 @@ class HFLanguageModel(LanguageModel):
         prefix_sharing: score through the prefix tree (shared prefixes and repeated prompts encoded
             once); off encodes every (prompt, continuation) pair in full (for benchmarks).
         min_shared_prefix: tokens two prompts must share to be encoded as one prefix.
+        max_tree_tokens: longest packed prefix tree (its attention mask is quadratic in this).
     """
 
     def __init__(
@@ -67,6 +67,7 @@ class HFLanguageModel(LanguageModel):
         batch_tokens: int = 8192,
         prefix_sharing: bool = True,
         min_shared_prefix: int = 8,
+        max_tree_tokens: int = 1024,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,6 +93,7 @@ class HFLanguageModel(LanguageModel):
         self.batch_tokens = batch_tokens
         self.prefix_sharing = prefix_sharing
         self.min_shared_prefix = min_shared_prefix
+        self.max_tree_tokens = max_tree_tokens
         self._pad_id = self.tokenizer.pad_token_id
         if self._pad_id is None:
             self._pad_id = self.tokenizer.eos_token_id or 0
@@ -172,7 +174,8 @@ class HFLanguageModel(LanguageModel):
         Uses the prefix tree (shared prefixes and repeated prompts encoded once) unless
         ``prefix_sharing`` is off, in which case every pair is encoded in full.
         """
-        if self.prefix_sharing:
+        # tree attention needs an explicit 4-D mask, which SDPA and eager attention take (flash does not)
+        if self.prefix_sharing and self.model.config._attn_implementation in {"sdpa", "eager"}:
             yield from self._tree_logits(prompt_ids, cont_ids)
         else:
             yield from self._flat_logits(prompt_ids, cont_ids)
@@ -194,7 +197,7 @@ class HFLanguageModel(LanguageModel):
             yield torch.tensor(owner, dtype=torch.long), logits.cpu(), torch.tensor(targets)
 
     def _tree_logits(self, prompt_ids, cont_ids):
-        """Three-level prefix-tree scoring; see :mod:`popsim.lm.prefix_tree`."""
+        """Prefix-tree scoring: each tree packed into one sequence; see :mod:`popsim.lm.prefix_tree`."""
         unique: dict[tuple[int, ...], int] = {}
         prompt_of_pair = [unique.setdefault(tuple(p), len(unique)) for p in prompt_ids]
         prompts = [list(p) for p in unique]
@@ -203,84 +206,49 @@ class HFLanguageModel(LanguageModel):
             if cont_ids[pair]:
                 pairs_of_prompt[u].append(pair)
         groups = group_by_shared_prefix(prompts, min_shared=self.min_shared_prefix)
-        costs = []
-        for g in groups:
-            width = max(len(prompts[m]) for m in g.members)
-            n_pairs = sum(len(pairs_of_prompt[m]) for m in g.members)
-            longest = max([len(cont_ids[q]) for m in g.members for q in pairs_of_prompt[m]] or [1])
-            costs.append(width * len(g.members) + n_pairs * (width + longest))
-        for batch in batch_groups(costs, self.batch_tokens * 4):
-            yield self._tree_batch([groups[i] for i in batch], prompts, pairs_of_prompt, cont_ids)
+        trees = pack_groups(groups, prompts, pairs_of_prompt, cont_ids, max_tokens=self.max_tree_tokens)
+        for rows in token_budget_batches([len(t) for t in trees], self.batch_tokens):
+            yield self._packed_batch([trees[r] for r in rows])
+
+    def _tree_mask(self, trees: list[PackedTree], width: int) -> torch.Tensor:
+        """(B, 1, width, width) tree-attention mask: a token sees its own and its ancestors' segments.
+
+        Boolean (True = attend) for SDPA; additive float for eager attention. Padding rows see only
+        themselves, so no softmax row is empty.
+        """
+        allowed = torch.eye(width, dtype=torch.bool).repeat(len(trees), 1, 1)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        for b, tree in enumerate(trees):
+            n = len(tree)
+            seg = torch.tensor(tree.segments)
+            visible = torch.tensor(tree.ancestors(), dtype=torch.bool)
+            allowed[b, :n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & causal[:n, :n]
+        allowed = allowed.unsqueeze(1).to(self.device)
+        if self.model.config._attn_implementation == "eager":
+            zero = torch.zeros((), dtype=self.dtype, device=self.device)
+            return torch.where(allowed, zero, torch.finfo(self.dtype).min)
+        return allowed
 
     @torch.inference_mode()
-    def _tree_batch(self, groups, prompts, pairs_of_prompt, cont_ids):
-        dev = self.device
-        # level 1: each group's shared prefix, left-padded
-        ids1, mask1, pos1 = self._left_padded([prompts[g.members[0]][: g.prefix_len] for g in groups])
-        out1 = self._body(input_ids=ids1, attention_mask=mask1, position_ids=pos1, use_cache=True)
-        cache = out1.past_key_values
-        last1 = out1.last_hidden_state[:, -1]
-
-        # level 2: each distinct prompt's suffix on its group's cache (right-padded; may be empty)
-        members = [m for g in groups for m in g.members]
-        group_row = [gi for gi, g in enumerate(groups) for _ in g.members]
-        suffixes = [prompts[m][groups[gi].prefix_len :] for m, gi in zip(members, group_row, strict=True)]
-        g_idx = torch.tensor(group_row, device=dev)
-        cache.batch_select_indices(g_idx)
-        mask12 = mask1[g_idx]
-        if any(suffixes):
-            ids2, mask2 = self._right_padded([s or [self._pad_id] for s in suffixes])
-            for r, s in enumerate(suffixes):
-                if not s:
-                    mask2[r, 0] = 0
-            start2 = torch.tensor([groups[gi].prefix_len for gi in group_row], device=dev).unsqueeze(1)
-            pos2 = start2 + torch.arange(ids2.shape[1], device=dev).unsqueeze(0)
-            mask12 = torch.cat([mask12, mask2], dim=1)
-            out2 = self._body(
-                input_ids=ids2, attention_mask=mask12, position_ids=pos2, past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out2.past_key_values
-            last_col = torch.tensor([max(len(s) - 1, 0) for s in suffixes], device=dev)
-            last2 = out2.last_hidden_state[torch.arange(len(members), device=dev), last_col]
-            has_suffix = torch.tensor([bool(s) for s in suffixes], device=dev).unsqueeze(1)
-            prompt_last = torch.where(has_suffix, last2, last1[g_idx])
-        else:
-            prompt_last = last1[g_idx]
-
-        # first continuation token of every pair: predicted from its prompt's last position
-        pair_member = [mi for mi, m in enumerate(members) for _ in pairs_of_prompt[m]]
-        pairs = [q for m in members for q in pairs_of_prompt[m]]
-        owner = list(pairs)
-        targets = [cont_ids[q][0] for q in pairs]
-        hidden_rows = [prompt_last[torch.tensor(pair_member, device=dev)]] if pairs else []
-
-        # level 3: remaining continuation tokens on the expanded prompt cache
-        long_pairs = [(mi, q) for mi, q in zip(pair_member, pairs, strict=True) if len(cont_ids[q]) > 1]
-        if long_pairs:
-            m_idx = torch.tensor([mi for mi, _ in long_pairs], device=dev)
-            cache.batch_select_indices(m_idx)
-            ids3, mask3 = self._right_padded([cont_ids[q][:-1] for _, q in long_pairs])
-            start3 = torch.tensor([len(prompts[members[mi]]) for mi, _ in long_pairs], device=dev)
-            start3 = start3.unsqueeze(1)
-            pos3 = start3 + torch.arange(ids3.shape[1], device=dev).unsqueeze(0)
-            hidden3 = self._body(
-                input_ids=ids3, attention_mask=torch.cat([mask12[m_idx], mask3], dim=1), position_ids=pos3,
-                past_key_values=cache, use_cache=False,
-            ).last_hidden_state
-            sel_b, sel_t = [], []
-            for b, (_, q) in enumerate(long_pairs):
-                n = len(cont_ids[q]) - 1
-                sel_b += [b] * n
-                sel_t += list(range(n))
-                owner += [q] * n
-                targets += cont_ids[q][1:]
-            hidden_rows.append(hidden3[torch.tensor(sel_b, device=dev), torch.tensor(sel_t, device=dev)])
-        if not hidden_rows:
-            empty = torch.zeros((0, self._head_weight.shape[0]))
-            return torch.zeros(0, dtype=torch.long), empty, torch.zeros(0, dtype=torch.long)
-        logits = self._project(torch.cat(hidden_rows)).cpu()
-        return torch.tensor(owner, dtype=torch.long), logits, torch.tensor(targets, dtype=torch.long)
+    def _packed_batch(self, trees: list[PackedTree]):
+        width = max(len(t) for t in trees)
+        ids = torch.full((len(trees), width), self._pad_id, dtype=torch.long)
+        positions = torch.zeros((len(trees), width), dtype=torch.long)
+        sel_b, sel_t, targets, owner = [], [], [], []
+        for b, tree in enumerate(trees):
+            ids[b, : len(tree)] = torch.tensor(tree.tokens)
+            positions[b, : len(tree)] = torch.tensor(tree.positions)
+            for index, target, pair in tree.predict:
+                sel_b.append(b)
+                sel_t.append(index)
+                targets.append(target)
+                owner.append(pair)
+        hidden = self._body(
+            input_ids=ids.to(self.device), attention_mask=self._tree_mask(trees, width),
+            position_ids=positions.to(self.device), use_cache=False,
+        ).last_hidden_state
+        logits = self._project(hidden[torch.tensor(sel_b, device=self.device), torch.tensor(sel_t, device=self.device)])
+        return torch.tensor(owner, dtype=torch.long), logits.cpu(), torch.tensor(targets, dtype=torch.long)
 
     def _tokenize_pairs(
         self, prompts: Sequence[Prompt], continuations: Sequence[str]
@@ -325,13 +293,50 @@ class HFLanguageModel(LanguageModel):
                 out[r] = LogitSketch(*(part[sel].numpy() for part in parts))
         return out
 
+    def token_logprobs(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+        *,
+        temperature: float | Sequence[float] = 1.0,
+        top_k: int = 0,
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per-token log p(target token | prefix) at ``temperature``, with the top-k alternatives.
+
+        The HTTP server's echo/logprobs path: the same prefix-tree pass and arithmetic as :meth:`score`,
+        so summing a row's values reproduces ``score`` for the same token ids. Returns per row
+        ``(logprobs (T,), top ids (T, k), top logprobs (T, k))``.
+        """
+        check_batch("prompt_ids", prompt_ids)
+        check_batch("target_ids", target_ids, expected=len(prompt_ids))
+        temps = as_row_values(temperature, len(prompt_ids)).detach().float().clamp_min(1e-4)
+        pieces: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in prompt_ids]
+        prompts = [list(p) for p in prompt_ids]
+        targets_in = [list(t) for t in target_ids]
+        for owner, logits, targets in self._continuation_logits(prompts, targets_in):
+            if logits.shape[0] == 0:
+                continue
+            lp = (logits / temps[owner].unsqueeze(1)).log_softmax(dim=1)
+            chosen = lp.gather(1, targets.view(-1, 1)).squeeze(1)
+            top_lp, top_ids = lp.topk(top_k, dim=1) if top_k > 0 else (lp[:, :0], targets.view(-1, 1)[:, :0])
+            for r in owner.unique().tolist():  # a row's tokens come in order within one batch
+                sel = (owner == r).nonzero().squeeze(1)
+                pieces[r].append((chosen[sel], top_ids[sel], top_lp[sel]))
+        out = []
+        for row in pieces:
+            if not row:
+                out.append((torch.zeros(0), torch.zeros((0, top_k), dtype=torch.long), torch.zeros((0, top_k))))
+            else:
+                out.append(tuple(torch.cat(part) for part in zip(*row, strict=True)))
+        return out
+
     def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
         check_batch("prompts", prompts)
         if max_new_tokens < 1:
             raise LMInputError(f"`max_new_tokens` must be >= 1; got {max_new_tokens}")
         n = len(prompts)
         temps = as_row_values(temperature, n).detach().double().tolist()
-        seeds = _row_seeds(seed, n)
+        seeds = row_seeds(seed, n)
         prompt_ids = [self.encode_prompt(p) for p in prompts]
         texts: list[str] = [""] * n
         budget = max(self.batch_tokens, 1)
@@ -363,12 +368,12 @@ class HFLanguageModel(LanguageModel):
             )
             cache = out.past_key_values
             logits = self._project(out.last_hidden_state[:, -1]).cpu()
+            sampled = _sample_rows(logits, temps, generators, done)
             next_tokens = []
-            for r in range(n):
+            for r, tok in enumerate(sampled):
                 if done[r]:
                     next_tokens.append(self._pad_id)
                     continue
-                tok = _sample(logits[r], temps[r], generators[r])
                 if tok in self._eos_ids:
                     done[r] = True
                 else:
@@ -382,22 +387,25 @@ class HFLanguageModel(LanguageModel):
         return out_tokens
 
 
-def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
-    if temperature <= 1e-6:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.double() / temperature, dim=0)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def _sample_rows(
+    logits: torch.Tensor, temps: list[float], generators: list[torch.Generator], done: list[bool]
+) -> list[int]:
+    """One token per row by the exponential race (Gumbel-max): argmax(logits / t - log E), E ~ Exp(1).
 
-
-def _row_seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    """Per-row seeds: a list is used as given; an int spawns one independent seed per row."""
-    if isinstance(seed, (int, np.integer)):
-        children = np.random.SeedSequence(int(seed)).generate_state(n, dtype=np.uint32)
-        return [int(c) for c in children]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != n:
-        raise LMInputError(f"`seed` has {len(seeds)} values but there are {n} prompts; pass one or {n}")
-    return seeds
+    Each live row draws its noise from its own generator, so its text depends only on its seed, never on
+    the other rows (done rows draw nothing). Unlike inverse-CDF sampling, whose cumulative sum drifts
+    with float noise from batch make-up and flips tokens near interval edges, the race only flips when
+    the two best perturbed scores tie to within that noise. Temperature <= 1e-6 means greedy.
+    """
+    n, vocab = logits.shape
+    noise = torch.ones((n, vocab), dtype=torch.float64)
+    for r, (g, d) in enumerate(zip(generators, done, strict=True)):
+        if not d and temps[r] > 1e-6:
+            noise[r].exponential_(generator=g)
+    t = torch.tensor(temps, dtype=torch.float64).clamp_min(1e-6).unsqueeze(1)
+    picks = (logits.double() / t - noise.log()).argmax(dim=1)
+    greedy = logits.argmax(dim=1)
+    return [int(greedy[r]) if temps[r] <= 1e-6 else int(picks[r]) for r in range(n)]
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -1,18 +1,23 @@
 """Plan a scoring batch as a prefix tree, so shared tokens are encoded once.
 
 An agent's prompt prefix (instruction + persona + exemplar + profile) is the same for all of its
-questions, and a question's prompt is the same for all of its options. The scorer therefore runs three
-levels: (1) each group's shared prefix, (2) each distinct prompt's remaining suffix on the group's KV
-cache, (3) each continuation on its prompt's KV cache. This module only plans (pure Python over token
-ids); :class:`popsim.lm.hf.HFLanguageModel` executes the plan.
+questions, and a question's prompt is the same for all of its options: a tree. Each tree is laid out as
+ONE packed sequence - the shared prefix, then every prompt's own suffix, then every continuation - and
+scored in a single forward pass with a tree-attention mask: a token sees its ancestors (the prefix, its
+prompt's suffix, earlier tokens of its own segment) and nothing else, at the position it would have in
+its own full sequence. Every token is encoded exactly once and no KV cache is copied per branch (copying
+an agent's prefix cache for each of its question x option branches cost more than the forward itself).
+
+This module only plans (pure Python over token ids); :class:`popsim.lm.hf.HFLanguageModel` executes
+the plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-__all__ = ["PrefixGroup", "group_by_shared_prefix", "common_prefix_length", "batch_groups"]
+__all__ = ["PrefixGroup", "PackedTree", "group_by_shared_prefix", "common_prefix_length", "pack_groups"]
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,75 @@ def group_by_shared_prefix(
     return groups
 
 
-def batch_groups(costs: Sequence[int], budget: int) -> Iterator[list[int]]:
-    """Greedy batches of group indices whose summed cost stays within ``budget`` (at least one each)."""
-    batch: list[int] = []
-    total = 0
-    for i, cost in enumerate(costs):
-        if batch and total + cost > budget:
-            yield batch
-            batch, total = [], 0
-        batch.append(i)
-        total += cost
-    if batch:
-        yield batch
+@dataclass
+class PackedTree:
+    """One prefix tree as a single sequence for a tree-attention forward pass.
+
+    ``segments[i]`` names the segment of token ``i`` (0 = shared prefix, then one per prompt suffix and
+    one per continuation); ``parents[s]`` is segment ``s``'s parent (-1 for the prefix). ``predict``
+    lists (token index, target id, pair) for every continuation token to score: the hidden state at
+    that index predicts the target.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    predict: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add_segment(self, tokens: Sequence[int], start_position: int, parent: int) -> int:
+        segment = len(self.parents)
+        self.parents.append(parent)
+        self.tokens.extend(tokens)
+        self.positions.extend(range(start_position, start_position + len(tokens)))
+        self.segments.extend([segment] * len(tokens))
+        return segment
+
+    def ancestors(self) -> list[list[bool]]:
+        """``visible[s][t]``: segment ``s`` may attend to segment ``t`` (itself or an ancestor)."""
+        n = len(self.parents)
+        visible = [[False] * n for _ in range(n)]
+        for s in range(n):
+            t = s
+            while t >= 0:
+                visible[s][t] = True
+                t = self.parents[t]
+        return visible
+
+
+def pack_groups(
+    groups: Sequence[PrefixGroup],
+    prompts: Sequence[Sequence[int]],
+    pairs_of_prompt: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    max_tokens: int = 1024,
+) -> list[PackedTree]:
+    """Lay each group out as packed trees of at most ``max_tokens`` (more if one prompt needs it).
+
+    A group whose members do not fit in one tree is split; each part repeats the shared prefix.
+    """
+    trees: list[PackedTree] = []
+    for group in groups:
+        prefix = list(prompts[group.members[0]][: group.prefix_len])
+        tree = None
+        for member in group.members:
+            suffix = list(prompts[member][group.prefix_len :])
+            conts = [(q, continuations[q]) for q in pairs_of_prompt[member] if continuations[q]]
+            size = len(suffix) + sum(len(c) - 1 for _, c in conts)
+            if tree is None or (len(tree) + size > max_tokens and len(tree.parents) > 1):
+                tree = PackedTree()
+                tree.add_segment(prefix, 0, -1)
+                trees.append(tree)
+            seg = tree.add_segment(suffix, len(prefix), 0) if suffix else 0
+            last = len(tree) - 1 if suffix else len(prefix) - 1  # predicts each continuation's first token
+            for q, cont in conts:
+                tree.predict.append((last, cont[0], q))
+                if len(cont) > 1:
+                    start = len(tree)
+                    tree.add_segment(cont[:-1], len(prompts[member]), seg)
+                    tree.predict += [(start + t, cont[t + 1], q) for t in range(len(cont) - 1)]
+    return trees
