@@ -24,6 +24,7 @@ from popsim.eval import (
     noise_floor_curve,
     persona_composition,
     respondent_table,
+    split_half_noise_floor,
     subgroup_cells,
     total_variation,
     weighted_distribution,
@@ -209,6 +210,23 @@ def test_noise_floor_decreases_with_cell_size(real, good_cells):
     assert small > scored.loc[scored["cell"] == "all", "noise_floor_tv"].item()
 
 
+def test_split_half_floor_is_real_vs_real_and_tracks_the_bootstrap_floor(real, good_cells):
+    halves = split_half_noise_floor(real, OPTIONS, ATTRS, n_rep=100, seed=0)
+    assert list(halves["cell"]) == list(good_cells["cell"])
+    scored = halves.merge(good_cells, on="cell")
+    scored = scored[~scored["suppressed"]]
+    assert ((scored["split_half_low"] <= scored["split_half_tv"])
+            & (scored["split_half_tv"] <= scored["split_half_high"])).all()
+    # halves of n/2 vs a size-matched n-vs-n floor: about sqrt(2) apart, never wildly different
+    ratio = (scored["split_half_tv"] / scored["noise_floor_tv"]).to_numpy()
+    assert 1.0 < np.median(ratio) < 2.0, ratio
+    # smaller cells: larger real-vs-real distance
+    assert np.corrcoef(np.log(scored["real_n_x"]), scored["split_half_tv"])[0, 1] < -0.5
+    # a perfect copy of the real table split against itself is what the simulator's "good" run approaches
+    good_all = good_cells.loc[good_cells["cell"] == "all", "tv"].item()
+    assert halves.loc[halves["cell"] == "all", "split_half_tv"].item() < good_all + 0.05
+
+
 def test_persona_composition_shares_sum_to_one(good):
     comp = persona_composition(good, ["sex", "race"])
     assert set(comp.columns) == {"persona", "n_agents", "attribute", "value", "share"}
@@ -225,7 +243,7 @@ def test_report_files(report):
     cells = pd.read_csv(report["cells"])
     assert set(cells["method"]) == {"good", "uniform"}
     assert {"cell", "real_n", "real_eff_n", "synth_n", "tv", "tv_ci_low", "tv_ci_high", "noise_floor_tv",
-            "suppressed", "worse_than_floor", "representativeness"} <= set(cells.columns)
+            "suppressed", "worse_than_floor", "representativeness", "split_half_tv"} <= set(cells.columns)
     worst = pd.read_csv(report["worst_cells"])
     assert worst.groupby("method").size().max() <= 5
     assert report["longtail"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

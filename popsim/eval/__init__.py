@@ -21,6 +21,7 @@ from popsim.eval.subgroups import (
     noise_floor_curve,
     persona_composition,
     respondent_table,
+    split_half_noise_floor,
     subgroup_cells,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "cell_question_fidelity",
     "cell_fidelity",
     "noise_floor_curve",
+    "split_half_noise_floor",
     "persona_composition",
     "BANNER",
     "build_report",

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, persona_composition, respondent_table
+from popsim.eval.subgroups import (
+    cell_fidelity,
+    noise_floor_curve,
+    persona_composition,
+    respondent_table,
+    split_half_noise_floor,
+)
 from popsim.exceptions import DataError
 from popsim.io import atomic_write_bytes, atomic_write_text
 
@@ -73,15 +79,18 @@ def _load(obj: pd.DataFrame | str | Path, what: str) -> pd.DataFrame:
 
 
 def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per method: overall TV (the "all" cell) with CI, mean TV over scored subgroup cells, share of them
-    worse than the noise floor, and how many cells were scored or suppressed."""
+    """Per method: overall TV (the "all" cell) with CI and its noise floor, mean TV over scored subgroup
+    cells beside the mean noise floor of those cells (size-matched bootstrap, and real-vs-real split-half
+    when present), share of cells worse than the floor, and how many cells were scored or suppressed."""
     rows = []
     for method, c in cells.groupby("method", sort=False):
         overall = c[c["order"] == 0].iloc[0]
         sub = c[(c["order"] > 0) & ~c["suppressed"] & c["tv"].notna()]
         rows.append({
             "method": method, "overall_tv": overall["tv"], "overall_tv_ci_low": overall["tv_ci_low"],
-            "overall_tv_ci_high": overall["tv_ci_high"], "mean_tv_cells": sub["tv"].mean(),
+            "overall_tv_ci_high": overall["tv_ci_high"], "overall_noise_floor": overall["noise_floor_tv"],
+            "mean_tv_cells": sub["tv"].mean(), "mean_noise_floor_cells": sub["noise_floor_tv"].mean(),
+            "mean_split_half_cells": sub["split_half_tv"].mean() if "split_half_tv" in sub else np.nan,
             "share_worse_than_floor": sub["worse_than_floor"].mean() if len(sub) else np.nan,
             "n_cells_scored": len(sub), "n_cells_suppressed": int(c["suppressed"].sum()),
         })
@@ -92,7 +101,7 @@ def worst_cells(cells: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     """Per method, the ``k`` scored subgroup cells with the largest TV excess over their noise floor."""
     scored = cells[(cells["order"] > 0) & ~cells["suppressed"] & cells["excess_tv"].notna()]
     cols = ["method", "cell", "real_n", "synth_n", "tv", "tv_ci_low", "tv_ci_high", "noise_floor_tv",
-            "excess_tv", "worse_than_floor"]
+            "excess_tv", "worse_than_floor"] + (["split_half_tv"] if "split_half_tv" in cells else [])
     out = scored.sort_values("excess_tv", ascending=False).groupby("method", sort=False).head(k)
     return out[cols].reset_index(drop=True)
 
@@ -228,6 +237,9 @@ def build_report(
         cells.insert(0, "method", method)
         tables.append(cells)
     cells = pd.concat(tables, ignore_index=True)
+    halves = split_half_noise_floor(real_df, options, attributes, max_order=max_order, min_n=min_n, seed=seed,
+                                    weights_col=weights_col)
+    cells = cells.merge(halves[["cell", "split_half_tv"]], on="cell", how="left")
     n_real = len(real_df)
     sizes = np.unique(np.round(np.geomspace(min(5, n_real), n_real, 12)).astype(int))
     floor = noise_floor_curve(real_df, options, sizes, n_rep=100, seed=seed, weights_col=weights_col)
