@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--lm", help="LM name, folder or .gguf")
         p.add_argument("--method", help="mop, uniform, persona-only, no-persona or silicon")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name in {"run", "simulate"}:
+            p.add_argument("--ray", action="store_true", help="shard the population over Ray workers "
+                           "(same responses as one process; RAY_ADDRESS joins a cluster)")
+            p.add_argument("--workers", type=int, help="Ray workers, each with its own LM (default: GPUs, else CPUs)")
     rep = sub.add_parser("report", help="per-subgroup summary / fidelity report of a run")
     rep.add_argument("run_dirs", nargs="+", help="one or more run directories (methods side by side)")
     rep.add_argument("--real", help="held-out real respondents (parquet/CSV); default RUN_DIR/heldout.parquet")
@@ -48,6 +52,19 @@ def _overrides(args: argparse.Namespace) -> dict:
     if args.method:
         out["simulation.method"] = args.method
     return out
+
+
+def _workers(args: argparse.Namespace, scenario) -> int | None:
+    """Ray workers for ``--ray [--workers N]``; None runs in this process."""
+    if not args.ray:
+        if args.workers is not None:
+            raise PopsimError("--workers needs --ray; add --ray to shard the population over Ray workers")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise PopsimError(f"--workers must be a positive integer; got {args.workers}")
+    from popsim.sim.distributed import default_workers
+
+    return args.workers or default_workers(scenario.lm)
 
 
 def _print_run(result) -> None:
@@ -93,7 +110,7 @@ def _command(args: argparse.Namespace) -> int:
             and scenario.simulation.method not in {"no-persona", "silicon"}:
         raise PopsimError(f"no fitted model in {scenario.run_dir / 'mop'}; run `popsim fit {args.scenario}` first")
     try:
-        result = runner.run(scenario, verbose=not args.quiet)
+        result = runner.run(scenario, verbose=not args.quiet, workers=_workers(args, scenario))
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed responses are saved in {scenario.run_dir}/parts; "
               "rerun the same command to resume", file=sys.stderr)

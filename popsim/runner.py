@@ -157,8 +157,16 @@ def _load_parts(parts_dir: Path) -> pd.DataFrame:
 
 
 def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: SentenceEncoder | None = None,
-        verbose: bool = True) -> RunResult:
-    """Run one scenario end to end (fit if needed, simulate with resume, summarise)."""
+        verbose: bool = True, workers: int | None = None) -> RunResult:
+    """Run one scenario end to end (fit if needed, simulate with resume, summarise).
+
+    ``workers``: simulate on that many Ray workers, each with its own LM replica (same responses as one
+    process; see :mod:`popsim.sim.distributed`); ``None`` simulates in this process.
+    """
+    if workers is not None:
+        from popsim.sim.distributed import require_ray
+
+        require_ray()  # before any fitting, so a missing package costs nothing
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_dir = prepare_run_dir(scenario, scenario.run_dir)
@@ -203,8 +211,14 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
         done=done, on_chunk=flush, progress=verbose,
     )
-    for _ in range(scenario.simulation.rounds):
-        model.step()
+    if workers is not None:
+        from popsim.sim.distributed import simulate_on_ray
+
+        model.lm_calls = simulate_on_ray(model, scenario, parts_dir, workers=workers, verbose=verbose,
+                                         mop_dir=None if mop is None else run_dir / "mop")
+    else:
+        for _ in range(scenario.simulation.rounds):
+            model.step()
     timings["simulate"] = time.perf_counter() - t
     responses = _final_responses(_load_parts(parts_dir), model, profiles)
     atomic_write_parquet(run_dir / "responses.parquet", responses)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import mesa
 import networkx as nx
@@ -75,6 +75,10 @@ class PopulationModel(mesa.Model):
         network: optional graph over agent ids; from round 2 prompts include neighbours' answers.
         done: (agent, round, question) -> (answer, probs) already on disk (resume).
         on_chunk: called with the list of completed answer rows after each chunk of agents.
+        draws: persona, exemplar and temperature per agent drawn elsewhere (a sharded run draws once, on
+            its driver, so every shard agrees); ``None`` draws them here from ``rng``.
+        active: ids of the agents this model answers for (one Ray shard); the others only hold answers,
+            e.g. neighbours in another shard. ``None``: all agents.
     """
 
     def __init__(
@@ -95,6 +99,8 @@ class PopulationModel(mesa.Model):
         done: dict | None = None,
         on_chunk: Callable[[list[dict]], None] | None = None,
         progress: bool = True,
+        draws: Mapping[str, Sequence] | None = None,
+        active: Collection[int] | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -111,10 +117,12 @@ class PopulationModel(mesa.Model):
         self.done = done or {}
         self.on_chunk = on_chunk
         self.progress = progress
+        self.active = None if active is None else frozenset(int(i) for i in active)
         self.round = 0
         self.lm_calls = 0
         gate_texts = [t or "a member of the population" for t in profile_texts]
-        draws = assign_mixture(method, mop, gate_texts, self.rng)
+        if draws is None:
+            draws = assign_mixture(method, mop, gate_texts, self.rng)
         shown = ["" if method == "no-persona" else t for t in profile_texts]
         records = profiles.to_dict("records")
         PersonaAgent.create_agents(
@@ -123,13 +131,17 @@ class PopulationModel(mesa.Model):
             temperature=[float(t) for t in draws["temperature"]],
         )
         self.by_id = {a.person_id: a for a in self.agents}
-        for (agent, round_, question), (text, probs) in self.done.items():
+        self.record(self.done)
+        reporters = {f"share:{q.id}:{o}": _share_reporter(q.id, o) for q in self.questions for o in q.option_labels}
+        self.datacollector = mesa.DataCollector(model_reporters=reporters)
+
+    def record(self, answers: Mapping[tuple[int, int, str], tuple[str, dict | None]]) -> None:
+        """Store answers computed elsewhere: on disk (resume) or in another shard (its neighbours' last round)."""
+        for (agent, round_, question), (text, probs) in answers.items():
             if agent in self.by_id:
                 self.by_id[agent].answers[(round_, question)] = text
                 if probs is not None:
                     self.by_id[agent].probs[(round_, question)] = probs
-        reporters = {f"share:{q.id}:{o}": _share_reporter(q.id, o) for q in self.questions for o in q.option_labels}
-        self.datacollector = mesa.DataCollector(model_reporters=reporters)
 
     # ------------------------------------------------------------------ prompts
     def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "") -> Prompt:
@@ -166,6 +178,8 @@ class PopulationModel(mesa.Model):
         """One round: every agent answers every question it has not answered yet."""
         self.round += 1
         agents = sorted(self.agents, key=lambda a: a.person_id)
+        if self.active is not None:
+            agents = [a for a in agents if a.person_id in self.active]
         chunks = [agents[i : i + self.chunk_agents] for i in range(0, len(agents), self.chunk_agents)]
         bar = tqdm(total=len(agents), desc=f"round {self.round}", disable=not self.progress, unit="agent")
         for chunk in chunks:
