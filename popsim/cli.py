@@ -1,6 +1,6 @@
 """``python -m popsim``: a thin command layer over :func:`popsim.runner.run` and friends.
 
-Commands: run (fit if needed, simulate, summarise), validate, fit, simulate, report. User errors print
+Commands: run (fit if needed, simulate, summarise), validate, fit, simulate, report, serve. User errors print
 one line (``popsim: error: ...``) and exit 2; Ctrl-C keeps completed responses and says how to resume.
 """
 
@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dirs", nargs="+", help="one or more run directories (methods side by side)")
     rep.add_argument("--real", help="held-out real respondents (parquet/CSV); default RUN_DIR/heldout.parquet")
     rep.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    srv = sub.add_parser("serve", help="serve an LM over an OpenAI-compatible HTTP API")
+    srv.add_argument("--lm", default="smollm2-135m-instruct", help="LM name, folder or .gguf")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", help="require this bearer key (default $POPSIM_API_KEY; none if unset)")
+    srv.add_argument("--max-batch", type=int, default=64, help="most rows per batched LM call")
+    srv.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a request waits for company")
+    srv.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
+    srv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return parser
 
 
@@ -87,6 +96,12 @@ def _command(args: argparse.Namespace) -> int:
         from popsim.eval.headline import report_command
 
         return report_command(args.run_dirs, real=args.real, out=args.out)
+    if args.command == "serve":
+        from popsim.serve import serve
+
+        serve(args.lm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("POPSIM_API_KEY"),
+              max_batch=args.max_batch, window_ms=args.batch_window_ms, dtype=args.dtype, device=args.device)
+        return 0
     scenario = load_scenario(args.scenario, _overrides(args))
     if args.command == "validate":
         print(f"{args.scenario}: valid {scenario.kind} scenario '{scenario.name}' "

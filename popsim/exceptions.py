@@ -16,6 +16,10 @@ __all__ = [
     "LMInputError",
     "RunDirectoryError",
     "BackendError",
+    "EndpointURLError",
+    "EndpointUnreachableError",
+    "AuthenticationError",
+    "CapabilityError",
 ]
 
 
@@ -49,3 +53,19 @@ class RunDirectoryError(PopsimError, OSError):
 
 class BackendError(PopsimError, RuntimeError):
     """A remote LM backend failed (endpoint down, authentication, missing capability)."""
+
+
+class EndpointURLError(BackendError, ValueError):
+    """A remote LM endpoint URL is malformed (not ``http(s)://host[:port]/...``)."""
+
+
+class EndpointUnreachableError(BackendError, ConnectionError):
+    """A remote LM endpoint did not answer after the retries (server down, wrong host or port)."""
+
+
+class AuthenticationError(BackendError, PermissionError):
+    """A remote LM endpoint rejected the API key (HTTP 401/403)."""
+
+
+class CapabilityError(BackendError):
+    """A backend cannot do what was asked (no prompt logprobs, no GPU, temperature scoring over HTTP, ...)."""
