@@ -138,3 +138,30 @@ def test_shipped_scenarios_run_shrunk(tmp_path, name, smollm, encoder):
         assert (result.responses["answer"].str.len() > 0).mean() >= 0.75
     if rounds > 1:
         assert sorted(result.responses["round"].unique()) == list(range(1, rounds + 1))
+
+
+def test_every_method_runs_from_one_flag_and_reports_side_by_side(tmp_path, capsys):
+    """`--method` switches MoP for each baseline on the same scenario; `popsim report` puts them side by side."""
+    from popsim.cli import main
+
+    path = small_survey(tmp_path)
+    dirs = {}
+    for method in ("mop", "uniform", "persona-only", "no-persona", "silicon"):
+        dirs[method] = tmp_path / method
+        assert main(["run", str(path), "--method", method, "--out", str(dirs[method]), "--quiet"]) == 0
+    agents = {m: pd.read_parquet(d / "agents.parquet") for m, d in dirs.items()}
+    for method in ("mop", "uniform"):
+        assert (agents[method]["persona"] >= 0).all() and (agents[method]["exemplar"] >= 0).all()
+    assert (agents["persona-only"]["persona"] >= 0).all() and (agents["persona-only"]["exemplar"] == -1).all()
+    for method in ("no-persona", "silicon"):
+        assert (agents[method][["persona", "exemplar"]] == -1).all().all()
+        assert not (dirs[method] / "mop").exists()  # nothing to fit
+    assert agents["uniform"]["temperature"].nunique() == 1  # tau_init, no learned temperatures
+    # the same people are simulated by every method; only how they are prompted differs
+    for method in agents:
+        pd.testing.assert_series_equal(agents[method]["profile"], agents["mop"]["profile"])
+    capsys.readouterr()
+    assert main(["report", *map(str, dirs.values()), "--out", str(tmp_path / "report")]) == 0
+    cells = pd.read_csv(tmp_path / "report" / "cells.csv")
+    assert set(cells["method"]) == set(dirs)
+    assert "no-persona" in (tmp_path / "report" / "report.md").read_text()
