@@ -114,11 +114,12 @@ def _command(args: argparse.Namespace) -> int:
         from popsim.embed import SentenceEncoder
         from popsim.lm.loading import cache_dir
 
-        run_dir = runner.prepare_run_dir(scenario, scenario.run_dir)
+        run_dir = runner.check_run_dir(scenario, scenario.run_dir)  # inputs first: nothing written on bad input
         population = load_population(scenario) if scenario.kind == "survey" else None
+        lm = runner._load_lm(scenario)
         encoder = SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
-        model = runner.fit_model(scenario, runner._load_lm(scenario), encoder, run_dir, population,
-                                 verbose=not args.quiet)
+        runner.prepare_run_dir(scenario, run_dir)
+        model = runner.fit_model(scenario, lm, encoder, run_dir, population, verbose=not args.quiet)
         print(f"fitted {len(model.personas_)} personas, {len(model.exemplars_)} exemplars -> {run_dir / 'mop'}")
         return 0
     if args.command == "simulate" and not (scenario.run_dir / "mop" / "fit_key").is_file() \
@@ -134,10 +135,25 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_model_loading() -> None:
+    """--quiet: no "Loading weights" bars from transformers / huggingface_hub either (read at their import)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        _quiet_model_loading()
     try:
         return _command(args)
     except PopsimError as exc:

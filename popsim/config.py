@@ -11,10 +11,10 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from popsim.exceptions import ScenarioError
 
@@ -26,6 +26,16 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `agents: true` as 1; a boolean where a number belongs is a typo, so refuse it."""
+        if isinstance(v, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float, int | None, float | None):
+                raise ValueError(f"must be a number, not {str(v).lower()}")
+        return v
 
 
 class AttributeSpec(_Strict):
@@ -72,7 +82,7 @@ class QuestionSpec(_Strict):
         if not self.free_text and not self.options:
             raise ValueError(f"question '{self.id}' needs options, or free_text: true")
         if self.options is not None and len(self.option_labels) != len(set(self.option_labels)):
-            raise ValueError(f"question '{self.id}' has duplicate option wordings")
+            raise ValueError(f"question '{self.id}' has duplicate option wordings; give each option its own wording")
         return self
 
     @property
@@ -116,6 +126,13 @@ class MopConfig(_Strict):
     balance: float = Field(1.0, ge=0, description="Load-balancing bonus keeping personas/exemplars in use (0 = paper).")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
+    @model_validator(mode="after")
+    def _personas_fit_in_pool(self) -> MopConfig:
+        if self.personas is None and self.n_personas > self.n_exemplars:
+            raise ValueError(f"n_personas ({self.n_personas}) is more than n_exemplars ({self.n_exemplars}), the "
+                             "texts clustered into personas; lower n_personas or raise n_exemplars")
+        return self
+
 
 class NetworkConfig(_Strict):
     """Agents on a graph see their neighbours' previous answers from round 2 on."""
@@ -148,6 +165,8 @@ class LMConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 where native.")
     batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice, one per "
+                                "core; recorded in the manifest). Pin it for bit-identical results across machines.")
 
 
 class EncoderConfig(_Strict):
@@ -180,17 +199,24 @@ class Scenario(_Strict):
     output: str | None = Field(None, description="Run directory (default runs/<name>).")
     base_dir: str = Field(".", description="Set by the loader: folder of the scenario file.")
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v.strip() or v.strip(".") == "" or any(c in v for c in "/\\\0"):
+            raise ValueError("must be a plain name without / or \\ (it names the folder runs/<name>)")
+        return v
+
     @model_validator(mode="after")
     def _kind_matches(self) -> Scenario:
         if self.kind == "survey":
             if not self.questions:
-                raise ValueError("a survey scenario needs at least one entry under questions")
+                raise ValueError("a survey scenario needs at least one entry under `questions`; add one")
             ids = [q.id for q in self.questions]
             dup = sorted({i for i in ids if ids.count(i) > 1})
             if dup:
-                raise ValueError(f"question ids must be unique; duplicated: {', '.join(dup)}")
+                raise ValueError(f"`questions` ids must be unique; duplicated: {', '.join(dup)}; rename one of them")
         if self.kind == "reviews" and self.reviews is None:
-            raise ValueError("a reviews scenario needs a reviews: section")
+            raise ValueError("a reviews scenario needs a `reviews` section; add one")
         return self
 
     @property
@@ -210,75 +236,129 @@ def _suggest(name: str, allowed: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
 
 
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The pydantic model inside ``X``, ``X | None``, ``list[X]`` or ``dict[str, X]``; True for a dict value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    for arg in get_args(annotation):
+        found, _ = _model_in(arg)
+        if found is not None:
+            return found, get_origin(annotation) is dict
+    return None, False
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """Field names of the model found at ``loc`` (for did-you-mean)."""
-    current: Any = model
+    current: type[BaseModel] | None = model
+    skip_key = False  # the part after a dict-valued field is a user key (e.g. an attribute name)
     for part in loc[:-1]:
-        if isinstance(part, int) or current is None:
+        if skip_key or isinstance(part, int):
+            skip_key = False
             continue
-        field = getattr(current, "model_fields", {}).get(part)
+        field = current.model_fields.get(str(part)) if current is not None else None
         if field is None:
             return []
-        annotation = field.annotation
-        args = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
-        candidates = [annotation] + args
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if current is None and args:
-            inner = [getattr(a, "__args__", ()) for a in getattr(annotation, "__args__", ())]
-            flat = [x for group in inner for x in group if isinstance(x, type) and issubclass(x, BaseModel)]
-            current = flat[0] if flat else None
-    return list(getattr(current, "model_fields", {}).keys()) if current else []
+        current, skip_key = _model_in(field.annotation)
+    return list(current.model_fields) if current is not None else []
+
+
+def _one_line(text: str) -> str:
+    """Messages are one line even when a key, value or path holds a line break."""
+    return "".join(repr(c)[1:-1] if c in _BREAKS else c for c in text)
+
+
+_BREAKS = set("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 def _explain(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains a 'missing'
     loc = tuple(first["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    path = ".".join(str(p) for p in loc)
     got = first.get("input")
     if first["type"] == "extra_forbidden":
         allowed = [k for k in _allowed_keys(Scenario, loc) if k != "base_dir"]
-        return f"{source}: unknown key `{path}`; {_suggest(str(loc[-1]), allowed)}"
+        hint = _suggest(str(loc[-1]), allowed) if allowed else "remove it"
+        return f"{source}: unknown key `{path}`; {hint}"
     if first["type"] == "missing":
         return f"{source}: `{path}` is required; add it"
-    msg = first["msg"].removeprefix("Value error, ")
-    shown = "" if isinstance(got, dict) else f"; got {got!r}"[:80]
-    return f"{source}: `{path}` {msg[0].lower() + msg[1:]}{shown}"
+    msg = first["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    msg = msg[0].lower() + msg[1:]
+    if isinstance(got, dict):
+        shown = "; got a mapping" if first["type"].endswith("_type") else ""  # else a whole section: say nothing
+    else:
+        shown = f"; got {got!r}"[:80]
+    return f"{source}: `{path}` {msg}{shown}" if path else f"{source}: {msg}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain data only: no Python objects) that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Read and validate a scenario YAML; ``overrides`` maps dotted keys to values (CLI flags)."""
     path = Path(path)
+    name = _one_line(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ScenarioError(f"scenario file {path} does not exist; check the path") from None
-    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
-        raise ScenarioError(f"scenario file {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+        raise ScenarioError(f"scenario file {name} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"scenario file {name} is a folder; pass the scenario's .yaml file") from None
+    except (UnicodeDecodeError, PermissionError) as exc:
+        raise ScenarioError(
+            f"scenario file {name} cannot be read as UTF-8 text ({type(exc).__name__}); save it as UTF-8 "
+            "and check its permissions") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ScenarioError(f"{path}: YAML syntax error{where}: {problem}; fix the indentation or quoting") from None
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            fix = "keep one of them" if "duplicate key" in problem else "remove the !! tag (scenarios are plain data)"
+            raise ScenarioError(f"{name}: YAML error{where}: {problem}; {fix}") from None
+        raise ScenarioError(f"{name}: YAML syntax error{where}: {problem}; fix the indentation or quoting") from None
     if not isinstance(raw, dict):
-        raise ScenarioError(f"{path}: a scenario must be a YAML mapping of keys (name, kind, data, ...)")
+        raise ScenarioError(f"{name}: a scenario must be a YAML mapping of keys (name, kind, data, ...); "
+                            f"got {'an empty file' if raw is None else type(raw).__name__}")
     raw = dict(raw)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for depth, key in enumerate(parents):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ScenarioError(f"{name}: `{where}` must be a mapping of keys to set {dotted}; fix the file")
         node[leaf] = value
     raw["base_dir"] = str(path.resolve().parent)
-    return validate_scenario(raw, source=str(path))
+    return validate_scenario(raw, source=name)
 
 
 def validate_scenario(raw: dict, *, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(raw)
     except ValidationError as err:
-        raise ScenarioError(_explain(err, source)) from None
+        raise ScenarioError(_one_line(_explain(err, source))) from None
 
 
 def config_hash(scenario: Scenario, *sections: str) -> str:

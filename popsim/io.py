@@ -5,6 +5,7 @@ A crash or Ctrl-C therefore leaves either the old file or the new one, never hal
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,7 +15,8 @@ import pandas as pd
 
 from popsim.exceptions import RunDirectoryError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_parquet", "inside"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_parquet", "inside",
+           "check_writable"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -32,12 +34,53 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as exc:
-        raise RunDirectoryError(
-            f"cannot write {path} ({exc.strerror or type(exc).__name__}); free disk space or choose a "
-            "writable --out directory"
-        ) from None
+        raise RunDirectoryError(f"cannot write {path} ({_why(exc)}); {_fix(exc)}") from None
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _fix(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full: free disk space and rerun the same command to resume"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the folder is read-only: choose a writable --out directory"
+    return "free disk space or choose a writable --out directory"
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it (a probe file, removed at once).
+
+    ``os.access`` is not enough: it says yes to root on a read-only mount and knows nothing of full disks.
+    """
+    folder = Path(folder)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise RunDirectoryError(f"output path {folder} is a file, not a folder; choose another --out")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".popsim-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot write in {folder} ({_why(exc)}); {_fix(exc)}") from None
+    return folder
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

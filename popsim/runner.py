@@ -18,7 +18,9 @@ same command is rerun, losing and duplicating nothing.
 from __future__ import annotations
 
 import json
+import os
 import platform
+import signal
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -31,15 +33,15 @@ import torch
 from popsim.config import QuestionSpec, Scenario, config_hash
 from popsim.data import Population, load_population, profile_text, review_records, survey_exemplars, survey_records
 from popsim.embed import SentenceEncoder
-from popsim.exceptions import RunDirectoryError
-from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
+from popsim.exceptions import DataError, RunDirectoryError
+from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text, check_writable
 from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
 from popsim.sim.model import PopulationModel
 from popsim.sim.network import build_network
 
-__all__ = ["RunResult", "run", "fit_model", "prepare_run_dir", "summarise"]
+__all__ = ["RunResult", "run", "fit_model", "saved_model", "check_run_dir", "prepare_run_dir", "summarise"]
 
 
 @dataclass
@@ -53,7 +55,8 @@ class RunResult:
 
 def _versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("popsim", "torch", "transformers", "sentence-transformers", "mesa", "numpy", "pandas"):
+    for pkg in ("popsim", "torch", "transformers", "sentence-transformers", "mesa", "numpy", "pandas", "pyarrow",
+                "safetensors", "scikit-learn"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -61,27 +64,48 @@ def _versions() -> dict:
     return out
 
 
-def prepare_run_dir(scenario: Scenario, run_dir: Path) -> Path:
-    """Create the run directory, or check an existing one was written by the same config."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+# what popsim itself writes in a run directory (a folder without a manifest may hold only these)
+_RUN_FILES = {"manifest.json", "mop", "parts", "personas.json", "responses.parquet", "agents.parquet",
+              "summary.parquet", "summary.csv", "heldout.parquet", "report"}
+
+
+def check_run_dir(scenario: Scenario, run_dir: Path) -> Path:
+    """Check ``run_dir`` can hold this scenario's run, writing nothing: absent, empty, or written by the same
+    config (resume); refuse one from another config, a corrupt manifest, or a folder of someone else's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"output path {run_dir} is a file, not a folder; choose another --out")
+    if not run_dir.is_dir():
+        return run_dir
     manifest = run_dir / "manifest.json"
-    digest = config_hash(scenario)
     if manifest.is_file():
         try:
-            old = json.loads(manifest.read_text()).get("config_hash")
-        except (json.JSONDecodeError, OSError):
-            old = None
-        if old and old != digest:
+            old = json.loads(manifest.read_text(encoding="utf-8")).get("config_hash")
+        except (ValueError, OSError, AttributeError):
+            raise RunDirectoryError(
+                f"{manifest} is corrupt (not a JSON manifest); delete it to reuse {run_dir}, or choose another --out"
+            ) from None
+        if old and old != config_hash(scenario):
             raise RunDirectoryError(
                 f"run directory {run_dir} was written by a different config; pass --out to a new folder "
                 "or delete it to start over"
             )
+        return run_dir
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES and not p.name.startswith("."))
+    if foreign:
+        raise RunDirectoryError(f"--out folder {run_dir} already holds files popsim did not write (e.g. "
+                                f"'{foreign[0]}'); choose a new or empty folder")
     return run_dir
+
+
+def prepare_run_dir(scenario: Scenario, run_dir: Path) -> Path:
+    """Check the run directory (:func:`check_run_dir`), then create it and prove it is writable."""
+    check_run_dir(scenario, run_dir)
+    return check_writable(run_dir)
 
 
 def _manifest(scenario: Scenario, run_dir: Path, **extra) -> None:
     path = run_dir / "manifest.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
+    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     current.update({"scenario": scenario.name, "config_hash": config_hash(scenario), "seed": scenario.seed,
                     "config": scenario.model_dump(mode="json"), "versions": _versions(),
                     "torch_threads": torch.get_num_threads()})
@@ -94,13 +118,32 @@ def _load_lm(scenario: Scenario) -> LanguageModel:
     return load_lm(cfg.name, device=cfg.device, dtype=cfg.dtype, batch_tokens=cfg.batch_tokens)
 
 
+def _fit_key(scenario: Scenario) -> str:
+    return config_hash(scenario, "data", "questions", "reviews", "mop", "encoder", "seed")
+
+
+def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
+                run_dir: Path) -> MixtureOfPersonas | None:
+    """The model in ``run_dir/mop`` if it was fitted with this scenario's settings, else None.
+
+    A saved model that fails to load (truncated ``gate.safetensors``, garbled ``mop.json``) raises
+    :class:`RunDirectoryError` naming the file, rather than being refitted silently: the user decides
+    whether to restore it or delete ``run_dir/mop`` to refit.
+    """
+    key_file = run_dir / "mop" / "fit_key"
+    if key_file.is_file() and key_file.read_text(encoding="utf-8", errors="replace").strip() == _fit_key(scenario):
+        return MixtureOfPersonas.load(run_dir / "mop", lm=lm, encoder=encoder)
+    return None
+
+
 def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, run_dir: Path,
               population: Population | None = None, *, verbose: bool = True) -> MixtureOfPersonas:
     """Fit MoP for the scenario, or load the one in ``run_dir/mop`` fitted with the same settings."""
-    key = config_hash(scenario, "data", "questions", "reviews", "mop", "encoder", "seed")
+    key = _fit_key(scenario)
     folder = run_dir / "mop"
-    if (folder / "fit_key").is_file() and (folder / "fit_key").read_text().strip() == key:
-        return MixtureOfPersonas.load(folder, lm=lm, encoder=encoder)
+    saved = saved_model(scenario, lm, encoder, run_dir)
+    if saved is not None:
+        return saved
     m = scenario.mop
     style = PromptStyle.survey() if scenario.kind == "survey" else PromptStyle.reviews()
     model = MixtureOfPersonas(
@@ -118,6 +161,7 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
     else:
         train, _ = review_records(scenario)
         model.fit(train)
+    (folder / "fit_key").unlink(missing_ok=True)  # a crash between the next two writes must not reuse a mix
     model.save(folder)
     atomic_write_text(folder / "fit_key", key + "\n")
     atomic_write_json(run_dir / "personas.json", [p.to_dict() for p in model.personas_])
@@ -132,6 +176,9 @@ def _agent_profiles(scenario: Scenario, population: Population | None) -> tuple[
         assert population is not None
         test = population.test
         p = test["weight"].to_numpy(float)
+        if p.sum() <= 0:
+            raise DataError(f"every held-out respondent has weight 0 in `data.weight` column '{scenario.data.weight}'"
+                            "; agents are drawn by weight, so fix the weights or drop data.weight")
         idx = rng.choice(len(test), size=n, replace=n > len(test), p=p / p.sum())
         rows = test.iloc[idx].reset_index(drop=True)
         profiles = rows[[f"attr_{a}" for a in population.attributes]].copy()
@@ -169,24 +216,34 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         require_ray()  # before any fitting, so a missing package costs nothing
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    run_dir = prepare_run_dir(scenario, scenario.run_dir)
-    _manifest(scenario, run_dir, status="running")
+    # Everything that can be wrong with the inputs is found before the first byte is written.
+    run_dir = check_run_dir(scenario, scenario.run_dir)
+    if scenario.lm.threads:
+        torch.set_num_threads(scenario.lm.threads)
     population = load_population(scenario) if scenario.kind == "survey" else None
-    lm = lm or _load_lm(scenario)
-    encoder = encoder or SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
-    timings["load"] = time.perf_counter() - t0
     method = scenario.simulation.method
-    mop = None
-    if method not in {"no-persona", "silicon"}:
-        t = time.perf_counter()
-        mop = fit_model(scenario, lm, encoder, run_dir, population, verbose=verbose)
-        timings["fit"] = time.perf_counter() - t
-    t = time.perf_counter()
+    needs_mop = method not in {"no-persona", "silicon"}
+    if needs_mop and population is not None and scenario.mop.personas is None \
+            and scenario.mop.n_personas > len(population.train):
+        raise DataError(f"mop.n_personas ({scenario.mop.n_personas}) is more than the {len(population.train)} "
+                        "training respondents to cluster; lower mop.n_personas or use more data (data.max_rows)")
     profiles, texts = _agent_profiles(scenario, population)
-    questions = (list(scenario.questions) if scenario.kind == "survey"
-                 else [QuestionSpec(id="review", text="", free_text=True)])
     network = (build_network(scenario.simulation.network, len(profiles), seed=scenario.seed,
                              base_dir=scenario.base_dir) if scenario.simulation.network else None)
+    lm = lm or _load_lm(scenario)
+    if needs_mop and encoder is None:  # no-persona and silicon never embed anything
+        encoder = SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
+    mop = saved_model(scenario, lm, encoder, run_dir) if needs_mop else None
+    prepare_run_dir(scenario, run_dir)
+    _manifest(scenario, run_dir, status="running")
+    timings["load"] = time.perf_counter() - t0
+    if needs_mop:
+        t = time.perf_counter()
+        mop = mop or fit_model(scenario, lm, encoder, run_dir, population, verbose=verbose)
+        timings["fit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    questions = (list(scenario.questions) if scenario.kind == "survey"
+                 else [QuestionSpec(id="review", text="", free_text=True)])
     parts_dir = run_dir / "parts"
     parts_dir.mkdir(exist_ok=True)
     existing = _load_parts(parts_dir)
@@ -194,13 +251,18 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     for row in existing.itertuples(index=False):
         done[(int(row.agent), int(row.round), str(row.question))] = (
             row.answer, None if row.probs is None or pd.isna(row.probs) else json.loads(row.probs))
-    counter = [len(list(parts_dir.glob("part-*.parquet")))]
+    numbers = [int(f.stem.removeprefix("part-")) for f in parts_dir.glob("part-[0-9]*.parquet")]  # not part-w*
+    counter = [max(numbers, default=-1) + 1, 0]  # next part number (never reused), parts this process wrote
+    kill_after = int(os.environ.get("POPSIM_TEST_KILL_AFTER_PARTS", "0"))  # test-only, see flush
 
     def flush(rows: list[dict]) -> None:
         frame = pd.DataFrame(rows)
         frame["probs"] = [None if p is None else json.dumps(p) for p in frame["probs"]]
         atomic_write_parquet(parts_dir / f"part-{counter[0]:06d}.parquet", frame)
         counter[0] += 1
+        counter[1] += 1
+        if counter[1] == kill_after:  # test-only hook (tests/test_crash.py): die like `kill -9` here
+            os.kill(os.getpid(), signal.SIGKILL)
 
     style = (mop.style_ if mop is not None else
              (PromptStyle.survey() if scenario.kind == "survey" else PromptStyle.reviews()))

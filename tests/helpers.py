@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
 SURVEY_QUESTIONS = [
@@ -35,4 +39,44 @@ def small_survey(tmp_path: Path, *, lm: str = "hash-lm", agents: int = 12, **ext
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "survey.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def survey_table(n: int = 40) -> pd.DataFrame:
+    """A small survey: id, sex, age, weight and two questions coded 1 / 0 / -1."""
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "id": [f"r{i}" for i in range(n)], "sex": rng.integers(0, 2, n), "age": rng.integers(18, 90, n),
+        "wt": rng.uniform(0.5, 2.0, n).round(3), "q1": rng.choice([1, 0, -1], n), "q2": rng.choice([1, 0, -1], n),
+    })
+
+
+def local_survey_config(out: Path) -> dict[str, Any]:
+    """A valid scenario on ``data.csv`` beside it: hash-lm, a tiny MoP, six agents in three parts."""
+    options = {1: "more", 0: "the same", -1: "less"}
+    return {
+        "name": "local-survey", "kind": "survey", "seed": 3,
+        "data": {"source": "data.csv", "id_column": "id", "weight": "wt",
+                 "attributes": {"sex": {"column": "sex", "labels": {0: "man", 1: "woman"}},
+                                "age": {"column": "age", "bins": [18, 45, 90]}}},
+        "questions": [{"id": "q1", "column": "q1", "text": "Should we spend on parks?", "options": options},
+                      {"id": "q2", "column": "q2", "text": "Should we spend on roads?", "options": options}],
+        "mop": {"n_personas": 2, "n_exemplars": 8, "max_train_records": 12, "epochs": 1, "batch_size": 4,
+                "dim": 8, "exemplar_questions": 2},
+        "simulation": {"agents": 6, "chunk_agents": 2, "requests_per_call": 8},
+        "lm": {"name": "hash-lm"},
+        "output": str(out),
+    }
+
+
+def local_survey(folder: Path, change: Callable[[dict], object] | None = None,
+                 data: pd.DataFrame | None = None) -> Path:
+    """Write ``data.csv`` and ``survey.yaml`` (``change`` edits the config dict in place); return the YAML."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (survey_table() if data is None else data).to_csv(folder / "data.csv", index=False)
+    cfg = local_survey_config(folder / "run")
+    if change is not None:
+        change(cfg)
+    path = folder / "survey.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from popsim.embed import SentenceEncoder
@@ -196,7 +197,8 @@ class MixtureOfPersonas:
                         for i in range(0, n_val, 256)
                     ) / n_val
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                            "seconds": time.perf_counter() - t_epoch, "cache_hit_rate": self.cache_.hit_rate})
+                            "seconds": time.perf_counter() - t_epoch, "cache_hit_rate": self.cache_.hit_rate,
+                            "cache_hits": self.cache_.hits, "cache_misses": self.cache_.misses})
             if val_loss < best - 1e-4:
                 best, bad_epochs = val_loss, 0
                 best_state = {k: v.detach().clone() for k, v in self.gate_.state_dict().items()}
@@ -382,10 +384,7 @@ class MixtureOfPersonas:
         tensors = {f"gate.{k}": v.detach().contiguous() for k, v in self.gate_.state_dict().items()}
         tensors["h_g"] = self.h_g_.contiguous()
         tensors["h_e"] = self.h_e_.contiguous()
-        tmp = out / ".gate.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        atomic_write_bytes(out / "gate.safetensors", tmp.read_bytes())
-        tmp.unlink()
+        atomic_write_bytes(out / "gate.safetensors", save_safetensors(tensors))
         params = {k: v for k, v in self.get_params().items() if k not in {"lm", "encoder", "style", "cache_path"}}
         params["personas"] = list(self.personas) if self.personas is not None else None
         meta = {
@@ -410,29 +409,39 @@ class MixtureOfPersonas:
     ) -> MixtureOfPersonas:
         """Load a saved model. ``lm`` may differ from the one it was fitted with (gates transfer)."""
         folder = Path(directory)
+        meta_path, gate_path = folder / "mop.json", folder / "gate.safetensors"
+        for path in (meta_path, gate_path):
+            if not path.is_file():
+                raise RunDirectoryError(f"no fitted MoP model in {folder} ({path.name} is missing); run `popsim fit` "
+                                        "first, or delete the folder to refit")
+        current = meta_path
         try:
-            meta = json.loads((folder / "mop.json").read_text())
-            tensors = load_file(str(folder / "gate.safetensors"))
-            if meta.get("format_version") != _FORMAT_VERSION:
-                raise ValueError("format version")
-        except FileNotFoundError:
-            raise RunDirectoryError(f"no fitted MoP model in {folder}; run `popsim fit` first") from None
-        except Exception as exc:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or meta.get("format_version") != _FORMAT_VERSION:
+                raise ValueError(f"not a format-{_FORMAT_VERSION} popsim model file")
+            current = gate_path
+            tensors = load_safetensors(gate_path.read_bytes())
+            current = meta_path
+            params = meta["params"]
+            model = cls(lm=lm, encoder=encoder, **params)
+            model.style_ = PromptStyle(**meta["style"])
+            model.personas_ = [Persona(**p) for p in meta["personas"]]
+            ex = meta["exemplars"]
+            model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]))
+            current = gate_path
+            model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
+            if model.h_g_.shape[0] != len(model.personas_) or model.h_e_.shape[0] != len(model.exemplars_.inputs):
+                raise ValueError("tensor shapes do not match mop.json")
+            model.gate_ = MixtureGate(model.h_e_.shape[1], len(model.personas_), dim=params["dim"])
+            model.gate_.load_state_dict({k.removeprefix("gate."): v for k, v in tensors.items()})
+            current = meta_path
+            model.lm_name_, model.encoder_name_ = meta["lm"], meta["encoder"]
+        except Exception as exc:  # json, safetensors, torch and our own checks raise many types
             raise RunDirectoryError(
-                f"fitted model in {folder} is corrupt or truncated ({type(exc).__name__}); delete the folder "
-                "and fit again"
+                f"fitted model file {current} is corrupt or truncated ({type(exc).__name__}); delete {folder} "
+                "to refit (or restore the file)"
             ) from None
-        params = meta["params"]
-        model = cls(lm=lm, encoder=encoder, **params)
-        model.style_ = PromptStyle(**meta["style"])
-        model.personas_ = [Persona(**p) for p in meta["personas"]]
-        ex = meta["exemplars"]
-        model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]))
-        model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
-        model.gate_ = MixtureGate(model.h_e_.shape[1], len(model.personas_), dim=params["dim"])
-        model.gate_.load_state_dict({k.removeprefix("gate."): v for k, v in tensors.items()})
         model.gate_.eval()
-        model.lm_name_, model.encoder_name_ = meta["lm"], meta["encoder"]
         model.history_, model.fit_info_ = meta.get("history", []), meta.get("fit_info", {})
         model.persona_labels_ = None
         if encoder is not None and encoder.name != meta["encoder"]:
