@@ -156,7 +156,8 @@ def js_distance(p: ArrayLike, q: ArrayLike) -> float:
     from scipy.spatial.distance import jensenshannon
 
     pa, qa = _pair(p, q)
-    d = float(jensenshannon(pa, qa, base=2))
+    with np.errstate(invalid="ignore"):
+        d = float(jensenshannon(pa, qa, base=2))
     # the divergence can round to a tiny negative number for (near-)identical inputs -> sqrt gives NaN
     return 0.0 if np.isnan(d) else min(1.0, d)
 
@@ -184,6 +185,7 @@ def representativeness(p: ArrayLike, q: ArrayLike) -> float:
 def kish_effective_n(weights: ArrayLike) -> float:
     """Kish's effective sample size (sum w)^2 / sum w^2 (Kish 1965); equals n for equal weights."""
     w = _check_weights(weights)
+    w = w / w.max()  # scale-free, and no underflow of w**2 for tiny weights (1e-200 -> 0 -> NaN)
     return float(w.sum() ** 2 / np.square(w).sum())
 
 
