@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -56,6 +57,8 @@ def test_missing_ray_is_a_one_line_error_before_anything_runs(tmp_path, monkeypa
 
 
 def test_ray_run_gives_the_single_process_responses(tmp_path, ray_cluster, reference, encoder):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.run_dir / "mop", run_dir / "mop")  # the fit is shared; the network test fits
     scenario = load_scenario(small_survey(tmp_path, agents=AGENTS))
     result = runner.run(scenario, encoder=encoder, verbose=False, workers=2)
     pd.testing.assert_frame_equal(_responses(result.run_dir), _responses(reference.run_dir))
@@ -63,12 +66,12 @@ def test_ray_run_gives_the_single_process_responses(tmp_path, ray_cluster, refer
                                   pd.read_parquet(reference.run_dir / "agents.parquet"))
     assert len(result.responses) == AGENTS * 4
     assert result.lm_calls == reference.lm_calls  # the very same LM batches, split over two workers
-    parts = sorted(p.name for p in (result.run_dir / "parts").iterdir())
-    assert {p[:9] for p in parts} == {"part-w000", "part-w001"}
+    assert {p.name[:9] for p in (run_dir / "parts").iterdir()} == {"part-w000", "part-w001"}
 
 
 def test_stopped_ray_run_resumes_with_or_without_ray(tmp_path, ray_cluster, reference, encoder):
     scenario = load_scenario(small_survey(tmp_path, agents=AGENTS))
+    shutil.copytree(reference.run_dir / "mop", scenario.run_dir / "mop")
     runner.run(scenario, encoder=encoder, verbose=False, workers=2)
     parts = scenario.run_dir / "parts"
     assert sorted(p.name for p in parts.iterdir()) == [  # shard 0: chunks 0 and 2, shard 1: chunk 1
@@ -87,9 +90,11 @@ def test_stopped_ray_run_resumes_with_or_without_ray(tmp_path, ray_cluster, refe
     assert sorted(p.name for p in parts.iterdir()) == [f"part-w000-{i:06d}.parquet" for i in (1, 2, 3)]
 
 
-def test_network_rounds_see_neighbours_in_other_shards(tmp_path, ray_cluster, encoder):
+def test_network_rounds_see_neighbours_in_other_shards(tmp_path, ray_cluster, reference, encoder):
     net = {"simulation__network": {"kind": "small_world", "degree": 2, "rewire": 0.0}, "simulation__rounds": 2}
+    shutil.copytree(reference.run_dir / "mop", tmp_path / "one" / "run" / "mop")  # same fit key
     one = runner.run(load_scenario(small_survey(tmp_path / "one", agents=12, **net)), encoder=encoder, verbose=False)
+    # the driver fits afresh here: workers load what it saved, draws come from the model in its memory
     sharded = runner.run(load_scenario(small_survey(tmp_path / "ray", agents=12, **net)), encoder=encoder,
                          verbose=False, workers=2)
     # a ring: agent 3 (shard 0) neighbours agent 4 (shard 1), so round 2 needs the round-1 barrier
@@ -110,10 +115,11 @@ def test_worker_sees_the_drivers_cache_and_offline_settings(ray_cluster, monkeyp
     assert ray_cluster.get(env.remote()) == {"POPSIM_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
 
 
-def test_worker_failure_is_one_line_popsim_error(tmp_path, ray_cluster, encoder):
+def test_worker_failure_is_one_line_popsim_error(tmp_path, ray_cluster, reference, encoder):
     from popsim.lm.testing import HashLM
 
-    scenario = load_scenario(small_survey(tmp_path, lm="no-such-model"))
+    scenario = load_scenario(small_survey(tmp_path, lm="no-such-model", agents=AGENTS))
+    shutil.copytree(reference.run_dir / "mop", scenario.run_dir / "mop")  # the fit key does not include the LM
     with pytest.raises(PopsimError, match="lm 'no-such-model' is not a known name"):
         runner.run(scenario, lm=HashLM(), encoder=encoder, verbose=False, workers=2)  # the driver's LM is fine
 
@@ -121,6 +127,7 @@ def test_worker_failure_is_one_line_popsim_error(tmp_path, ray_cluster, encoder)
 def test_cli_ray_run_starts_its_own_ray(tmp_path, reference):
     pytest.importorskip("ray", reason="ray is not installed; `pip install -e '.[dev]'` installs it")
     path = small_survey(tmp_path, agents=AGENTS)
+    shutil.copytree(reference.run_dir / "mop", tmp_path / "run" / "mop")
     cmd = [sys.executable, "-m", "popsim", "run", str(path), "--ray", "--workers", "2", "--quiet"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -133,10 +140,17 @@ def test_cli_ray_run_starts_its_own_ray(tmp_path, reference):
 
 @pytest.mark.slow
 def test_real_smollm_fp32_ray_run_matches_one_process(tmp_path, ray_cluster, smollm, encoder):
-    """Each worker loads its own SmolLM2 replica (fp32) from the scenario; answers match one process."""
-    options = {"lm": "smollm2-135m-instruct", "agents": 8, "lm__dtype": "fp32"}
-    one = runner.run(load_scenario(small_survey(tmp_path / "one", **options)), lm=smollm, encoder=encoder,
-                     verbose=False)
-    sharded = runner.run(load_scenario(small_survey(tmp_path / "ray", **options)), lm=smollm, encoder=encoder,
-                         verbose=False, workers=2)
-    pd.testing.assert_frame_equal(_responses(sharded.run_dir), _responses(one.run_dir))
+    """Each worker loads its own SmolLM2 replica (fp32) from the scenario; answers match one process.
+
+    The silicon baseline (real profiles, no persona) needs no fit: this test is about the LM's numbers, the
+    hash-LM tests above cover the MoP draws.
+    """
+    scenario = load_scenario(small_survey(tmp_path, lm="smollm2-135m-instruct", agents=8, lm__dtype="fp32",
+                                          simulation__method="silicon"))
+    one = runner.run(scenario, lm=smollm, encoder=encoder, verbose=False)
+    expected = _responses(one.run_dir)
+    assert expected["probs"].nunique() > 8  # real, varied option probabilities
+    shutil.rmtree(scenario.run_dir / "parts")  # simulate again, on Ray
+    sharded = runner.run(scenario, lm=smollm, encoder=encoder, verbose=False, workers=2)
+    assert {p.name[:9] for p in (scenario.run_dir / "parts").iterdir()} == {"part-w000", "part-w001"}
+    pd.testing.assert_frame_equal(_responses(sharded.run_dir), expected)
