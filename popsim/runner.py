@@ -231,15 +231,16 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     network = (build_network(scenario.simulation.network, len(profiles), seed=scenario.seed,
                              base_dir=scenario.base_dir) if scenario.simulation.network else None)
     lm = lm or _load_lm(scenario)
-    if needs_mop and encoder is None:  # no-persona and silicon never embed anything
-        encoder = SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
-    mop = saved_model(scenario, lm, encoder, run_dir) if needs_mop else None
+    mop = None
+    if needs_mop:  # no-persona and silicon never embed anything
+        encoder = encoder or SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
+        mop = saved_model(scenario, lm, encoder, run_dir)  # a corrupt saved model stops us here
     prepare_run_dir(scenario, run_dir)
     _manifest(scenario, run_dir, status="running")
     timings["load"] = time.perf_counter() - t0
-    if needs_mop:
+    if needs_mop and mop is None and encoder is not None:
         t = time.perf_counter()
-        mop = mop or fit_model(scenario, lm, encoder, run_dir, population, verbose=verbose)
+        mop = fit_model(scenario, lm, encoder, run_dir, population, verbose=verbose)
         timings["fit"] = time.perf_counter() - t
     t = time.perf_counter()
     questions = (list(scenario.questions) if scenario.kind == "survey"
