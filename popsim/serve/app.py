@@ -181,13 +181,14 @@ def create_app(lm: LanguageModel, *, api_key: str | None = None, limits: ServeLi
         if wants_logprobs and not engine.can_score:
             raise APIError(400, f"model '{lm.name}' exposes no token logprobs (echo/logprobs unsupported)",
                            param="logprobs")
-        if engine.tokenizer is not None:
-            prompt_tokens = [engine.prompt_tokens(p) for p in prompts] if wants_logprobs else \
-                [(engine.lm.encode_prompt(p), []) for p in prompts]
-            for ids, _ in prompt_tokens:
-                check_tokens(len(ids))
+        if ext.continuation_start is not None:  # scoring: prompt[:k] is tokenised in score_rows
+            prompt_tokens = [engine.prompt_tokens(p[:k]) for p, k in zip(prompts, ext.continuation_start, strict=True)]
+        elif wants_logprobs:
+            prompt_tokens = [engine.prompt_tokens(p) for p in prompts]
         else:
-            prompt_tokens = [([], []) for _ in prompts]
+            prompt_tokens = [([0] * engine.count_prompt_tokens(p), []) for p in prompts]
+        for ids, _ in prompt_tokens:
+            check_tokens(len(ids))
         generated = [""] * n
         if body.max_tokens > 0:
             temps = ext.temperatures or [body.temperature] * n
@@ -200,6 +201,8 @@ def create_app(lm: LanguageModel, *, api_key: str | None = None, limits: ServeLi
         choices = [{"index": i, "text": (prompts[i] if body.echo else "") + generated[i], "logprobs": logprobs[i],
                     "finish_reason": "length" if body.max_tokens == 0 else "stop"} for i in range(n)]
         n_prompt = sum(len(ids) for ids, _ in prompt_tokens)
+        if ext.continuation_start is not None:  # the whole prompt, continuation included
+            n_prompt = sum(len(lp["tokens"]) for lp in logprobs if lp)
         n_completion = sum(len(engine.lm.encode_continuation(g)) for g in generated if g) \
             if engine.tokenizer is not None else 0
         return {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
@@ -217,8 +220,9 @@ def create_app(lm: LanguageModel, *, api_key: str | None = None, limits: ServeLi
             ids, offsets = prompt_tokens[i]
             if ext.continuation_start is not None:
                 k = ext.continuation_start[i]
-                pre_ids, pre_off = engine.prompt_tokens(prompt[:k])
+                pre_ids, pre_off = ids, offsets  # of prompt[:k]
                 tgt_ids, tgt_off = engine.continuation_tokens(prompt[k:])
+                check_tokens(len(pre_ids) + len(tgt_ids))
                 jobs.append(ScoreJob(tuple(pre_ids), tuple(tgt_ids), temps[i], top_k))
                 layouts.append((prompt, pre_ids + tgt_ids, pre_off + [k + o for o in tgt_off], len(pre_ids)))
                 continue

@@ -14,6 +14,7 @@ and the next, so ``text_offset`` and ``tokens`` agree with the text returned.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -49,16 +50,25 @@ class TokenRow:
 class Engine:
     """Tokenisation and batched calls for one served LanguageModel."""
 
-    def __init__(self, lm: LanguageModel) -> None:
+    def __init__(self, lm: LanguageModel, *, cache_size: int = 4096) -> None:
         self.lm = lm
         self.tokenizer = getattr(lm, "tokenizer", None)
         self.can_score = self.tokenizer is not None and hasattr(lm, "token_logprobs")
+        # a prompt is usually sent once per option: tokenise it once (bounded memory)
+        self._prompt_tokens = functools.lru_cache(maxsize=cache_size)(self._encode_with_offsets)
 
     # ------------------------------------------------------------------ tokens
     def prompt_tokens(self, text: str) -> tuple[list[int], list[int]]:
         """Ids exactly as the backend encodes a prompt, and each token's character offset in ``text``."""
+        ids, offsets = self._prompt_tokens(text)
+        return list(ids), list(offsets)
+
+    def count_prompt_tokens(self, text: str) -> int:
+        return len(self.lm.encode_prompt(text)) if self.tokenizer is not None else 0  # type: ignore[attr-defined]
+
+    def _encode_with_offsets(self, text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         ids = list(self.lm.encode_prompt(text))  # type: ignore[attr-defined]
-        return ids, self.offsets(ids, text)
+        return tuple(ids), tuple(self.offsets(ids, text))
 
     def continuation_tokens(self, text: str) -> tuple[list[int], list[int]]:
         """Ids exactly as the backend encodes a continuation (tokenised apart from its prompt), with offsets."""
@@ -67,7 +77,7 @@ class Engine:
 
     def offsets(self, ids: Sequence[int], text: str) -> list[int]:
         tok = self.tokenizer
-        pieces = [tok.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+        pieces = tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
         if "".join(pieces) != text:
             special = set(tok.all_special_ids)
             pieces = ["" if i in special else p for i, p in zip(ids, pieces, strict=True)]
