@@ -25,6 +25,7 @@ from popsim import runner
 from popsim.config import load_scenario
 from popsim.exceptions import AuthenticationError, CapabilityError, EndpointUnreachableError, EndpointURLError
 from popsim.lm import Chat, load_lm
+from popsim.lm.base import row_seeds
 from popsim.lm.openai_backend import OpenAILanguageModel, parse_openai_name
 from popsim.lm.remote import continuation_logprob, tempered_logprob
 
@@ -183,6 +184,24 @@ def test_concurrent_requests_are_batched(server, client):
     rows, calls = after["rows"] - before["rows"], after["lm_calls"] - before["lm_calls"]
     assert rows == 12 and calls < 12, (rows, calls)
     assert all(r is not None for r in results)
+
+
+def test_any_language_model_can_be_served_for_generation():
+    """In-process app over the HashLM double: generation works; logprobs are refused with a 4xx."""
+    from fastapi.testclient import TestClient
+
+    from popsim.lm.testing import HashLM
+    from popsim.serve import create_app
+
+    lm = HashLM()
+    with TestClient(create_app(lm, window_ms=1.0)) as http:
+        out = http.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 6, "seed": 4})
+        assert out.status_code == 200
+        assert [c["text"] for c in out.json()["choices"]] == lm.generate(["a", "b"], max_new_tokens=6,
+                                                                        seed=row_seeds(4, 2))
+        refused = http.post("/v1/completions", json={"prompt": "a", "max_tokens": 0, "echo": True, "logprobs": 1})
+        assert refused.status_code == 400 and "logprobs" in refused.json()["error"]["message"]
+        assert http.get("/v1/models").json()["data"][0]["popsim"]["echo_scoring"] is False
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -137,9 +137,11 @@ class OpenAILanguageModel(LanguageModel):
         httpx = self._httpx
         url = self.base_url + path
         last = ""
+        retry_after = 0.0
         for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+            if attempt:  # exponential backoff, or the server's Retry-After if longer (capped at 30 s)
+                time.sleep(max(min(8.0, 0.5 * 2 ** (attempt - 1)), retry_after))
+                retry_after = 0.0
             try:
                 response = self._client.request(method, url, json=body)
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
@@ -150,8 +152,7 @@ class OpenAILanguageModel(LanguageModel):
             if response.status_code in _RETRY_STATUS:
                 last = f"HTTP {response.status_code} {_error_message(response)}"
                 wait = response.headers.get("retry-after", "")
-                if wait.isdigit() and attempt < self.max_retries:
-                    time.sleep(min(float(wait), 30.0))
+                retry_after = min(float(wait), 30.0) if wait.isdigit() else 0.0
                 continue
             if response.status_code in {401, 403}:
                 raise AuthenticationError(
