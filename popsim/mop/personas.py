@@ -58,14 +58,19 @@ def attribute_composition(attributes: pd.DataFrame | None) -> dict:
     return out
 
 
+_ASSISTANT = re.compile(r"\b(ai|assistant|language model|chatbot|smollm|hugging ?face)\b", re.IGNORECASE)
+
+
 def is_degenerate(text: str, others: Sequence[str] = ()) -> bool:
-    """Empty, too short, repetitive, not a description, or a duplicate of another persona."""
+    """Empty, too short, repetitive, not a description, the LM's self-description, or a duplicate."""
     words = re.findall(r"[A-Za-z']+", text.lower())
     if len(words) < 5:
         return True
     if len(set(words)) / len(words) < 0.4:
         return True
     if not text.lower().startswith("you"):
+        return True
+    if _ASSISTANT.search(text):  # a small LM describing itself ("a helpful AI assistant named SmolLM")
         return True
     return any(text.strip().lower() == o.strip().lower() for o in others)
 
