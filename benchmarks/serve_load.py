@@ -2,28 +2,32 @@
 
 Two workloads, each what a popsim client sends:
 
-* ``generate`` (the headline) - short generation: a ~40-token survey prompt, 16 new tokens at
-  temperature 0.8 with the request's own seed. Batching genuinely helps here: a one-row decoding step
-  is a tiny forward pass dominated by per-call overhead (Python, kernel launches, small matmuls), so the
-  micro-batcher's one call for ~20 concurrent requests costs little more per step than one request;
-* ``score`` (option scoring) - one agent's question (~120-token transcript prompt, distinct per agent)
-  against its 3 answer options with ``echo``, ``max_tokens=0`` and the ``popsim`` extension, as the
-  ``openai`` backend sends it. On a CPU a 120-token prompt already keeps the cores busy, so batching
-  gains less here (it saves the per-call overhead and shares the instruction prefix across agents).
+* ``score`` (the headline; option scoring) - each request is one agent's answer to one question: the
+  agent's prompt (instruction, persona, earlier answers: ~130 tokens, the same for all of that agent's
+  12 questions) plus the question (~25 tokens), scored against its 3 options with ``echo``,
+  ``max_tokens=0`` and the ``popsim`` extension, as the ``openai`` backend sends it. Requests arrive in
+  population order (an agent's questions one after another, as several simulation workers sharing one
+  server would send them). Batching genuinely helps here: the micro-batcher puts concurrent requests
+  into one ``token_logprobs`` call whose prefix tree encodes each agent's shared prompt once for all
+  its questions in the batch, while a request sent alone pays for its whole prompt (the transformers
+  backend keeps no KV cache between calls; vLLM's prefix caching would make the baseline cheaper);
+* ``generate`` - short generation: a ~40-token prompt, 16 new tokens at temperature 0.8 with the
+  request's own seed. On a CPU the gain is smaller: a SmolLM2 token costs ~0.3 GFLOP, so beyond the
+  per-step overhead that batching removes, prefill and decoding stay compute-bound.
 
 On one server subprocess bound to loopback, ``--rounds`` rounds each run, per workload, one client
 sending requests one at a time and then ``--clients`` concurrent clients (phases bounded by request
 count and ``--seconds``); a round's speedup is concurrent requests/s over one-at-a-time requests/s, and
-the figure is the median over rounds (interleaving keeps drifting machine load from favouring a side). The server's
-RSS (``/proc/PID/status``) is read after warm-up and after all the load, to show it stays bounded;
-``errors`` counts non-200 answers and transport errors (the script exits 1 if there are any).
+the figure is the median over rounds (interleaving keeps drifting machine load from favouring a side).
+The server's RSS (``/proc/PID/status``) is read after warm-up and after all the load, to show it stays
+bounded; ``errors`` counts non-200 answers and transport errors (the script exits 1 if there are any).
 
 The last line is::
 
-    RESULT server_batching_speedup=X rps=Y p50_ms=A p95_ms=B seq_rps=Z score_batching_speedup=S
+    RESULT server_batching_speedup=X rps=Y p50_ms=A p95_ms=B seq_rps=Z generate_batching_speedup=G
            rss_before_mb=M rss_after_mb=N errors=E
 
-(``server_batching_speedup``, ``rps``, ``p50_ms``, ``p95_ms``, ``seq_rps`` are the generate workload's;
+(``server_batching_speedup``, ``rps``, ``p50_ms``, ``p95_ms``, ``seq_rps`` are the score workload's;
 latencies are the concurrent phases', which include queueing behind the batch in progress.)
 
 Usage::
@@ -51,18 +55,22 @@ TOPICS = ["the environment", "welfare", "the military", "scientific research", "
 INSTRUCTION = "You embody the persona in the description to complete the task."
 
 
-def agent_prompt(i: int) -> str:
-    """A survey transcript prompt like popsim builds, distinct per agent, shared instruction prefix."""
-    persona = f"You are respondent {i}, {30 + i % 40} years old, from region {i % 9}, who reads the news daily."
+QUESTIONS_PER_AGENT = len(TOPICS)
+
+
+def agent_prompt(agent: int, question: int) -> str:
+    """A survey transcript prompt like popsim builds: the agent's shared part, then the question."""
+    persona = (f"You are respondent {agent}, {30 + agent % 40} years old, from region {agent % 9}. You read the "
+               f"news daily, you care about your town's budget, and you answer surveys carefully and briefly.")
     earlier = "\n".join(f"Q: Are we spending too much, too little, or about the right amount on {t}?\nA: "
-                        f"{OPTIONS[(i + k) % 3].strip()}" for k, t in enumerate(TOPICS[(i % 5):(i % 5) + 2]))
-    topic = TOPICS[i % len(TOPICS)]
+                        f"{OPTIONS[(agent + k) % 3].strip()}" for k, t in enumerate(("crime", "drug addiction",
+                                                                                       "big cities")))
     return (f"{INSTRUCTION}\n\n{persona}\n\nEarlier in this survey you answered:\n{earlier}\n\n"
-            f"Q: Are we spending too much, too little, or about the right amount on {topic}?\nA:")
+            f"Q: Are we spending too much, too little, or about the right amount on {TOPICS[question]}?\nA:")
 
 
 def score_body(i: int) -> dict:
-    prompt = agent_prompt(i)
+    prompt = agent_prompt(i // QUESTIONS_PER_AGENT, i % QUESTIONS_PER_AGENT)
     return {"prompt": [prompt + o for o in OPTIONS], "max_tokens": 0, "echo": True, "logprobs": 0,
             "popsim": {"continuation_start": [len(prompt)] * 3, "temperatures": [0.8] * 3}}
 
@@ -74,7 +82,7 @@ def generate_body(i: int) -> dict:
     return {"prompt": prompt, "max_tokens": 16, "temperature": 0.8, "seed": i}
 
 
-WORKLOADS = {"generate": generate_body, "score": score_body}
+WORKLOADS = {"score": score_body, "generate": generate_body}
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -209,10 +217,10 @@ def main() -> int:
           f"{health['rows'] / max(health['lm_calls'], 1):.1f}); RSS {rss_before:.0f} MiB after warm-up, "
           f"{rss_after:.0f} MiB after load (peak {rss_peak:.0f} MiB)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
-    g, sc = results["generate"], results["score"]
-    print(f"RESULT server_batching_speedup={statistics.median(g['ratio']):.2f} "
-          f"rps={statistics.median(g['conc']):.2f} p50_ms={pct(g['lat'], 50):.0f} p95_ms={pct(g['lat'], 95):.0f} "
-          f"seq_rps={statistics.median(g['seq']):.2f} score_batching_speedup={statistics.median(sc['ratio']):.2f} "
+    sc, g = results["score"], results["generate"]
+    print(f"RESULT server_batching_speedup={statistics.median(sc['ratio']):.2f} "
+          f"rps={statistics.median(sc['conc']):.2f} p50_ms={pct(sc['lat'], 50):.0f} p95_ms={pct(sc['lat'], 95):.0f} "
+          f"seq_rps={statistics.median(sc['seq']):.2f} generate_batching_speedup={statistics.median(g['ratio']):.2f} "
           f"rss_before_mb={rss_before:.0f} rss_after_mb={rss_after:.0f} errors={errors}")
     return 0 if errors == 0 else 1
 

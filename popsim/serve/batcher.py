@@ -1,10 +1,10 @@
 """An asyncio micro-batcher: concurrent HTTP requests become one batched LM call in a worker thread.
 
-Requests arriving within a short window (or until ``max_batch`` rows are waiting) are grouped by a key
-(work kind plus whatever must be shared within one LM call, e.g. ``max_tokens``) and each group is handed
-to ``run_batch`` in a worker thread, one call at a time: the LM is not thread-safe, and one batched
-forward pass is far cheaper than the same rows one by one. While a call runs, new requests queue up and
-form the next batch, so under load the window costs nothing.
+Requests arriving close together (each within ``window_s`` of the last, ``10 * window_s`` at most, or
+until ``max_batch`` rows wait) are grouped by a key (work kind plus whatever one LM call must share, e.g.
+``max_tokens``) and each group is handed to ``run_batch`` in a worker thread, one call at a time: the LM
+is not thread-safe, and one batched forward pass is far cheaper than the same rows one by one. While a
+call runs, new requests queue up and form the next batch, so under load the window costs nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class MicroBatcher:
 
     Args:
         run_batch: ``run_batch(key, items) -> results`` (same length and order); runs in a worker thread.
-        window_s: how long the first waiting item waits for company.
+        window_s: the gap between arrivals that closes a batch (a lone item waits this long).
         max_batch: most items per call.
     """
 
@@ -77,16 +77,22 @@ class MicroBatcher:
         return list(await asyncio.gather(*(self.submit(key, item) for item in items)))
 
     async def _collect(self) -> list[_Pending]:
+        """Wait for an item, then keep taking items while they arrive less than ``window_s`` apart.
+
+        A burst (clients resubmitting together after a batch) is parsed by the event loop over tens of
+        milliseconds; a fixed window would cut it into a small and a large batch. Bounded by ``max_batch``
+        and by ``10 * window_s`` in all, so a lone request waits one window.
+        """
         assert self._queue is not None
         batch = [await self._queue.get()]
-        deadline = time.monotonic() + self.window_s
+        hard_stop = time.monotonic() + 10 * self.window_s
         while len(batch) < self.max_batch:
             try:
                 batch.append(self._queue.get_nowait())
                 continue
             except asyncio.QueueEmpty:
                 pass
-            left = deadline - time.monotonic()
+            left = min(self.window_s, hard_stop - time.monotonic())
             if left <= 0:
                 break
             try:
