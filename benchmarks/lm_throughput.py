@@ -53,17 +53,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
-
-try:
-    import popsim  # noqa: F401
-except ModuleNotFoundError:  # run from a checkout without installing: use the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import load_average, median_time, timed  # noqa: E402  (also puts the checkout on sys.path)
 
 from popsim.lm import Chat  # noqa: E402
 from popsim.lm.hf import HFLanguageModel  # noqa: E402
@@ -105,16 +98,6 @@ CONTINUATIONS = [
 ]
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    return statistics.median(timed(fn) for _ in range(reps))
-
-
 def gen_prompts(n: int) -> list[Chat]:
     return [
         Chat.of(TASKS[i % len(TASKS)].format(i=i + 1, genre=GENRES[i % len(GENRES)])) for i in range(n)
@@ -142,14 +125,6 @@ def right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
         ids[r, : len(s)] = torch.tensor(s)
         mask[r, : len(s)] = 1
     return ids, mask
-
-
-def load_average() -> str:
-    """1-minute load average: well above the core count means other work shares the CPUs."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:

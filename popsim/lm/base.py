@@ -26,7 +26,10 @@ import torch
 
 from popsim.exceptions import LMInputError
 
-__all__ = ["Chat", "Prompt", "LanguageModel", "as_row_values", "check_batch", "row_seeds"]
+__all__ = [
+    "Chat", "Prompt", "LanguageModel", "as_row_values", "check_batch", "row_seeds", "generation_rows",
+    "render_with_tokenizer",
+]
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,33 @@ def row_seeds(seed: int | Sequence[int], n: int) -> list[int]:
     if len(seeds) != n:
         raise LMInputError(f"`seed` has {len(seeds)} values but there are {n} prompts; pass one or {n}")
     return seeds
+
+
+def generation_rows(
+    prompts: Sequence, max_new_tokens: int, temperature: float | Sequence[float] | torch.Tensor, seed
+) -> tuple[list[float], list[int]]:
+    """Check a ``generate`` call and expand its temperature and seed to one value per row.
+
+    Shared by every backend so a row is sampled with the same temperature and seed in-process, through
+    ``popsim serve`` and on vLLM.
+    """
+    check_batch("prompts", prompts)
+    if max_new_tokens < 1:
+        raise LMInputError(f"`max_new_tokens` must be >= 1; got {max_new_tokens}")
+    n = len(prompts)
+    return as_row_values(temperature, n).detach().double().tolist(), row_seeds(seed, n)
+
+
+def render_with_tokenizer(tokenizer, prompt: Prompt) -> str:
+    """Prompt text as a transformers tokenizer's chat template renders it (assistant turn left open)."""
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, Chat):
+        raise LMInputError(f"a prompt must be str or Chat; got {type(prompt).__name__}")
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt.plain_text()
+    messages = [{"role": r, "content": c} for r, c in prompt.messages]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prompt.assistant_prefix
 
 
 class LanguageModel(ABC):

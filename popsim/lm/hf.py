@@ -19,8 +19,15 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from popsim.exceptions import LMInputError, ModelLoadError
-from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch, row_seeds
+from popsim.exceptions import ModelLoadError
+from popsim.lm.base import (
+    LanguageModel,
+    Prompt,
+    as_row_values,
+    check_batch,
+    generation_rows,
+    render_with_tokenizer,
+)
 from popsim.lm.loading import convert_gguf, pick_device, pick_dtype, resolve_lm
 from popsim.lm.prefix_tree import PackedTree, group_by_shared_prefix, pack_groups
 from popsim.lm.sketch import LogitSketch, sketch_logits
@@ -113,15 +120,7 @@ class HFLanguageModel(LanguageModel):
         return {i for i in ids if i is not None}
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if not isinstance(prompt, Chat):
-            raise LMInputError(f"a prompt must be str or Chat; got {type(prompt).__name__}")
-        if not self.tokenizer.chat_template:
-            return prompt.plain_text()
-        messages = [{"role": r, "content": c} for r, c in prompt.messages]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + prompt.assistant_prefix
+        return render_with_tokenizer(self.tokenizer, prompt)
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a rendered prompt (BOS added only if the text does not carry it already)."""
@@ -331,12 +330,8 @@ class HFLanguageModel(LanguageModel):
         return out
 
     def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
-        check_batch("prompts", prompts)
-        if max_new_tokens < 1:
-            raise LMInputError(f"`max_new_tokens` must be >= 1; got {max_new_tokens}")
+        temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
         n = len(prompts)
-        temps = as_row_values(temperature, n).detach().double().tolist()
-        seeds = row_seeds(seed, n)
         prompt_ids = [self.encode_prompt(p) for p in prompts]
         texts: list[str] = [""] * n
         budget = max(self.batch_tokens, 1)

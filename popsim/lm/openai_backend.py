@@ -39,7 +39,14 @@ from popsim.exceptions import (
     EndpointURLError,
     LMInputError,
 )
-from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch, row_seeds
+from popsim.lm.base import (
+    Chat,
+    LanguageModel,
+    Prompt,
+    as_row_values,
+    check_batch,
+    generation_rows,
+)
 from popsim.lm.remote import continuation_logprob
 
 __all__ = ["OpenAILanguageModel", "parse_openai_name"]
@@ -233,12 +240,8 @@ class OpenAILanguageModel(LanguageModel):
 
     # ------------------------------------------------------------------ calls
     def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
-        check_batch("prompts", prompts)
-        if max_new_tokens < 1:
-            raise LMInputError(f"`max_new_tokens` must be >= 1; got {max_new_tokens}")
+        temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
         n = len(prompts)
-        temps = as_row_values(temperature, n).detach().double().tolist()
-        seeds = row_seeds(seed, n)
         base = {"model": self.model, "max_tokens": max_new_tokens, "n": 1}
         if stop:
             base["stop"] = list(stop)

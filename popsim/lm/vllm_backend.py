@@ -23,7 +23,14 @@ from collections.abc import Sequence
 import torch
 
 from popsim.exceptions import CapabilityError, LMInputError
-from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch, row_seeds
+from popsim.lm.base import (
+    LanguageModel,
+    Prompt,
+    as_row_values,
+    check_batch,
+    generation_rows,
+    render_with_tokenizer,
+)
 from popsim.lm.remote import tempered_logprob
 
 __all__ = ["VLLMLanguageModel"]
@@ -68,15 +75,7 @@ class VLLMLanguageModel(LanguageModel):
         self.name = model  # the id vLLM loaded; keys caches and manifests
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if not isinstance(prompt, Chat):
-            raise LMInputError(f"a prompt must be str or Chat; got {type(prompt).__name__}")
-        if not getattr(self.tokenizer, "chat_template", None):
-            return prompt.plain_text()
-        messages = [{"role": r, "content": c} for r, c in prompt.messages]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + prompt.assistant_prefix
+        return render_with_tokenizer(self.tokenizer, prompt)
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Prompt ids as the transformers backend makes them (BOS only if the text lacks it)."""
@@ -86,12 +85,7 @@ class VLLMLanguageModel(LanguageModel):
         return ids or [self.tokenizer.bos_token_id or 0]
 
     def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
-        check_batch("prompts", prompts)
-        if max_new_tokens < 1:
-            raise LMInputError(f"`max_new_tokens` must be >= 1; got {max_new_tokens}")
-        n = len(prompts)
-        temps = as_row_values(temperature, n).detach().double().tolist()
-        seeds = row_seeds(seed, n)
+        temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
         params = [self._vllm.SamplingParams(max_tokens=max_new_tokens, temperature=t, seed=s, stop=list(stop) or None)
                   for t, s in zip(temps, seeds, strict=True)]
         inputs = [{"prompt_token_ids": self.encode_prompt(p)} for p in prompts]
