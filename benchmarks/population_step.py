@@ -40,8 +40,13 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=None, help="population size (default 32, quick 12)")
     ap.add_argument("--loop-agents", type=int, default=None,
                     help="time the per-agent loop on this many agents and scale (default 8, quick 4)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: one per core); 1 is far less sensitive to other "
+                    "processes competing for the cores, which slow small per-agent calls much more than batches")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_agents = args.agents or (12 if args.quick else 32)
     loop_agents = min(n_agents, args.loop_agents or (4 if args.quick else 8))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; load average {load_average()}")
