@@ -246,12 +246,13 @@ NV_Q3 = ["Systemic racism is a problem in the United States.",
 def nonvoters_scenario(max_rows: int | None, seed: int, workdir: Path) -> Scenario:
     """FiveThirtyEight non-voters (weighted): Q2 (10 'good American' items) and Q3 (6 agree items).
 
-    Wording from the codebook; -1 (skipped) becomes missing (a cleaned copy is written to ``workdir``).
+    Wording from the codebook; -1 (skipped) becomes missing (a cleaned copy is written to the popsim cache folder).
     """
     frame = pd.read_csv(DATA / "fte-non-voters" / "nonvoters_data.csv")
     cols = [f"Q2_{i}" for i in range(1, 11)] + [f"Q3_{i}" for i in range(1, 7)]
     frame[cols] = frame[cols].where(frame[cols] > 0)
-    path = workdir / "nonvoters_clean.csv"
+    path = cache_dir() / "nonvoters_clean.csv"  # a cleaned copy of the data; never inside the repo
+    path.parent.mkdir(parents=True, exist_ok=True)
     frame[["RespId", "weight", "ppage", "educ", "race", "gender", "income_cat", "voter_category", *cols]].to_csv(
         path, index=False)
     imp = {"1": "very important", "2": "somewhat important", "3": "not so important", "4": "not at all important"}
