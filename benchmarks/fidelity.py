@@ -221,7 +221,9 @@ def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, o
                  "kl_cos": kl_cosine(real_emb, emb, seed=seed), "distinct2": distinct_n(list(real_self["text"]), 2),
                  "accuracy": ds["accuracy"], "macro_f1": ds["macro_f1"],
                  "mean_words": float(real_self["text"].str.split().str.len().mean()), "seconds": 0.0})
-    (out / f"text-{name}-samples.json").write_text(json.dumps(
+    samples_dir = cache_dir() / "fidelity-samples"  # generated texts + data contexts: kept out of the repo
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    (samples_dir / f"text-{name}{'-dev' if dev else ''}-samples.json").write_text(json.dumps(
         {"personas": [p.text for p in mop.personas_], "random_personas": [p.text for p in mop_rand.personas_],
          "tau": mop.temperatures_.tolist(), "fit": mop.fit_info_, "samples": samples}, indent=1, default=str))
     return pd.DataFrame(rows)
