@@ -4,7 +4,9 @@ Fits ``MixtureOfPersonas`` on the GSS survey records of ``scenarios/survey.yaml`
 prompt style) with a FRESH score cache in a temporary folder, so epoch 1 pays for every LM score it needs
 and epoch 2 reuses them. The cache stores a temperature-free sketch of each (prompt, response) score
 (see ``popsim/lm/sketch.py``), so it stays valid while the per-persona temperatures learn; epoch 2 only
-pays for the (persona, exemplar) pairs that enter a record's top-M because the gate moved.
+pays for the (persona, exemplar) pairs that enter a record's top-M because the gate moved; ``mop.stickiness``
+(default 4: a new pair must outweigh a held one 4x) keeps near-ties from swapping pairs every epoch
+(``--stickiness 1`` shows plain top-M re-selection).
 Also reported: the hit rate of a refit in a new process-like state (same records, warm cache), which is
 what a user sees when they rerun a scenario with other gate settings.
 
@@ -36,12 +38,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=None, help="training records (default 320, quick 128)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--stickiness", type=float, default=None,
+                    help="top-M hysteresis (default: the scenario's; 1 = plain top-M every step)")
     args = ap.parse_args()
     n_records = args.records or (128 if args.quick else 320)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; load average {load_average()}")
 
     scenario = survey_scenario()
     m = scenario.mop
+    args.stickiness = args.stickiness or m.stickiness
     population = load_population(scenario)
     records = survey_records(population)
     pool = survey_exemplars(population, m.n_exemplars, n_questions=m.exemplar_questions, seed=scenario.seed)
@@ -52,7 +57,8 @@ def main() -> None:
             model = MixtureOfPersonas(
                 lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
                 tau_init=m.tau_init, style=PromptStyle.survey(), learning_rate=m.learning_rate, epochs=epochs,
-                batch_size=m.batch_size, max_train_records=n_records, balance=m.balance, patience=epochs,
+                batch_size=m.batch_size, max_train_records=n_records, balance=m.balance, stickiness=args.stickiness,
+                patience=epochs,
                 random_state=scenario.seed, cache_path=Path(tmp) / "scores.sqlite", verbose=True)
             return model.fit(records, pool)
 
@@ -62,7 +68,8 @@ def main() -> None:
         lookups = hits + second["cache_misses"] - first["cache_misses"]
         refit = fit(2)
     print(f"lm dtype {lm.dtype}; {model.fit_info_['n_train']} training records, K={len(model.personas_)}, "
-          f"N={len(model.exemplars_)}, top-M={m.top_m}")
+          f"N={len(model.exemplars_)}, top-M={m.top_m}, "
+          f"stickiness={args.stickiness}")
     print(f"epoch 1: {first['seconds']:7.2f} s   ({first['cache_misses']} LM scores computed)")
     print(f"epoch 2: {second['seconds']:7.2f} s   ({second['cache_misses'] - first['cache_misses']} computed, "
           f"{hits} of {lookups} from the cache)")

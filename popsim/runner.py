@@ -150,7 +150,7 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
         lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
         tau_init=m.tau_init, personas=m.personas, style=style, learning_rate=m.learning_rate, epochs=m.epochs,
         batch_size=m.batch_size, max_train_records=m.max_train_records, balance=m.balance,
-        random_state=scenario.seed,
+        stickiness=m.stickiness, random_state=scenario.seed,
         cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
     )
     if scenario.kind == "survey":

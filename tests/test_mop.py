@@ -120,3 +120,25 @@ def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):
     model.save(tmp_path / "m")
     again = MixtureOfPersonas.load(tmp_path / "m", lm=smollm, encoder=encoder)
     assert again.sample(CONTEXTS[:3], np.random.default_rng(0))["persona"].shape == (3,)
+
+
+def test_sticky_selection_keeps_held_pairs_until_a_rival_is_clearly_better(encoder):
+    model = _fit(encoder, epochs=1, stickiness=2.0)  # a rival needs more than 2x a held pair's weight
+    joint = torch.log(torch.tensor([[0.30, 0.25, 0.20, 0.15, 0.10], [0.30, 0.25, 0.20, 0.15, 0.10]]))
+    held = {0: np.array([3, 4]), 1: np.array([3, 4])}
+    joint[1, 0] = np.log(0.35)  # row 1's best rival beats its held pairs by more than 2x
+    picked = model._select_pairs(joint, np.array([0, 1]), 2, held)
+    assert sorted(picked[0].tolist()) == [0, 3]  # 0.30 < 2 * 0.15, so pair 3 stays; pair 4 loses to 0
+    assert sorted(picked[1].tolist()) == [0, 3]
+    assert sorted(held[0].tolist()) == [0, 3]
+    plain = model.set_params(stickiness=1.0)._select_pairs(joint, np.array([0, 1]), 2, held)
+    assert sorted(plain[0].tolist()) == [0, 1]
+
+
+def test_stickiness_cuts_fresh_lm_scores_in_later_epochs(encoder):
+    def later_epoch_misses(stickiness: float) -> int:
+        model = _fit(encoder, epochs=3, stickiness=stickiness, learning_rate=0.01, patience=5)
+        return model.history_[-1]["cache_misses"] - model.history_[0]["cache_misses"]
+
+    plain, sticky = later_epoch_misses(1.0), later_epoch_misses(4.0)
+    assert sticky < plain, (sticky, plain)

@@ -56,6 +56,11 @@ class MixtureOfPersonas:
             distributions (as in mixture-of-experts training, Shazeer et al. 2017). The top-M objective alone
             rewards putting all mass on M pairs, which on survey data collapsed every context onto one
             persona and a handful of exemplars; 0 gives the paper's objective exactly.
+        stickiness: a pair in a record's top-M set at its last visit stays there unless a new pair's gate
+            weight is this many times larger (hysteresis; 1 re-selects the plain top-M every time). Any M
+            pairs give a lower bound on the record's log-likelihood, so the objective stays a bound; sticky
+            sets stop near-ties from swapping pairs every epoch, and each swap costs fresh LM scores (the
+            score cache only serves pairs seen before).
         cache_path: optional SQLite file for LM scores, reused across epochs and runs.
         random_state: seed for everything random in ``fit``.
     """
@@ -79,6 +84,7 @@ class MixtureOfPersonas:
         val_fraction: float = 0.15,
         max_train_records: int | None = 2000,
         balance: float = 1.0,
+        stickiness: float = 4.0,
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
@@ -99,6 +105,7 @@ class MixtureOfPersonas:
         self.val_fraction = val_fraction
         self.max_train_records = max_train_records
         self.balance = balance
+        self.stickiness = stickiness
         self.cache_path = cache_path
         self.random_state = random_state
         self.verbose = verbose
@@ -108,7 +115,7 @@ class MixtureOfPersonas:
         names = [
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
             "learning_rate", "epochs", "batch_size", "patience", "val_fraction", "max_train_records", "balance",
-            "cache_path", "random_state", "verbose",
+            "stickiness", "cache_path", "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
 
@@ -128,7 +135,7 @@ class MixtureOfPersonas:
             "n_personas": self.n_personas >= 1, "n_exemplars": self.n_exemplars >= 1, "top_m": self.top_m >= 1,
             "dim": self.dim >= 1, "tau_init": self.tau_init > 0, "learning_rate": self.learning_rate > 0,
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "val_fraction": 0 <= self.val_fraction < 1,
+            "val_fraction": 0 <= self.val_fraction < 1, "stickiness": self.stickiness >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -174,6 +181,7 @@ class MixtureOfPersonas:
         self.cache_ = ScoreCache(self.lm, self.cache_path)
         optimizer = torch.optim.Adam(self.gate_.parameters(), lr=self.learning_rate)
         best, best_state, bad_epochs, history = float("inf"), None, 0, []
+        held: dict[int, np.ndarray] = {}  # record -> its top-M pair indices at its last visit
         for epoch in range(self.epochs):
             t_epoch = time.perf_counter()
             self.gate_.train()
@@ -182,7 +190,7 @@ class MixtureOfPersonas:
             train_loss = 0.0
             bar = tqdm(batches, desc=f"MoP epoch {epoch + 1}/{self.epochs}", disable=not self.verbose, leave=False)
             for batch in bar:
-                loss = self._batch_loss(records, batch, h_x, balance=self.balance)
+                loss = self._batch_loss(records, batch, h_x, balance=self.balance, held=held)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -193,7 +201,8 @@ class MixtureOfPersonas:
             if n_val:
                 with torch.no_grad():
                     val_loss = sum(
-                        float(self._batch_loss(records, val_idx[i : i + 256], h_x)) * len(val_idx[i : i + 256])
+                        float(self._batch_loss(records, val_idx[i : i + 256], h_x, held=held))
+                        * len(val_idx[i : i + 256])
                         for i in range(0, n_val, 256)
                     ) / n_val
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
@@ -230,9 +239,13 @@ class MixtureOfPersonas:
         return torch.from_numpy(np.asarray(groups)[:, None] == self.exemplars_.groups[None, :])
 
     def _batch_loss(
-        self, records: Records, batch: np.ndarray, h_x: torch.Tensor, *, balance: float = 0.0
+        self, records: Records, batch: np.ndarray, h_x: torch.Tensor, *, balance: float = 0.0,
+        held: dict[int, np.ndarray] | None = None,
     ) -> torch.Tensor:
         """-weighted mean over the batch of log sum_{(k,j) in top-M} pi_k Omega_kj p_LM^{tau_k}(y | ...).
+
+        ``held`` maps a record to its pairs at its last visit; they get a ``stickiness`` head start in
+        the top-M selection and the dict is updated with the new selection.
 
         With ``balance`` > 0, minus ``balance`` times the entropies of the batch-average persona
         distribution and exemplar marginal (load balancing; see the class docstring).
@@ -241,7 +254,8 @@ class MixtureOfPersonas:
         log_pi, log_omega = self.gate_(h_x[batch], self.h_g_, self.h_e_, mask)
         joint = (log_pi.unsqueeze(2) + log_omega).flatten(1)  # (B, K*N)
         m = min(self.top_m, joint.shape[1])
-        top_logw, top_idx = joint.topk(m, dim=1)
+        top_idx = self._select_pairs(joint.detach(), batch, m, held)
+        top_logw = joint.gather(1, top_idx)
         n_ex = self.h_e_.shape[0]
         ks, js = (top_idx // n_ex), (top_idx % n_ex)
         prompts, responses, options = [], [], []
@@ -261,6 +275,21 @@ class MixtureOfPersonas:
         mean_ex = (log_pi.unsqueeze(2) + log_omega).exp().sum(1).mean(0)
         entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
         return nll - balance * entropy
+
+    def _select_pairs(
+        self, joint: torch.Tensor, batch: np.ndarray, m: int, held: dict[int, np.ndarray] | None
+    ) -> torch.Tensor:
+        """Top-m pair indices per row, with a log(stickiness) bonus for the pairs each record held."""
+        if held is None or self.stickiness <= 1:
+            return joint.topk(m, dim=1).indices
+        bonus = torch.zeros_like(joint)
+        for row, i in enumerate(batch.tolist()):
+            if i in held:
+                bonus[row, torch.from_numpy(held[i])] = float(np.log(self.stickiness))
+        idx = (joint + bonus).topk(m, dim=1).indices
+        for row, i in enumerate(batch.tolist()):
+            held[i] = idx[row].numpy().copy()
+        return idx
 
     # ------------------------------------------------------------------ inference
     def _encode_contexts(self, contexts: Sequence[str]) -> torch.Tensor:
