@@ -115,7 +115,8 @@ def _manifest(scenario: Scenario, run_dir: Path, **extra) -> None:
 
 def _load_lm(scenario: Scenario) -> LanguageModel:
     cfg = scenario.lm
-    return load_lm(cfg.name, device=cfg.device, dtype=cfg.dtype, batch_tokens=cfg.batch_tokens)
+    return load_lm(cfg.name, device=cfg.device, dtype=cfg.dtype, batch_tokens=cfg.batch_tokens,
+                   compile=cfg.compile)
 
 
 def _fit_key(scenario: Scenario) -> str:

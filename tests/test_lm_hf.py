@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,42 @@ def test_bf16_option_distribution_close_to_fp32(smollm, smollm_bf16):
     bf16 = smollm_bf16.option_logprobs(prompts, opts)
     tv = np.array([0.5 * np.abs(np.exp(a) - np.exp(b)).sum() for a, b in zip(fp32, bf16)])
     assert tv.mean() < 0.02 and tv.max() < 0.05, tv
+    if smollm_bf16.device.type == "cpu":  # the default bf16 CPU path is the compiled one: 30 x (2 norms + MLP) + 1
+        assert smollm_bf16.compiled_blocks == 91
+
+
+def test_compiled_bf16_is_as_close_to_fp32_as_eager_bf16(smollm, smollm_bf16):
+    """Compiling the norm/MLP blocks changes bf16 rounding, not accuracy: measured TV to fp32 0.021
+    compiled vs 0.026 eager on these bare prompts (the two bf16 paths differ from each other by ~0.03)."""
+    eager = HFLanguageModel("smollm2-135m-instruct", dtype="bf16", compile="off")
+    assert eager.compiled_blocks == 0
+    prompts = [f"Q: Are we spending too much, too little, or about right on {t}?\nA:" for t in SPENDING_TOPICS]
+    opts = [[" too little", " about right", " too much"]] * len(prompts)
+    ref = smollm.option_logprobs(prompts, opts)
+
+    def tv_to_fp32(lm) -> float:
+        got = lm.option_logprobs(prompts, opts)
+        return float(np.mean([0.5 * np.abs(np.exp(x) - np.exp(y)).sum() for x, y in zip(ref, got)]))
+
+    compiled, plain = tv_to_fp32(smollm_bf16), tv_to_fp32(eager)
+    assert compiled < 0.03 and compiled <= plain + 0.005, (compiled, plain)
+
+
+def test_compile_falls_back_to_eager_when_the_backend_fails(tiny_lm):
+    from popsim.lm.compile import compile_elementwise_blocks, should_compile
+
+    assert should_compile("auto", torch.device("cpu"), torch.bfloat16)
+    assert not should_compile("auto", torch.device("cpu"), torch.float32)
+    assert not should_compile("auto", torch.device("cuda"), torch.bfloat16)
+    assert should_compile("on", torch.device("cuda"), torch.float32)
+    model = copy.deepcopy(tiny_lm.model)
+
+    def broken() -> None:
+        raise RuntimeError("no C++ compiler")
+
+    with pytest.warns(RuntimeWarning, match="running eager"):
+        assert compile_elementwise_blocks(model, broken) == 0
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
 
 
 @pytest.mark.parametrize("max_tree_tokens", [1024, 40])
@@ -102,16 +140,22 @@ def test_prefix_tree_scores_equal_full_prompt_scores(smollm, max_tree_tokens):
         options.append([" Q:", " The respondent refused to answer this question."])
     prompts.append("Something else entirely")
     options.append([" yes", " no"])
+    # raw scores too, with lone pairs (a prompt shared by nobody, one continuation: the flat path) mixed in
+    pairs = [(p, o) for p, opts in zip(prompts, options) for o in opts]
+    pairs += [("A lone prompt about the weather", " It will rain."), ("Another lone prompt", " ok")]
     old = (smollm.prefix_sharing, smollm.max_tree_tokens)
     try:
         smollm.max_tree_tokens = max_tree_tokens
         tree = smollm.option_logprobs(prompts, options)
+        tree_scores = smollm.score(*zip(*pairs))
         smollm.prefix_sharing = False
         full = smollm.option_logprobs(prompts, options)
+        full_scores = smollm.score(*zip(*pairs))
     finally:
         smollm.prefix_sharing, smollm.max_tree_tokens = old
     for a, b in zip(tree, full, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(tree_scores.numpy(), full_scores.numpy(), atol=1e-4)
     assert not all(np.allclose(a, tree[0]) for a in tree[1:])  # the options are really scored
 
 

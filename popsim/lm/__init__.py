@@ -6,7 +6,7 @@ from popsim.lm.loading import EMBEDDED_LMS, cache_dir, resolve_lm
 __all__ = ["Chat", "LanguageModel", "Prompt", "EMBEDDED_LMS", "cache_dir", "resolve_lm", "load_lm"]
 
 
-_LOCAL_WEIGHT_OPTIONS = ("device", "dtype", "batch_tokens")
+_LOCAL_WEIGHT_OPTIONS = ("device", "dtype", "batch_tokens", "compile")
 
 
 def load_lm(name: str = "smollm2-135m-instruct", **options) -> LanguageModel:
@@ -14,7 +14,7 @@ def load_lm(name: str = "smollm2-135m-instruct", **options) -> LanguageModel:
 
     ``hash-lm`` (the deterministic test double); ``openai:[MODEL@]URL`` (an OpenAI-compatible server such
     as ``popsim serve`` or ``vllm serve``); ``vllm:MODEL`` (in-process vLLM on a GPU); else transformers.
-    Remote backends ignore the local-weights options (device, dtype, batch_tokens).
+    Remote backends ignore the local-weights options (device, dtype, batch_tokens, compile).
     """
     if name == "hash-lm":
         from popsim.lm.testing import HashLM
@@ -28,7 +28,7 @@ def load_lm(name: str = "smollm2-135m-instruct", **options) -> LanguageModel:
     if name.startswith("vllm:"):
         from popsim.lm.vllm_backend import VLLMLanguageModel
 
-        local = {k: v for k, v in options.items() if k != "batch_tokens"}
+        local = {k: v for k, v in options.items() if k not in {"batch_tokens", "compile"}}
         return VLLMLanguageModel(name.removeprefix("vllm:"), **local)
     from popsim.lm.hf import HFLanguageModel
 

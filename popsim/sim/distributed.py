@@ -115,7 +115,8 @@ class _ShardWorker:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        lm = load_lm(cfg.name, device=cfg.device, dtype=cfg.dtype, batch_tokens=cfg.batch_tokens)
+        lm = load_lm(cfg.name, device=cfg.device, dtype=cfg.dtype, batch_tokens=cfg.batch_tokens,
+                     compile=cfg.compile)
         mop = MixtureOfPersonas.load(population.mop_dir) if population.mop_dir else None
         self.parts_dir = Path(population.parts_dir)
         self.shard = shard
