@@ -66,7 +66,8 @@ class SentenceEncoder:
                 f"encoder '{name}' could not be loaded offline ({type(exc).__name__}); "
                 "pass a local sentence-transformers folder or download the model first"
             ) from None
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None)  # renamed in sentence-transformers 5
+        self.dim = int(dimension() if dimension else self.model.get_sentence_embedding_dimension())
         self.batch_size = batch_size
         self._db: sqlite3.Connection | None = None
         if cache_path is not None:

@@ -393,7 +393,7 @@ class HFLanguageModel(LanguageModel):
                 input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 **{self._cache_kwarg: cache},
             )
-            cache = out.past_key_values
+            cache = getattr(out, self._cache_kwarg)
             logits = self._project(out.last_hidden_state[:, -1]).cpu()
             sampled = _sample_rows(logits, temps, generators, done)
             next_tokens = []
