@@ -68,7 +68,7 @@ SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 SIZES = {
     "quick": {
         "text": dict(n_train=300, n_real=80, n_gen=24, n_personas=4, n_exemplars=48, max_train_records=24,
-                     epochs=1, top_m=4, tau_init=0.6, learning_rate=0.003, max_words=32, max_new_tokens=32,
+                     epochs=1, top_m=4, tau_init=1.0, learning_rate=0.003, max_words=32, max_new_tokens=32,
                      mauve_buckets=6, balance=1.0),
         "survey": dict(max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=1, top_m=4,
                        tau_init=0.6, learning_rate=0.003, exemplar_questions=4, max_order=1, n_boot=50,
@@ -76,7 +76,7 @@ SIZES = {
     },
     "full": {
         "text": dict(n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200, max_train_records=160,
-                     epochs=3, top_m=4, tau_init=0.6, learning_rate=0.003, max_words=60, max_new_tokens=64,
+                     epochs=3, top_m=4, tau_init=1.0, learning_rate=0.003, max_words=60, max_new_tokens=64,
                      mauve_buckets=20, balance=1.0),
         "survey": dict(max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=3, top_m=4,
                        tau_init=0.6, learning_rate=0.003, exemplar_questions=5, max_order=2, n_boot=200,
