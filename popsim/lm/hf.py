@@ -4,11 +4,13 @@ Speed notes (LM passes are nearly all of popsim's cost):
 
 * batches are filled up to a token budget after sorting by length, so padding stays small;
 * scoring runs the decoder body once and projects onto the vocabulary *only* at continuation positions,
-  in fp32 (log-softmax accumulates in fp32 whatever the weights' dtype);
+  in the model's dtype, then upcasts: the log-softmax always accumulates in fp32;
 * scoring follows a prefix tree (:mod:`popsim.lm.prefix_tree`): a prefix shared by many prompts (an
   agent's persona + exemplar + profile) and a prompt shared by many continuations (a question's options)
-  are encoded once and their KV cache is expanded, so ``option_logprobs`` (derived from ``score``) costs
-  little more than the options' own tokens;
+  are packed into one sequence with a tree-attention mask and encoded once, so ``option_logprobs``
+  (derived from ``score``) costs little more than the options' own tokens;
+* in bf16 on CPU the norm and MLP blocks are compiled (:mod:`popsim.lm.compile`): eager elementwise
+  kernels would otherwise cost as much as the matmuls;
 * generation is a small KV-cached loop with one torch ``Generator`` per row, so a row's sample depends
   only on its own prompt, temperature and seed.
 """
