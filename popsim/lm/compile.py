@@ -11,14 +11,12 @@ the first process on a machine pays the compile time (~10-20 s on 2 cores).
 
 from __future__ import annotations
 
-import types
 import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
-__all__ = ["compile_elementwise_blocks", "fuse_gate_up", "should_compile"]
+__all__ = ["compile_elementwise_blocks", "should_compile"]
 
 _BLOCK_SUFFIXES = ("RMSNorm", "MLP")
 
@@ -53,30 +51,3 @@ def compile_elementwise_blocks(model: torch.nn.Module, warm_up: Callable[[], obj
         return 0
     return len(blocks)
 
-
-def fuse_gate_up(model: torch.nn.Module) -> int:
-    """Run each gated MLP's gate and up projections as one matmul; returns how many MLPs were fused.
-
-    A (tokens x hidden) @ (hidden x 2*intermediate) product runs faster than two half-width ones on CPU
-    (measured ~1.3x for SmolLM2's shapes in bf16). The two weights become views of one fused tensor, so no
-    memory is added and the state dict is unchanged. MLPs of another shape (biases, no gate) are skipped.
-    """
-    fused = 0
-    for mlp in model.modules():
-        gate, up = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
-        if not (isinstance(gate, torch.nn.Linear) and isinstance(up, torch.nn.Linear)
-                and gate.bias is None and up.bias is None and hasattr(mlp, "down_proj") and hasattr(mlp, "act_fn")
-                and gate.weight.shape == up.weight.shape):
-            continue
-        width = gate.weight.shape[0]
-        weight = torch.cat([gate.weight.detach(), up.weight.detach()])
-        gate.weight = torch.nn.Parameter(weight[:width], requires_grad=False)
-        up.weight = torch.nn.Parameter(weight[width:], requires_grad=False)
-
-        def forward(self, x, _weight=weight, _width=width):
-            g, u = F.linear(x, _weight).split(_width, dim=-1)
-            return self.down_proj(self.act_fn(g) * u)
-
-        mlp.forward = types.MethodType(forward, mlp)
-        fused += 1
-    return fused
