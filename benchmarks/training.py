@@ -46,7 +46,7 @@ def main() -> None:
 
     scenario = survey_scenario()
     m = scenario.mop
-    args.stickiness = args.stickiness or m.stickiness
+    stickiness = args.stickiness or m.stickiness
     population = load_population(scenario)
     records = survey_records(population)
     pool = survey_exemplars(population, m.n_exemplars, n_questions=m.exemplar_questions, seed=scenario.seed)
@@ -57,9 +57,8 @@ def main() -> None:
             model = MixtureOfPersonas(
                 lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
                 tau_init=m.tau_init, style=PromptStyle.survey(), learning_rate=m.learning_rate, epochs=epochs,
-                batch_size=m.batch_size, max_train_records=n_records, balance=m.balance, stickiness=args.stickiness,
-                patience=epochs,
-                random_state=scenario.seed, cache_path=Path(tmp) / "scores.sqlite", verbose=True)
+                batch_size=m.batch_size, max_train_records=n_records, balance=m.balance, stickiness=stickiness,
+                patience=epochs, random_state=scenario.seed, cache_path=Path(tmp) / "scores.sqlite", verbose=True)
             return model.fit(records, pool)
 
         model = fit(2)
@@ -68,8 +67,7 @@ def main() -> None:
         lookups = hits + second["cache_misses"] - first["cache_misses"]
         refit = fit(2)
     print(f"lm dtype {lm.dtype}; {model.fit_info_['n_train']} training records, K={len(model.personas_)}, "
-          f"N={len(model.exemplars_)}, top-M={m.top_m}, "
-          f"stickiness={args.stickiness}")
+          f"N={len(model.exemplars_)}, top-M={m.top_m}, stickiness={stickiness}")
     print(f"epoch 1: {first['seconds']:7.2f} s   ({first['cache_misses']} LM scores computed)")
     print(f"epoch 2: {second['seconds']:7.2f} s   ({second['cache_misses'] - first['cache_misses']} computed, "
           f"{hits} of {lookups} from the cache)")

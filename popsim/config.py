@@ -170,7 +170,7 @@ class LMConfig(_Strict):
     batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the norm and MLP blocks (auto = bf16/fp16 on CPU, where eager "
-        "elementwise kernels are the bottleneck; the first run on a machine compiles for ~10-20 s).")
+        "elementwise kernels are the bottleneck; the first run on a machine compiles for ~15 s).")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice, one per "
                                 "core; recorded in the manifest). Pin it for bit-identical results across machines.")
 

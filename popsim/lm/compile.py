@@ -6,7 +6,7 @@ SmolLM2-135M they took about as long as all the matmuls together. Compiling just
 Inductor fuse each chain into one vectorised loop; attention, the KV cache and the prefix-tree masks stay
 eager, so nothing about shapes or masks can trigger graph breaks. Compiled with ``dynamic=True`` once per
 block class, so new batch shapes do not recompile. Inductor caches the generated kernels on disk, so only
-the first process on a machine pays the compile time (~10-20 s on 2 cores).
+the first process on a machine pays the compile time (~15 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def compile_elementwise_blocks(model: torch.nn.Module, warm_up: Callable[[], obj
     block goes back to eager with a warning, and results are what they would have been without compiling.
     """
     blocks = [m for m in model.modules() if type(m).__name__.endswith(_BLOCK_SUFFIXES)]
-    for block in blocks:
-        block.compile(dynamic=True)
     if not blocks:
         return 0
+    for block in blocks:
+        block.compile(dynamic=True)
     try:
         warm_up()
     except Exception as exc:  # noqa: BLE001 - any backend failure means "stay eager"
@@ -50,4 +50,3 @@ def compile_elementwise_blocks(model: torch.nn.Module, warm_up: Callable[[], obj
                       "Set lm.compile: off to skip the attempt.", RuntimeWarning, stacklevel=2)
         return 0
     return len(blocks)
-

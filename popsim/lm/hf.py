@@ -231,14 +231,14 @@ class HFLanguageModel(LanguageModel):
         groups = group_by_shared_prefix(prompts, min_shared=self.min_shared_prefix)
         # a prompt shared with nothing and scored against one continuation is a plain sequence: the flat
         # path runs it with a causal mask, which attention kernels handle faster than a tree mask
-        lone = [g for g in groups if len(g.members) == 1 and len(pairs_of_prompt[g.members[0]]) == 1]
-        if lone:
-            flat = torch.tensor([pairs_of_prompt[g.members[0]][0] for g in lone])
-            for owner, logits, targets in self._flat_logits([prompt_ids[p] for p in flat.tolist()],
-                                                            [cont_ids[p] for p in flat.tolist()]):
-                yield flat[owner], logits, targets
-            lone_ids = {id(g) for g in lone}
-            groups = [g for g in groups if id(g) not in lone_ids]
+        lone = [len(g.members) == 1 and len(pairs_of_prompt[g.members[0]]) == 1 for g in groups]
+        lone_pairs = [pairs_of_prompt[g.members[0]][0] for g, alone in zip(groups, lone) if alone]
+        if lone_pairs:
+            index = torch.tensor(lone_pairs)
+            for owner, logits, targets in self._flat_logits([prompt_ids[p] for p in lone_pairs],
+                                                            [cont_ids[p] for p in lone_pairs]):
+                yield index[owner], logits, targets
+        groups = [g for g, alone in zip(groups, lone) if not alone]
         trees = pack_groups(groups, prompts, pairs_of_prompt, cont_ids, max_tokens=self.max_tree_tokens)
         for rows in token_budget_batches([len(t) for t in trees], self.batch_tokens):
             yield self._packed_batch([trees[r] for r in rows])
