@@ -64,25 +64,27 @@ TEXT_BASELINES = ["no-persona", "persona-only", "uniform"]
 SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
 SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
-# Sizes. quick: fits in 20 minutes on 2 shared CPU cores; full: larger K, N, samples.
+# Sizes. quick: fits in 20 minutes on 2 shared CPU cores; full: larger K, N, samples. TRAINING holds the MoP
+# training settings both modes share (tuned on --dev, see benchmarks/README.md).
+TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.0, gate_init_scale=30.0,
+                pair_embedding="mean")
 SIZES = {
     "quick": {
-        "text": dict(n_train=300, n_real=80, n_gen=24, n_personas=4, n_exemplars=48, max_train_records=24,
-                     epochs=1, top_m=4, tau_init=1.0, learning_rate=0.003, max_words=32, max_new_tokens=32,
-                     mauve_buckets=6, balance=1.0),
-        "survey": dict(max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=1, top_m=4,
-                       tau_init=0.6, learning_rate=0.003, exemplar_questions=4, max_order=1, n_boot=50,
-                       balance=1.0),
+        "text": dict(TRAINING, n_train=300, n_real=80, n_gen=24, n_personas=4, n_exemplars=48,
+                     max_train_records=24, epochs=1, batch_size=32, tau_init=1.0, max_words=32, max_new_tokens=32,
+                     mauve_buckets=6),
+        "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
+                       batch_size=8, tau_init=0.6, exemplar_questions=4, max_order=1, n_boot=50),
     },
     "full": {
-        "text": dict(n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200, max_train_records=160,
-                     epochs=3, top_m=4, tau_init=1.0, learning_rate=0.003, max_words=60, max_new_tokens=64,
-                     mauve_buckets=20, balance=1.0),
-        "survey": dict(max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=3, top_m=4,
-                       tau_init=0.6, learning_rate=0.003, exemplar_questions=5, max_order=2, n_boot=200,
-                       balance=1.0),
+        "text": dict(TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
+                     max_train_records=160, epochs=3, batch_size=32, tau_init=1.0, max_words=60, max_new_tokens=64,
+                     mauve_buckets=20),
+        "survey": dict(TRAINING, max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
+                       batch_size=16, tau_init=0.6, exemplar_questions=5, max_order=2, n_boot=200),
     },
 }
+
 
 # ----------------------------------------------------------------------------------------------------- text data
 
@@ -164,9 +166,11 @@ def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, o
     records = Records(list(train["context"]), list(train["text"]))
     style = replace(TEXT_STYLE, instruction=cfg.get("instruction", TEXT_STYLE.instruction))
     common = dict(n_exemplars=cfg["n_exemplars"], top_m=cfg["top_m"], tau_init=cfg["tau_init"], style=style,
-                  learning_rate=cfg["learning_rate"], epochs=cfg["epochs"], max_train_records=cfg["max_train_records"],
-                  balance=cfg["balance"], cache_path=cache_dir() / "scores-text.sqlite", random_state=seed,
-                  verbose=False)
+                  learning_rate=cfg["learning_rate"], tau_learning_rate=cfg["tau_learning_rate"],
+                  epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_train_records=cfg["max_train_records"],
+                  balance=cfg["balance"],
+                  gate_init_scale=cfg["gate_init_scale"], pair_embedding=cfg["pair_embedding"],
+                  cache_path=cache_dir() / "scores-text.sqlite", random_state=seed, verbose=False)
     mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], **common).fit(records)
     t_fit = time.perf_counter() - t0
     # ablation: personas summarised from random partitions of the same exemplar pool (no K-means)
@@ -322,8 +326,10 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
         style = replace(style, instruction=cfg["instruction"])
     model = MixtureOfPersonas(
         lm, encoder, n_personas=cfg["n_personas"], n_exemplars=cfg["n_exemplars"], top_m=cfg["top_m"],
-        tau_init=cfg["tau_init"], style=style, learning_rate=cfg["learning_rate"], epochs=cfg["epochs"],
+        tau_init=cfg["tau_init"], style=style, learning_rate=cfg["learning_rate"],
+        tau_learning_rate=cfg["tau_learning_rate"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
         max_train_records=cfg["max_train_records"], balance=cfg["balance"],
+        gate_init_scale=cfg["gate_init_scale"], pair_embedding=cfg["pair_embedding"],
         cache_path=cache_dir() / "scores-survey.sqlite", random_state=seed, verbose=False)
     return model.fit(records, pool)
 

@@ -56,7 +56,8 @@ def main() -> None:
         def fit(epochs: int) -> MixtureOfPersonas:
             model = MixtureOfPersonas(
                 lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
-                tau_init=m.tau_init, style=PromptStyle.survey(), learning_rate=m.learning_rate, epochs=epochs,
+                tau_init=m.tau_init, style=PromptStyle.survey(), learning_rate=m.learning_rate,
+                tau_learning_rate=m.tau_learning_rate, epochs=epochs,
                 batch_size=m.batch_size, max_train_records=n_records, balance=m.balance, stickiness=stickiness,
                 patience=epochs, random_state=scenario.seed, cache_path=Path(tmp) / "scores.sqlite", verbose=True)
             return model.fit(records, pool)

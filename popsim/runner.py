@@ -149,9 +149,11 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
     style = PromptStyle.survey() if scenario.kind == "survey" else PromptStyle.reviews()
     model = MixtureOfPersonas(
         lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
-        tau_init=m.tau_init, personas=m.personas, style=style, learning_rate=m.learning_rate, epochs=m.epochs,
+        tau_init=m.tau_init, personas=m.personas, style=style, learning_rate=m.learning_rate,
+        tau_learning_rate=m.tau_learning_rate, epochs=m.epochs,
         batch_size=m.batch_size, max_train_records=m.max_train_records, balance=m.balance,
-        stickiness=m.stickiness, random_state=scenario.seed,
+        stickiness=m.stickiness, gate_init_scale=m.gate_init_scale,
+        pair_embedding=m.pair_embedding, random_state=scenario.seed,
         cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
     )
     if scenario.kind == "survey":

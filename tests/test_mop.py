@@ -142,3 +142,61 @@ def test_stickiness_cuts_fresh_lm_scores_in_later_epochs(encoder):
 
     plain, sticky = later_epoch_misses(1.0), later_epoch_misses(4.0)
     assert sticky < plain, (sticky, plain)
+
+
+def test_similarity_init_makes_gate_logits_scaled_similarities():
+    from popsim.mop.gating import MixtureGate
+
+    emb = torch.nn.functional.normalize(torch.randn(20, 6, generator=torch.Generator().manual_seed(0)), dim=1)
+    full = MixtureGate(6, 2, dim=6)
+    full.init_similarity(emb, 30.0)
+    with torch.no_grad():  # a complete orthonormal basis: x~ . e~ is exactly 30 x the cosine similarity
+        assert torch.allclose(full.W_x(emb) @ full.W_e(emb).T, 30.0 * emb @ emb.T, atol=1e-4)
+    reduced = MixtureGate(6, 2, dim=3)
+    reduced.init_similarity(emb, 4.0)
+    w = reduced.W_x.weight
+    assert torch.allclose(w @ w.T, 4.0 * torch.eye(3), atol=1e-4)
+    assert torch.equal(reduced.W_e.weight, w) and not reduced.W_g.weight.any()  # pi(x) starts uniform
+
+
+def test_pair_embedding_mean_keeps_the_context_in_view(encoder):
+    from popsim.mop.model import embed_pairs
+    from popsim.mop.records import ExemplarPool
+
+    pool = ExemplarPool(["a movie you rate 2/10", "a movie you rate 9/10"],
+                        ["long slow film " * 30, "long slow film " * 30], np.array(["a", "b"]))
+    joint, mean = embed_pairs(encoder, pool, "joint"), embed_pairs(encoder, pool, "mean")
+    assert np.allclose(joint, encoder.encode(pool.texts))
+    expected = encoder.encode(pool.inputs) + encoder.encode(pool.outputs)
+    assert np.allclose(mean, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
+    # the same long response behind two different contexts: joint embeddings nearly coincide, mean ones less
+    assert float(mean[0] @ mean[1]) < float(joint[0] @ joint[1])
+
+
+def test_similarity_init_routes_contexts_to_matching_exemplars(encoder):
+    """Before much training, the exemplar gate already prefers exemplars written for a similar context."""
+    contexts = [("a glowing, enthusiastic review" if i % 2 else "a harsh, angry complaint") for i in range(40)]
+    responses = [("I loved it, wonderful!" if i % 2 else "Terrible, I want a refund.") for i in range(40)]
+    records = Records(contexts, responses)
+    mass = {}
+    for scale in (30.0, 0.0):
+        model = MixtureOfPersonas(HashLM(), encoder, n_personas=2, n_exemplars=20, epochs=1, batch_size=8,
+                                  gate_init_scale=scale, verbose=False, style=PromptStyle.reviews()).fit(records)
+        per_context = []
+        for context in contexts[:2]:  # one of each kind: a random gate can favour one kind for both
+            same = np.array([c == context for c in model.exemplars_.inputs])
+            omega = model.exemplar_weights([context] * 2, [0, 1])
+            per_context.append(float(omega[:, same].sum(1).mean()))
+        mass[scale] = float(np.mean(per_context))
+    assert mass[30.0] > 0.9, mass
+    assert mass[30.0] > mass[0.0] + 0.2, mass
+
+
+def test_temperatures_learn_at_their_own_rate(encoder):
+    """tau_k has its own step size: at the projections' rate it would barely leave its initial value."""
+    moved = {}
+    for tau_lr in (0.003, 0.2):
+        model = _fit(encoder, epochs=2, patience=5, tau_learning_rate=tau_lr, learning_rate=0.003)
+        moved[tau_lr] = float(np.abs(np.log(model.temperatures_) - np.log(0.6)).max())
+    assert moved[0.003] <= 2 * 0.003 * 5 + 1e-6, moved  # Adam moves a parameter by about lr per step
+    assert moved[0.2] > 0.1, moved

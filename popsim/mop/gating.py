@@ -6,6 +6,15 @@ With h() the frozen sentence encoder (Bui et al. 2025, Sec. 3):
     pi_k(x)      = softmax_k(x~ . g~_k)                         (persona gate)
     Omega_kj(x)  = softmax_j(x~ . e~_j + g~_k . e~_j)           (exemplar gate, per persona)
     tau_k        = exp(log_tau_k), initialised at 0.6           (kept positive)
+
+The paper does not say how W is initialised. PyTorch's default (independent random W_x, W_g, W_e) makes
+every gate a random function of x at the start, so with the few epochs an LM-scored objective affords the
+gates stay near random and MoP behaves like the uniform mixture. :meth:`MixtureGate.init_similarity`
+starts W_x and W_e at the same scaled principal directions of the embeddings instead, so x~ . e~_j starts
+as (a multiple of) the similarity of context and exemplar: the exemplar gate begins as nearest-neighbour
+retrieval. W_g starts at zero, so the persona gate starts uniform (persona descriptions written by a small
+LM are alike, and a similarity-initialised persona gate sent every context to the same persona); its
+gradient is not zero there, so training moves it.
 """
 
 from __future__ import annotations
@@ -27,6 +36,21 @@ class MixtureGate(nn.Module):
         self.W_g = nn.Linear(in_dim, dim, bias=False)
         self.W_e = nn.Linear(in_dim, dim, bias=False)
         self.log_tau = nn.Parameter(torch.full((n_personas,), math.log(tau_init)))
+
+    @torch.no_grad()
+    def init_similarity(self, embeddings: torch.Tensor, scale: float) -> None:
+        """Set W_x = W_e = sqrt(scale) * V, V the top-``dim`` principal directions of ``embeddings``; W_g = 0.
+
+        Then x~ . e~ = scale * (V h(x)) . (V h(e)): ``scale`` times the similarity of the two (unit-norm)
+        embeddings within the directions the data varies along, and pi(x) is uniform. With fewer samples
+        than ``dim`` the rows beyond the data's rank are an orthonormal completion, so every row can learn.
+        """
+        centered = embeddings.float() - embeddings.float().mean(0)
+        _, _, vh = torch.linalg.svd(centered, full_matrices=True)
+        basis = vh[: self.W_x.out_features] * math.sqrt(scale)
+        self.W_x.weight.copy_(basis)
+        self.W_e.weight.copy_(basis)
+        self.W_g.weight.zero_()
 
     @property
     def temperatures(self) -> torch.Tensor:

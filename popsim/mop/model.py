@@ -51,11 +51,21 @@ class MixtureOfPersonas:
         style: how prompts are worded (:class:`PromptStyle`).
         learning_rate, epochs, batch_size, patience, val_fraction: Adam training schedule with
             early stopping on a validation split (not published in the paper; tuned on dev data).
+        tau_learning_rate: Adam step size for the log-temperatures. The projections have thousands of
+            weights and move together; tau_k is one number per persona, and at the projections' rate it
+            would need hundreds of steps to travel from 0.6 to 1 (each step moves log tau by ~lr).
         max_train_records: cap on records used for training (LM scoring is the cost).
         balance: weight of a load-balancing bonus, the entropy of the batch-average persona and exemplar
             distributions (as in mixture-of-experts training, Shazeer et al. 2017). The top-M objective alone
             rewards putting all mass on M pairs, which on survey data collapsed every context onto one
             persona and a handful of exemplars; 0 gives the paper's objective exactly.
+        gate_init_scale: start W_x and W_e at the same principal directions, scaled so that the exemplar
+            gate's logits are ``gate_init_scale`` x the context-exemplar similarity (nearest-neighbour
+            retrieval), and W_g at zero (uniform persona gate); see :meth:`MixtureGate.init_similarity`.
+            0 keeps PyTorch's random initialisation (the gates start as random functions of x).
+        pair_embedding: how h(x_j, y_j) is formed. ``mean``: the normalised sum of h(x_j) and h(y_j), so a
+            long y_j (a review, a survey transcript) cannot drown out x_j (the context or respondent
+            profile that the gate compares with x); ``joint``: h of the two texts joined.
         stickiness: a pair in a record's top-M set at its last visit stays there unless a new pair's gate
             weight is this many times larger (hysteresis; 1 re-selects the plain top-M every time). Any M
             pairs give a lower bound on the record's log-likelihood, so the objective stays a bound; sticky
@@ -78,6 +88,7 @@ class MixtureOfPersonas:
         personas: Sequence[str] | None = None,
         style: PromptStyle | None = None,
         learning_rate: float = 0.003,
+        tau_learning_rate: float = 0.05,
         epochs: int = 8,
         batch_size: int = 32,
         patience: int = 2,
@@ -85,6 +96,8 @@ class MixtureOfPersonas:
         max_train_records: int | None = 2000,
         balance: float = 1.0,
         stickiness: float = 4.0,
+        gate_init_scale: float = 30.0,
+        pair_embedding: str = "mean",
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
@@ -99,6 +112,7 @@ class MixtureOfPersonas:
         self.personas = personas
         self.style = style
         self.learning_rate = learning_rate
+        self.tau_learning_rate = tau_learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
         self.patience = patience
@@ -106,6 +120,8 @@ class MixtureOfPersonas:
         self.max_train_records = max_train_records
         self.balance = balance
         self.stickiness = stickiness
+        self.gate_init_scale = gate_init_scale
+        self.pair_embedding = pair_embedding
         self.cache_path = cache_path
         self.random_state = random_state
         self.verbose = verbose
@@ -114,8 +130,9 @@ class MixtureOfPersonas:
     def get_params(self, deep: bool = False) -> dict:
         names = [
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
-            "learning_rate", "epochs", "batch_size", "patience", "val_fraction", "max_train_records", "balance",
-            "stickiness", "cache_path", "random_state", "verbose",
+            "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
+            "max_train_records", "balance",
+            "stickiness", "gate_init_scale", "pair_embedding", "cache_path", "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
 
@@ -134,8 +151,11 @@ class MixtureOfPersonas:
         checks = {
             "n_personas": self.n_personas >= 1, "n_exemplars": self.n_exemplars >= 1, "top_m": self.top_m >= 1,
             "dim": self.dim >= 1, "tau_init": self.tau_init > 0, "learning_rate": self.learning_rate > 0,
+            "tau_learning_rate": self.tau_learning_rate > 0,
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
             "val_fraction": 0 <= self.val_fraction < 1, "stickiness": self.stickiness >= 1,
+            "gate_init_scale": self.gate_init_scale >= 0,
+            "pair_embedding": self.pair_embedding in {"mean", "joint"},
         }
         for name, ok in checks.items():
             if not ok:
@@ -152,7 +172,7 @@ class MixtureOfPersonas:
         style = self.style or PromptStyle()
         pool = exemplars or ExemplarPool.from_records(records, self.n_exemplars, seed=self.random_state)
         encoder = self.encoder
-        h_e = encoder.encode(pool.texts)
+        h_e = embed_pairs(encoder, pool, self.pair_embedding)
         if self.personas is not None:
             personas = user_personas(self.personas)
             labels = None
@@ -178,8 +198,12 @@ class MixtureOfPersonas:
         n_val = int(round(self.val_fraction * len(records))) if len(records) >= 10 else 0
         val_idx, train_idx = order[:n_val], order[n_val:]
         h_x = torch.from_numpy(encoder.encode(records.gate_inputs))
+        if self.gate_init_scale > 0:
+            self.gate_.init_similarity(torch.cat([h_x, self.h_e_, self.h_g_]), self.gate_init_scale)
         self.cache_ = ScoreCache(self.lm, self.cache_path)
-        optimizer = torch.optim.Adam(self.gate_.parameters(), lr=self.learning_rate)
+        projections = [p for name, p in self.gate_.named_parameters() if name != "log_tau"]
+        optimizer = torch.optim.Adam([{"params": projections, "lr": self.learning_rate},
+                                      {"params": [self.gate_.log_tau], "lr": self.tau_learning_rate}])
         best, best_state, bad_epochs, history = float("inf"), None, 0, []
         held: dict[int, np.ndarray] = {}  # record -> its top-M pair indices at its last visit
         for epoch in range(self.epochs):
@@ -479,6 +503,14 @@ class MixtureOfPersonas:
                 "use the same encoder (the gates read its embeddings)"
             )
         return model
+
+
+def embed_pairs(encoder: SentenceEncoder, pool: ExemplarPool, how: str = "mean") -> np.ndarray:
+    """h(x_j, y_j) for every exemplar: ``mean`` = normalised h(x_j) + h(y_j); ``joint`` = h(x_j + y_j)."""
+    if how == "joint":
+        return encoder.encode(pool.texts)
+    pair = encoder.encode(list(pool.inputs)) + encoder.encode(list(pool.outputs))
+    return (pair / np.linalg.norm(pair, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
 def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
