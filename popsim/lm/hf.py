@@ -207,11 +207,6 @@ class HFLanguageModel(LanguageModel):
         seqs = [p + c for p, c in zip(prompt_ids, cont_ids, strict=True)]
         for rows in token_budget_batches([len(s) for s in seqs], self.batch_tokens):
             ids, mask = self._right_padded([seqs[r] for r in rows])
-            # Padding is on the right, so under a causal mask no real token sees it: SDPA and eager
-            # attention get no mask (SDPA then takes its is_causal kernel, ~10% faster on CPU), and only
-            # backends that use the mask to skip padding (flash-attention's varlen path) are given it.
-            if self.model.config._attn_implementation in {"sdpa", "eager"}:
-                mask = None
             with torch.inference_mode():
                 hidden = self._body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                 sel_b, sel_t, targets, owner = [], [], [], []
