@@ -121,7 +121,7 @@ class MopConfig(_Strict):
     tau_init: float = Field(0.6, gt=0, description="Initial temperature per persona.")
     epochs: int = Field(4, gt=0, description="Maximum training epochs (early stopping on validation).")
     learning_rate: float = Field(0.003, gt=0, description="Adam learning rate of the gate projections.")
-    tau_learning_rate: float = Field(0.05, gt=0, description="Adam learning rate of the per-persona log-temperatures.")
+    tau_learning_rate: float = Field(0.003, gt=0, description="Adam learning rate of the per-persona log-temperatures.")
     batch_size: int = Field(32, gt=0, description="Records per training step.")
     max_train_records: int = Field(256, gt=0, description="Records scored in training (LM cost).")
     balance: float = Field(1.0, ge=0, description="Load-balancing bonus keeping personas/exemplars in use (0 = paper).")
@@ -129,10 +129,10 @@ class MopConfig(_Strict):
         4.0, ge=1, description="A record's top-M pairs stay unless a new pair's gate weight is this many times "
         "larger (1 = plain top-M each step); fewer swaps, fewer fresh LM scores.")
     gate_init_scale: float = Field(
-        30.0, ge=0, description="Exemplar gate starts as scale x embedding similarity (nearest-neighbour "
+        0.0, ge=0, description="Exemplar gate starts as scale x embedding similarity (nearest-neighbour "
         "retrieval) and the persona gate uniform, then both train; 0 = random initialisation.")
     pair_embedding: Literal["mean", "joint"] = Field(
-        "mean", description="h(x_j, y_j) of an exemplar: mean = normalised h(x_j) + h(y_j) (the context/profile "
+        "joint", description="h(x_j, y_j) of an exemplar: mean = normalised h(x_j) + h(y_j) (the context/profile "
         "keeps its weight beside a long response); joint = h of the joined text.")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
