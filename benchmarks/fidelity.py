@@ -86,6 +86,14 @@ SIZES = {
 }
 
 
+_ESTIMATOR_KEYS = (*TRAINING, "n_exemplars", "tau_init", "epochs", "batch_size", "max_train_records")
+
+
+def _estimator_settings(cfg: dict) -> dict:
+    """The MixtureOfPersonas arguments a part's settings fix (both parts fit the same way)."""
+    return {key: cfg[key] for key in _ESTIMATOR_KEYS}
+
+
 # ----------------------------------------------------------------------------------------------------- text data
 
 
@@ -165,12 +173,8 @@ def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, o
     real_self = heldout.iloc[perm[n_real + n_gen : n_real + 2 * n_gen]].reset_index(drop=True)
     records = Records(list(train["context"]), list(train["text"]))
     style = replace(TEXT_STYLE, instruction=cfg.get("instruction", TEXT_STYLE.instruction))
-    common = dict(n_exemplars=cfg["n_exemplars"], top_m=cfg["top_m"], tau_init=cfg["tau_init"], style=style,
-                  learning_rate=cfg["learning_rate"], tau_learning_rate=cfg["tau_learning_rate"],
-                  epochs=cfg["epochs"], batch_size=cfg["batch_size"], max_train_records=cfg["max_train_records"],
-                  balance=cfg["balance"],
-                  gate_init_scale=cfg["gate_init_scale"], pair_embedding=cfg["pair_embedding"],
-                  cache_path=cache_dir() / "scores-text.sqlite", random_state=seed, verbose=False)
+    common = dict(_estimator_settings(cfg), style=style, cache_path=cache_dir() / "scores-text.sqlite",
+                  random_state=seed, verbose=False)
     mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], **common).fit(records)
     t_fit = time.perf_counter() - t0
     # ablation: personas summarised from random partitions of the same exemplar pool (no K-means)
@@ -324,13 +328,8 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
     style = PromptStyle.survey()
     if "instruction" in cfg:
         style = replace(style, instruction=cfg["instruction"])
-    model = MixtureOfPersonas(
-        lm, encoder, n_personas=cfg["n_personas"], n_exemplars=cfg["n_exemplars"], top_m=cfg["top_m"],
-        tau_init=cfg["tau_init"], style=style, learning_rate=cfg["learning_rate"],
-        tau_learning_rate=cfg["tau_learning_rate"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-        max_train_records=cfg["max_train_records"], balance=cfg["balance"],
-        gate_init_scale=cfg["gate_init_scale"], pair_embedding=cfg["pair_embedding"],
-        cache_path=cache_dir() / "scores-survey.sqlite", random_state=seed, verbose=False)
+    model = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style, **_estimator_settings(cfg),
+                              cache_path=cache_dir() / "scores-survey.sqlite", random_state=seed, verbose=False)
     return model.fit(records, pool)
 
 

@@ -131,8 +131,8 @@ class MixtureOfPersonas:
         names = [
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
             "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
-            "max_train_records", "balance",
-            "stickiness", "gate_init_scale", "pair_embedding", "cache_path", "random_state", "verbose",
+            "max_train_records", "balance", "stickiness", "gate_init_scale", "pair_embedding", "cache_path",
+            "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
 
@@ -505,7 +505,7 @@ class MixtureOfPersonas:
         return model
 
 
-def embed_pairs(encoder: SentenceEncoder, pool: ExemplarPool, how: str = "mean") -> np.ndarray:
+def embed_pairs(encoder: SentenceEncoder, pool: ExemplarPool, how: str = "joint") -> np.ndarray:
     """h(x_j, y_j) for every exemplar: ``mean`` = normalised h(x_j) + h(y_j); ``joint`` = h(x_j + y_j)."""
     if how == "joint":
         return encoder.encode(pool.texts)
