@@ -1,0 +1,100 @@
+"""The compiled short-sequence attention equals SDPA on the masks popsim's scoring passes produce."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from popsim.lm.attention import ATTENTION_NAME, short_sequence_attention
+from popsim.lm.hf import HFLanguageModel
+
+HEADS, KV_HEADS, DIM = 6, 2, 16
+MODULE = types.SimpleNamespace(num_key_value_groups=HEADS // KV_HEADS, training=False)
+
+
+def _inputs(batch: int, length: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, HEADS, length, DIM, generator=g).to(dtype)
+    k = torch.randn(batch, KV_HEADS, length, DIM, generator=g).to(dtype)
+    v = torch.randn(batch, KV_HEADS, length, DIM, generator=g).to(dtype)
+    return q, k, v
+
+
+def _padded_mask(lengths: list[int], width: int) -> torch.Tensor:
+    """SDPA's right-padding mask: causal, and no query sees a padding key (padding queries see real keys)."""
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    keys = torch.arange(width) < torch.tensor(lengths).unsqueeze(1)
+    return (causal & keys[:, None, :]).unsqueeze(1)
+
+
+def _tree_mask(width: int) -> torch.Tensor:
+    """A prefix shared by two branches, plus padding rows that see only themselves."""
+    allowed = torch.eye(width, dtype=torch.bool)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    prefix, branch = 5, 4
+    seg = torch.tensor([0] * prefix + [1] * branch + [2] * branch)
+    visible = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    n = len(seg)
+    allowed[:n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & causal[:n, :n]
+    return allowed.expand(2, width, width).unsqueeze(1)
+
+
+def _reference(q, k, v, mask):
+    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                         is_causal=mask is None, enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("case", ["causal", "padded", "tree"])
+def test_compiled_short_attention_equals_sdpa(case):
+    width = 16
+    mask = {"causal": None, "padded": _padded_mask([16, 11], width), "tree": _tree_mask(width)}[case]
+    compiled = torch.compile(short_sequence_attention, dynamic=True)
+    q, k, v = _inputs(2, width, torch.float32)
+    out, weights = compiled(MODULE, q, k, v, mask, scaling=DIM**-0.5)
+    assert weights is None and out.shape == (2, width, HEADS, DIM)
+    assert torch.isfinite(out).all()  # padding rows of the tree mask attend to themselves only
+    torch.testing.assert_close(out, _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    out_bf16, _ = compiled(MODULE, qb, kb, vb, mask, scaling=DIM**-0.5)
+    assert (out_bf16.float() - _reference(qb, kb, vb, mask)).abs().max() < 0.05
+
+
+def test_eager_calls_defer_to_sdpa_exactly():
+    q, k, v = _inputs(2, 12, torch.float32, seed=1)
+    mask = _padded_mask([12, 7], 12)
+    out, _ = short_sequence_attention(MODULE, q, k, v, mask, scaling=DIM**-0.5)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    expected, _ = sdpa_attention_forward(MODULE, q, k, v, mask, scaling=DIM**-0.5)
+    assert torch.equal(out, expected)
+
+
+def test_compiled_bf16_smollm_scores_through_short_attention(smollm_bf16, smollm):
+    """The real model on the default bf16 CPU path uses it, and cache-free scoring agrees with fp32."""
+    if smollm_bf16.device.type != "cpu":
+        pytest.skip("the compiled path is CPU-only")
+    assert smollm_bf16.short_attention and smollm_bf16.model.config._attn_implementation == ATTENTION_NAME
+    prompts = ["Q: Is it warm in July in Spain?\nA:", "Q: Do cats bark?\nA:"] * 3
+    answers = [" Yes", " No", " Yes, very warm", " No, they meow", " Sometimes", " Never"]
+    smollm_bf16.prefix_sharing = False
+    try:
+        got = smollm_bf16.score(prompts, answers)
+    finally:
+        smollm_bf16.prefix_sharing = True
+    ref = smollm.score(prompts, answers)
+    assert (got - ref).abs().max() < 0.5, (got, ref)
+
+
+def test_scoring_batch_size_does_not_change_scores(tiny_lm_dir):
+    """Small scoring batches (the CPU default) give the same scores as one big batch."""
+    small = HFLanguageModel(str(tiny_lm_dir), dtype="fp32", score_batch_tokens=32)
+    big = HFLanguageModel(str(tiny_lm_dir), dtype="fp32", score_batch_tokens=100_000)
+    prompts = [f"Question {i}: how many apples are there in basket {i}?" for i in range(6)]
+    answers = [" three", " none at all", " a dozen or so", " two", " seven", " many"]
+    torch.testing.assert_close(small.score(prompts, answers), big.score(prompts, answers), atol=1e-5, rtol=0)
+    default = HFLanguageModel(str(tiny_lm_dir), dtype="fp32")
+    assert default.score_batch_tokens == (2048 if default.device.type == "cpu" else default.batch_tokens)
