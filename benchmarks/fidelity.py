@@ -74,24 +74,24 @@ SIZES = {
                      max_train_records=24, epochs=1, batch_size=32, tau_init=1.0, max_words=32, max_new_tokens=32,
                      mauve_buckets=6),
         "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
-                       batch_size=8, tau_init=0.6, exemplar_questions=4, max_order=1, n_boot=50),
+                       batch_size=8, tau_init=0.6, val_fraction=0.15, exemplar_questions=4, max_order=1, n_boot=50),
     },
     "full": {
         "text": dict(TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
                      max_train_records=160, epochs=3, batch_size=32, tau_init=1.0, max_words=60, max_new_tokens=64,
                      mauve_buckets=20),
         "survey": dict(TRAINING, max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
-                       batch_size=16, tau_init=0.6, exemplar_questions=5, max_order=2, n_boot=200),
+                       batch_size=16, tau_init=0.6, val_fraction=0.15, exemplar_questions=5, max_order=2, n_boot=200),
     },
 }
 
 
-_ESTIMATOR_KEYS = (*TRAINING, "n_exemplars", "tau_init", "epochs", "batch_size", "max_train_records")
+_ESTIMATOR_KEYS = (*TRAINING, "n_exemplars", "tau_init", "epochs", "batch_size", "max_train_records", "val_fraction")
 
 
 def _estimator_settings(cfg: dict) -> dict:
     """The MixtureOfPersonas arguments a part's settings fix (both parts fit the same way)."""
-    return {key: cfg[key] for key in _ESTIMATOR_KEYS}
+    return {key: cfg[key] for key in _ESTIMATOR_KEYS if key in cfg}
 
 
 # ----------------------------------------------------------------------------------------------------- text data
