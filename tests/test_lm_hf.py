@@ -122,6 +122,7 @@ def test_compile_falls_back_to_eager_when_the_backend_fails(tiny_lm):
     with pytest.warns(RuntimeWarning, match="running eager"):
         assert compile_elementwise_blocks(model, broken) == 0
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
+    assert all("forward" not in vars(m) for m in model.modules())  # decoder layers back on their eager forward
 
 
 @pytest.mark.parametrize("max_tree_tokens", [1024, 40])
