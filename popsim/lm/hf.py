@@ -97,8 +97,9 @@ class HFLanguageModel(LanguageModel):
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if batch_tokens < 16:
-            raise ModelLoadError(f"lm.batch_tokens must be >= 16; got {batch_tokens}")
+        for field, value in (("lm.batch_tokens", batch_tokens), ("score_batch_tokens", score_batch_tokens)):
+            if value is not None and value < 16:  # checked before the (slow) model load
+                raise ModelLoadError(f"{field} must be >= 16; got {value}")
         source = resolve_lm(name)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -120,8 +121,6 @@ class HFLanguageModel(LanguageModel):
         if score_batch_tokens is None:
             on_cpu = self.device.type == "cpu"
             score_batch_tokens = min(batch_tokens, _CPU_SCORE_BATCH_TOKENS) if on_cpu else batch_tokens
-        if score_batch_tokens < 16:
-            raise ModelLoadError(f"score_batch_tokens must be >= 16; got {score_batch_tokens}")
         self.score_batch_tokens = score_batch_tokens
         self.prefix_sharing = prefix_sharing
         self.min_shared_prefix = min_shared_prefix
@@ -139,10 +138,14 @@ class HFLanguageModel(LanguageModel):
         takes_cache = "cache" in inspect.signature(self._body.forward).parameters
         self._cache_kwarg = "cache" if takes_cache else "past_key_values"
         self.compiled_blocks = 0
-        self.short_attention = False
         if should_compile(compile, self.device, self.dtype):
-            self.short_attention = register_attention(self.model)
+            register_attention(self.model)
             self.compiled_blocks = compile_elementwise_blocks(self.model, self._warm_up)
+
+    @property
+    def short_attention(self) -> bool:
+        """Whether compiled scoring passes use :func:`popsim.lm.attention.short_sequence_attention`."""
+        return self.model.config._attn_implementation == ATTENTION_NAME
 
     def _warm_up(self) -> None:
         with torch.inference_mode():
