@@ -70,18 +70,20 @@ TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.
                 pair_embedding="mean")
 SIZES = {
     "quick": {
-        "text": dict(TRAINING, n_train=300, n_real=80, n_gen=24, n_personas=4, n_exemplars=48,
-                     max_train_records=24, epochs=1, batch_size=32, tau_init=1.0, max_words=32, max_new_tokens=32,
+        "text": dict(TRAINING, n_train=300, n_real=160, n_gen=64, n_personas=4, n_exemplars=48,
+                     max_train_records=24, epochs=1, batch_size=32, tau_init=0.9, max_words=32, max_new_tokens=32,
                      mauve_buckets=6),
         "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
-                       batch_size=8, tau_init=0.6, val_fraction=0.15, exemplar_questions=4, max_order=1, n_boot=50),
+                       batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
+                       max_order=1, n_boot=50, protocols="ab"),
     },
     "full": {
         "text": dict(TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
-                     max_train_records=160, epochs=3, batch_size=32, tau_init=1.0, max_words=60, max_new_tokens=64,
+                     max_train_records=160, epochs=3, batch_size=32, tau_init=0.9, max_words=60, max_new_tokens=64,
                      mauve_buckets=20),
         "survey": dict(TRAINING, max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
-                       batch_size=16, tau_init=0.6, val_fraction=0.15, exemplar_questions=5, max_order=2, n_boot=200),
+                       batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
+                       max_order=2, n_boot=200, protocols="ab"),
     },
 }
 
@@ -147,7 +149,8 @@ def load_text(name: str, max_words: int, seed: int) -> dict[str, pd.DataFrame]:
     raise ValueError(name)
 
 
-TEXT_STYLE = PromptStyle(kind="chat", exemplar_intro="You have written", task_intro="Please write")
+TEXT_STYLE = PromptStyle(kind="chat", exemplar_intro="You have written", task_intro="Please write",
+                         persona_in_system=True)
 
 
 def task_prompt(context: str, style: PromptStyle) -> Chat:
@@ -321,7 +324,10 @@ def agent_rows(pop: Population, seed: int) -> pd.DataFrame:
     return test.iloc[idx].reset_index(drop=True)
 
 
-def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int) -> MixtureOfPersonas:
+def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int, *,
+                   new_questions: bool = False) -> MixtureOfPersonas:
+    """Fit on the ``seen`` items; ``new_questions`` (protocol b) trains as agents will be asked: never a
+    question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on."""
     records = survey_records(pop, question_ids=seen)
     pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=cfg["exemplar_questions"], seed=seed,
                             question_ids=seen)
@@ -329,6 +335,7 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
     if "instruction" in cfg:
         style = replace(style, instruction=cfg["instruction"])
     model = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style, **_estimator_settings(cfg),
+                              mask_answered=new_questions and cfg["mask_answered_b"],
                               cache_path=cache_dir() / "scores-survey.sqlite", random_state=seed, verbose=False)
     return model.fit(records, pool)
 
@@ -372,8 +379,10 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
     log(f"[{name}] train {len(pop.train)} respondents, held-out {len(pop.test)}, agents {len(agents)}; "
         f"unseen items (b): {sorted(unseen_b)}")
     for protocol, seen, asked in (("a", set(qmap), set(qmap)), ("b", seen_b, unseen_b)):
+        if protocol not in cfg["protocols"]:  # tuning one protocol: --set survey.protocols=b
+            continue
         t = time.perf_counter()
-        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed)
+        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol == "b")
         log(f"[{name}/{protocol}] fitted in {time.perf_counter() - t:.0f} s; tau="
             f"{np.round(mop.temperatures_, 3).tolist()}; personas: {[p.text[:50] for p in mop.personas_]}")
         questions = [qmap[q] for q in qmap if q in asked]
@@ -548,7 +557,12 @@ def main() -> None:
         key, _, value = item.partition("=")
         part, _, name = key.partition(".")
         old = cfg[part].get(name)
-        cfg[part][name] = type(old)(value) if old is not None and not isinstance(old, str) else value
+        if isinstance(old, bool):
+            if value.lower() not in {"true", "false", "1", "0"}:
+                parser.error(f"--set {key}: give true or false, not {value!r}")
+            cfg[part][name] = value.lower() in {"true", "1"}
+        else:
+            cfg[part][name] = type(old)(value) if old is not None and not isinstance(old, str) else value
     out = args.out or ROOT / "benchmarks" / "results" / f"fidelity-{mode}{'-dev' if args.dev else ''}"
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []

@@ -104,8 +104,23 @@ def test_multiple_choice_likelihood_is_normalised_over_options():
 
 def test_prompt_keeps_data_braces_inert():
     prompt = build_prompt("You are {persona}.", ("{x}", "{y} {0}"), "the movie {title}", PromptStyle.reviews())
-    text = prompt.messages[-1][1]
+    text = "\n".join(content for _, content in prompt.messages)
     assert "{persona}" in text and "{y} {0}" in text and "{title}" in text
+
+
+def test_persona_in_system_replaces_the_real_templates_default_identity(smollm):
+    """Default: the paper's single user turn (the template adds SmolLM2's own system message); the option
+    puts instruction, persona and exemplar in the system message instead."""
+    one_turn = build_prompt("You are a grumpy critic.", ("the movie Heat", "Too long."), "the movie Alien",
+                            PromptStyle.reviews())
+    assert [role for role, _ in one_turn.messages] == ["user"]
+    assert "named SmolLM" in smollm.render(one_turn)
+    style = PromptStyle(**{**vars(PromptStyle.reviews()), "persona_in_system": True})
+    prompt = build_prompt("You are a grumpy critic.", ("the movie Heat", "Too long."), "the movie Alien", style)
+    assert [role for role, _ in prompt.messages] == ["system", "user"]
+    rendered = smollm.render(prompt)
+    assert "named SmolLM" not in rendered
+    assert rendered.index("grumpy critic") < rendered.index("Too long.") < rendered.index("the movie Alien")
 
 
 def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):
@@ -200,3 +215,30 @@ def test_temperatures_learn_at_their_own_rate(encoder):
         moved[tau_lr] = float(np.abs(np.log(model.temperatures_) - np.log(0.6)).max())
     assert moved[0.003] <= 2 * 0.003 * 5 + 1e-6, moved  # Adam moves a parameter by about lr per step
     assert moved[0.2] > 0.1, moved
+
+
+def test_mask_answered_keeps_exemplars_that_answer_the_asked_question_out_of_training(encoder):
+    """New-question training: a pair may not score a record by copying another respondent's answer to it."""
+    from popsim.mop.records import ExemplarPool
+
+    questions = [f"Q: How much do you like topic {t}?" for t in "ABCD"]
+    contexts = [f"About you: person {i}.\n{questions[i % 4]}" for i in range(40)]
+    records = Records(contexts, ["a lot" if i % 3 else "not at all" for i in range(40)],
+                      [("a lot", "not at all")] * 40, groups=np.array([f"r{i}" for i in range(40)]))
+    # every exemplar answers A; exemplar j also answers B, C or D (j % 3)
+    pool = ExemplarPool([f"person x{j}" for j in range(6)],
+                        [f"{questions[0]}\nA: a lot\n{questions[1 + j % 3]}\nA: not at all" for j in range(6)],
+                        np.array([f"x{j}" for j in range(6)]))
+    fitted = {flag: MixtureOfPersonas(HashLM(), encoder, n_personas=2, epochs=2, batch_size=8, top_m=2,
+                                      mask_answered=flag, verbose=False, style=PromptStyle.survey()).fit(records, pool)
+              for flag in (False, True)}
+    rows = np.arange(len(records))
+    mask = fitted[True]._pair_mask(records, rows).numpy()
+    for i in rows:
+        q = i % 4
+        if q == 0:  # every exemplar answers A: the row keeps them all rather than none
+            assert not mask[i].any()
+        else:
+            assert mask[i].tolist() == [j % 3 == q - 1 for j in range(6)]
+    assert not fitted[False]._pair_mask(records, rows).any()
+    assert all(np.isfinite(h["train_loss"]) for h in fitted[True].history_)

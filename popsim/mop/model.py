@@ -56,9 +56,16 @@ class MixtureOfPersonas:
             would need hundreds of steps to travel from 0.6 to 1 (each step moves log tau by ~lr).
         max_train_records: cap on records used for training (LM scoring is the cost).
         balance: weight of a load-balancing bonus, the entropy of the batch-average persona and exemplar
-            distributions (as in mixture-of-experts training, Shazeer et al. 2017). The top-M objective alone
-            rewards putting all mass on M pairs, which on survey data collapsed every context onto one
+            distributions (as in mixture-of-experts training, Shazeer et al. 2017), per scored unit: times
+            the batch's mean free-text response length in tokens (one per multiple-choice answer), since the
+            log-likelihood it competes with grows with the length. The top-M objective alone rewards
+            putting all mass on M pairs, which on survey data collapsed every context onto one
             persona and a handful of exemplars; 0 gives the paper's objective exactly.
+        mask_answered: also mask, for each record, the exemplars whose transcript already contains the
+            record's question (its context's last line). Train as the model will be used when it is asked
+            questions no exemplar answers (new items): otherwise a pair can score the record by copying
+            another respondent's answer to the same question, which rewards confident copying the new
+            questions cannot offer.
         gate_init_scale: start W_x and W_e at the same principal directions, scaled so that the exemplar
             gate's logits are ``gate_init_scale`` x the context-exemplar similarity (nearest-neighbour
             retrieval), and W_g at zero (uniform persona gate); see :meth:`MixtureGate.init_similarity`.
@@ -96,6 +103,7 @@ class MixtureOfPersonas:
         max_train_records: int | None = 2000,
         balance: float = 1.0,
         stickiness: float = 4.0,
+        mask_answered: bool = False,
         gate_init_scale: float = 0.0,
         pair_embedding: str = "joint",
         cache_path: str | Path | None = None,
@@ -120,6 +128,7 @@ class MixtureOfPersonas:
         self.max_train_records = max_train_records
         self.balance = balance
         self.stickiness = stickiness
+        self.mask_answered = mask_answered
         self.gate_init_scale = gate_init_scale
         self.pair_embedding = pair_embedding
         self.cache_path = cache_path
@@ -131,8 +140,8 @@ class MixtureOfPersonas:
         names = [
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
             "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
-            "max_train_records", "balance", "stickiness", "gate_init_scale", "pair_embedding", "cache_path",
-            "random_state", "verbose",
+            "max_train_records", "balance", "stickiness", "mask_answered", "gate_init_scale", "pair_embedding",
+            "cache_path", "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
 
@@ -262,6 +271,16 @@ class MixtureOfPersonas:
     def _own_exemplar_mask(self, groups: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(groups)[:, None] == self.exemplars_.groups[None, :])
 
+    def _pair_mask(self, records: Records, rows: np.ndarray) -> torch.Tensor:
+        """Exemplars a record may not use: its own and, with ``mask_answered``, any that answer its question."""
+        mask = self._own_exemplar_mask(records.groups[rows])
+        if self.mask_answered:
+            answered = [set(y.splitlines()) for y in self.exemplars_.outputs]
+            asked = [records.contexts[i].rstrip().splitlines()[-1] for i in rows]
+            by_question = mask | torch.tensor([[q in lines for lines in answered] for q in asked], dtype=torch.bool)
+            mask = torch.where(by_question.all(1, keepdim=True), mask, by_question)  # keep a row usable
+        return mask
+
     def _batch_loss(
         self, records: Records, batch: np.ndarray, h_x: torch.Tensor, *, balance: float = 0.0,
         held: dict[int, np.ndarray] | None = None,
@@ -274,7 +293,7 @@ class MixtureOfPersonas:
         With ``balance`` > 0, minus ``balance`` times the entropies of the batch-average persona
         distribution and exemplar marginal (load balancing; see the class docstring).
         """
-        mask = self._own_exemplar_mask(records.groups[batch])
+        mask = self._pair_mask(records, batch)
         log_pi, log_omega = self.gate_(h_x[batch], self.h_g_, self.h_e_, mask)
         joint = (log_pi.unsqueeze(2) + log_omega).flatten(1)  # (B, K*N)
         m = min(self.top_m, joint.shape[1])
@@ -289,16 +308,23 @@ class MixtureOfPersonas:
                 responses.append(records.responses[i])
                 options.append(records.options[i])
         tau = self.gate_.temperatures[ks.flatten()]
-        ll, _ = pair_log_likelihood(self.cache_, prompts, responses, options, tau)
+        ll, n_tokens = pair_log_likelihood(self.cache_, prompts, responses, options, tau)
         per_record = torch.logsumexp(top_logw + ll.view(len(batch), m), dim=1)
         w = torch.from_numpy(records.weights[batch]).float()
         nll = -(w * per_record).sum() / w.sum()
         if balance <= 0:
             return nll
+        # per scored unit: the bonus must weigh the same against a 40-token review's log-likelihood as against
+        # one multiple-choice decision (unscaled, one Adam step collapsed review gates onto one exemplar)
+        free_text = torch.tensor([records.options[i] is None for i in batch for _ in range(m)])
+        units = torch.ones(len(free_text))
+        if len(n_tokens) == len(free_text):  # one scored target per row
+            units = torch.where(free_text, n_tokens, units)
+        units_per_record = float(units.mean())
         mean_pi = log_pi.exp().mean(0)
         mean_ex = (log_pi.unsqueeze(2) + log_omega).exp().sum(1).mean(0)
         entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
-        return nll - balance * entropy
+        return nll - balance * units_per_record * entropy
 
     def _select_pairs(
         self, joint: torch.Tensor, batch: np.ndarray, m: int, held: dict[int, np.ndarray] | None
@@ -401,7 +427,7 @@ class MixtureOfPersonas:
         n, n_k, n_j = len(records), len(self.personas_), len(self.exemplars_)
         if method == "mop":
             with torch.no_grad():
-                mask = self._own_exemplar_mask(records.groups)
+                mask = self._pair_mask(records, np.arange(n))
                 log_pi, log_omega = self.gate_(self._encode_contexts(records.gate_inputs), self.h_g_, self.h_e_, mask)
                 log_w = (log_pi.unsqueeze(2) + log_omega).flatten(1)
             taus = self.temperatures_

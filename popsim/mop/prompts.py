@@ -4,7 +4,12 @@ Paper (Bui et al. 2025, Fig. 2): "You embody the persona in the description to c
 persona + "You have written a review for <x_j>: <y_j>" + the task for x. Two renderings:
 
 * ``chat`` (free text, the paper's setting): everything in one user turn of the model's chat template;
-  the response is the assistant's answer.
+  the response is the assistant's answer. ``persona_in_system=True`` puts instruction, persona and
+  exemplar in the system message instead (replacing a template's default identity, e.g. SmolLM2's "You are
+  a helpful AI assistant named SmolLM"). Measured on SmolLM2-135M, that trade is bad for MoP: its reviews
+  moved closer to real ones (IMDB dev FID 1.108 -> 1.050) because it follows the persona less, so much
+  that fitted mixing weights no longer recover known personas (tests/test_recovery.py: 0.42 / 0.58 / 0.00
+  for a true 0.6 / 0.3 / 0.1). Hence one user turn is the default.
 * ``transcript`` (surveys): plain text, no chat template. A small LM follows a plain Q/A transcript of a
   respondent's earlier answers strongly but ignores the same answers wrapped in a chat template
   (measured, see REFERENCE.md), so the exemplar is presented as the agent's own earlier answers and the
@@ -37,12 +42,15 @@ class PromptStyle:
             (paper: "You have written a review for"); for ``transcript``, by the answers themselves.
         task_intro: words before the context x (paper: "Please write a review for"); empty uses x as is.
         instruction: the opening sentence.
+        persona_in_system: ``chat`` only: instruction, persona and exemplar go in the system message and
+            the task in the user turn (True), or all of it in one user turn (False, as Fig. 2 prints it).
     """
 
     kind: Literal["chat", "transcript"] = "chat"
     exemplar_intro: str = "You have written a review for"
     task_intro: str = ""
     instruction: str = INSTRUCTION
+    persona_in_system: bool = False
 
     @classmethod
     def survey(cls) -> PromptStyle:
@@ -71,8 +79,11 @@ def build_prompt(
             lead = style.exemplar_intro + (" " + x_j.strip() if x_j.strip() else "")
             parts.append(lead + ": " + y_j.strip())
         task = context.strip()
-        parts.append((style.task_intro + " " + task + ".") if style.task_intro else task)
-        return Chat.of("\n\n".join(parts))
+        task = (style.task_intro + " " + task + ".") if style.task_intro else task
+        parts = [p for p in parts if p]
+        if style.persona_in_system and parts:
+            return Chat.of(task, system="\n\n".join(parts))
+        return Chat.of("\n\n".join([*parts, task]))
     if exemplar is not None:
         parts.append(style.exemplar_intro + "\n" + exemplar[1].strip())
     return "\n\n".join(parts) + "\n\n" + context.rstrip() + "\nA:"
