@@ -124,7 +124,9 @@ class MopConfig(_Strict):
     tau_learning_rate: float = Field(0.003, gt=0, description="Adam learning rate of the per-persona log-temperatures.")
     batch_size: int = Field(32, gt=0, description="Records per training step.")
     max_train_records: int = Field(256, gt=0, description="Records scored in training (LM cost).")
-    balance: float = Field(1.0, ge=0, description="Load-balancing bonus keeping personas/exemplars in use (0 = paper).")
+    balance: float = Field(
+        1.0, ge=0, description="Load-balancing bonus keeping personas/exemplars in use, per multiple-choice answer "
+        "or per token of a free-text response (0 = paper).")
     stickiness: float = Field(
         4.0, ge=1, description="A record's top-M pairs stay unless a new pair's gate weight is this many times "
         "larger (1 = plain top-M each step); fewer swaps, fewer fresh LM scores.")
