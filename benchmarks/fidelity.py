@@ -73,7 +73,7 @@ SIZES = {
         "text": dict(TRAINING, n_train=300, n_real=160, n_gen=64, n_personas=4, n_exemplars=48,
                      max_train_records=24, epochs=1, batch_size=32, tau_init=0.9, max_words=32, max_new_tokens=32,
                      mauve_buckets=6),
-        "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
+        "survey": dict(TRAINING, max_rows=300, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
                        max_order=1, n_boot=50, protocols="ab"),
     },
