@@ -49,7 +49,8 @@ def hot_deck(
         raise DataError("hot_deck: no donors")
     w = (donors[weights_col].to_numpy(float) if weights_col and weights_col in donors.columns
          else np.ones(len(donors)))
-    keys = [donors[list(by[:level])].astype(str).agg("|".join, axis=1) if level else pd.Series([""] * len(donors))
+    # str() of every value, as for recipients below: a missing attribute is a cell of its own ("nan")
+    keys = [donors[list(by[:level])].map(str).agg("|".join, axis=1) if level else pd.Series([""] * len(donors))
             for level in range(len(by) + 1)]
     index = [pd.Series(np.arange(len(donors))).groupby(k.to_numpy()).indices for k in keys]
     chosen, levels = [], []

@@ -30,6 +30,14 @@ def test_hot_deck_falls_back_to_coarser_cells():
     assert out.loc[0, "q1"] == "no"
 
 
+def test_hot_deck_treats_a_missing_attribute_as_a_cell_of_its_own():
+    donors = _donors().assign(attr_party=["x", None, "x", "x", "y"])  # GSS has respondents without a party
+    recipients = pd.DataFrame({"attr_race": ["a", "a"], "attr_party": [np.nan, "x"]})
+    out = hot_deck(donors, recipients, ["attr_race", "attr_party"], ["q1"], np.random.default_rng(0))
+    assert out["donor"].tolist() == [1, 0]
+    assert out["donor_level"].tolist() == [2, 2]
+
+
 def test_hot_deck_needs_the_columns():
     with pytest.raises(DataError):
         hot_deck(_donors(), pd.DataFrame({"attr_race": ["a"]}), ["attr_sex"], ["q1"], np.random.default_rng(0))
