@@ -9,6 +9,7 @@ import torch
 from popsim.exceptions import NotFittedError, RunDirectoryError
 from popsim.lm.testing import HashLM
 from popsim.mop import MixtureOfPersonas, PromptStyle, Records, build_prompt
+from popsim.mop.prompts import INSTRUCTION
 from popsim.mop.scoring import ScoreCache, pair_log_likelihood
 
 CONTEXTS = [f"a movie you rate {1 + i % 10}/10" for i in range(60)]
@@ -121,6 +122,23 @@ def test_persona_in_system_replaces_the_real_templates_default_identity(smollm):
     rendered = smollm.render(prompt)
     assert "named SmolLM" not in rendered
     assert rendered.index("grumpy critic") < rendered.index("Too long.") < rendered.index("the movie Alien")
+
+
+def test_exemplar_turn_is_an_earlier_exchange_on_the_real_template(smollm):
+    """The option renders the exemplar as the model's own earlier answer to the exemplar's task."""
+    style = PromptStyle(**{**vars(PromptStyle.reviews()), "persona_in_system": True, "exemplar_turn": True})
+    prompt = build_prompt("You are a grumpy critic.", ("the movie Heat", "Too long."), "the movie Alien", style)
+    assert prompt.messages == (
+        ("system", INSTRUCTION + "\n\nYou are a grumpy critic."),
+        ("user", "Please write a review for the movie Heat."), ("assistant", "Too long."),
+        ("user", "Please write a review for the movie Alien."))
+    rendered = smollm.render(prompt)
+    assert rendered.index("grumpy critic") < rendered.index("Heat") < rendered.index("Too long.") < \
+        rendered.index("the movie Alien")
+    one_turn = build_prompt(None, ("the movie Heat", "Too long."), "the movie Alien",
+                            PromptStyle(**{**vars(PromptStyle.reviews()), "exemplar_turn": True}))
+    assert [role for role, _ in one_turn.messages] == ["user", "assistant", "user"]
+    assert one_turn.messages[0][1].startswith(INSTRUCTION)
 
 
 def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):

@@ -9,7 +9,10 @@ persona + "You have written a review for <x_j>: <y_j>" + the task for x. Two ren
   a helpful AI assistant named SmolLM"). Measured on SmolLM2-135M, that trade is bad for MoP: its reviews
   moved closer to real ones (IMDB dev FID 1.108 -> 1.050) because it follows the persona less, so much
   that fitted mixing weights no longer recover known personas (tests/test_recovery.py: 0.42 / 0.58 / 0.00
-  for a true 0.6 / 0.3 / 0.1). Hence one user turn is the default.
+  for a true 0.6 / 0.3 / 0.1). Hence one user turn is the default. ``exemplar_turn=True`` renders the
+  exemplar as an earlier exchange instead (user: the task for x_j; assistant: y_j): SmolLM2 imitates its
+  own earlier answer far more than a quoted one (IMDB / AG News / SST-2 dev, MoP with the system placement:
+  FID 0.745 / 0.919 / 0.766 -> 0.711 / 0.885 / 0.760, MAUVE 0.70 / 0.94 / 0.85 -> 0.91 / 1.00 / 0.94).
 * ``transcript`` (surveys): plain text, no chat template. A small LM follows a plain Q/A transcript of a
   respondent's earlier answers strongly but ignores the same answers wrapped in a chat template
   (measured, see REFERENCE.md), so the exemplar is presented as the agent's own earlier answers and the
@@ -44,6 +47,9 @@ class PromptStyle:
         instruction: the opening sentence.
         persona_in_system: ``chat`` only: instruction, persona and exemplar go in the system message and
             the task in the user turn (True), or all of it in one user turn (False, as Fig. 2 prints it).
+        exemplar_turn: ``chat`` only: the exemplar is an earlier exchange of the conversation (the task for
+            x_j as a user turn, y_j as the assistant's answer) instead of a sentence ("You have written ...")
+            inside the prompt; a small chat model imitates its own earlier answer more closely.
     """
 
     kind: Literal["chat", "transcript"] = "chat"
@@ -51,6 +57,7 @@ class PromptStyle:
     task_intro: str = ""
     instruction: str = INSTRUCTION
     persona_in_system: bool = False
+    exemplar_turn: bool = False
 
     @classmethod
     def survey(cls) -> PromptStyle:
@@ -74,16 +81,26 @@ def build_prompt(
     if persona:
         parts.append(persona.strip())
     if style.kind == "chat":
-        if exemplar is not None:
+        if exemplar is not None and not style.exemplar_turn:
             x_j, y_j = exemplar
             lead = style.exemplar_intro + (" " + x_j.strip() if x_j.strip() else "")
             parts.append(lead + ": " + y_j.strip())
-        task = context.strip()
-        task = (style.task_intro + " " + task + ".") if style.task_intro else task
+        task = _task(context, style)
         parts = [p for p in parts if p]
+        turns: list[tuple[str, str]] = [("user", task)]
+        if exemplar is not None and style.exemplar_turn:
+            turns = [("user", _task(exemplar[0], style)), ("assistant", exemplar[1].strip()), *turns]
         if style.persona_in_system and parts:
-            return Chat.of(task, system="\n\n".join(parts))
-        return Chat.of("\n\n".join([*parts, task]))
+            return Chat(messages=(("system", "\n\n".join(parts)), *turns))
+        if parts:
+            turns[0] = ("user", "\n\n".join([*parts, turns[0][1]]))
+        return Chat(messages=tuple(turns))
     if exemplar is not None:
         parts.append(style.exemplar_intro + "\n" + exemplar[1].strip())
     return "\n\n".join(parts) + "\n\n" + context.rstrip() + "\nA:"
+
+
+def _task(context: str, style: PromptStyle) -> str:
+    """The task line for a context: ``task_intro`` + context + ".", or the context as is."""
+    task = context.strip()
+    return (style.task_intro + " " + task + ".") if style.task_intro else task
