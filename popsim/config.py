@@ -108,6 +108,12 @@ class ReviewsSpec(_Strict):
     rating_column: str | None = Field(None, description="Optional rating/label column, shown in contexts.")
     max_words: int = Field(80, gt=0, description="Real texts are cut to this many words.")
     max_new_tokens: int = Field(60, gt=0, description="Tokens an agent may write.")
+    persona_in_system: bool = Field(
+        False, description="Instruction, persona and exemplar in the chat template's system message instead of "
+        "the paper's one user turn (SmolLM2: texts closer to real ones, personas followed less).")
+    exemplar_turn: bool = Field(
+        False, description="Show the exemplar as an earlier exchange (the model's own answer to the exemplar's "
+        "task) instead of quoting it; SmolLM2 imitates it more (benchmarks/README.md).")
 
 
 class MopConfig(_Strict):

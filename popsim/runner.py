@@ -22,7 +22,7 @@ import os
 import platform
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -119,6 +119,18 @@ def _load_lm(scenario: Scenario) -> LanguageModel:
                    compile=cfg.compile)
 
 
+def prompt_style(scenario: Scenario) -> PromptStyle:
+    """The prompt wording a scenario asks for: survey transcripts, or the paper's review prompt with the
+    layout options of its ``reviews:`` section."""
+    if scenario.kind == "survey":
+        return PromptStyle.survey()
+    style = PromptStyle.reviews()
+    if scenario.reviews is None:
+        return style
+    return replace(style, persona_in_system=scenario.reviews.persona_in_system,
+                   exemplar_turn=scenario.reviews.exemplar_turn)
+
+
 def _fit_key(scenario: Scenario) -> str:
     return config_hash(scenario, "data", "questions", "reviews", "mop", "encoder", "seed")
 
@@ -146,7 +158,7 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
     if saved is not None:
         return saved
     m = scenario.mop
-    style = PromptStyle.survey() if scenario.kind == "survey" else PromptStyle.reviews()
+    style = prompt_style(scenario)
     model = MixtureOfPersonas(
         lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
         tau_init=m.tau_init, personas=m.personas, style=style, learning_rate=m.learning_rate,
@@ -268,8 +280,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         if counter[1] == kill_after:  # test-only hook (tests/test_crash.py): die like `kill -9` here
             os.kill(os.getpid(), signal.SIGKILL)
 
-    style = (mop.style_ if mop is not None else
-             (PromptStyle.survey() if scenario.kind == "survey" else PromptStyle.reviews()))
+    style = mop.style_ if mop is not None else prompt_style(scenario)
     model = PopulationModel(
         questions=questions, lm=lm, mop=mop, profiles=profiles, profile_texts=texts, method=method, style=style,
         seed=scenario.seed, network=network, requests_per_call=scenario.simulation.requests_per_call,

@@ -165,3 +165,20 @@ def test_every_method_runs_from_one_flag_and_reports_side_by_side(tmp_path, caps
     cells = pd.read_csv(tmp_path / "report" / "cells.csv")
     assert set(cells["method"]) == set(dirs)
     assert "no-persona" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_reviews_prompt_layout_comes_from_the_scenario():
+    """`reviews.persona_in_system` / `reviews.exemplar_turn` reach the prompts; the paper's layout by default."""
+    from pathlib import Path
+
+    from popsim.mop.prompts import build_prompt
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "reviews.yaml"
+    plain = runner.prompt_style(load_scenario(path))
+    assert plain == PromptStyle.reviews()
+    style = runner.prompt_style(load_scenario(path, {"reviews.persona_in_system": True,
+                                                     "reviews.exemplar_turn": True}))
+    assert style.persona_in_system and style.exemplar_turn and style.task_intro == plain.task_intro
+    prompt = build_prompt("You are a critic.", ("a cake you rate 2", "Dry."), "a tea you rate 5", style)
+    assert [role for role, _ in prompt.messages] == ["system", "user", "assistant", "user"]
+    assert runner.prompt_style(load_scenario(Path(path).with_name("survey.yaml"))) == PromptStyle.survey()
