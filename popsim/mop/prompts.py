@@ -103,4 +103,6 @@ def build_prompt(
 def _task(context: str, style: PromptStyle) -> str:
     """The task line for a context: ``task_intro`` + context + ".", or the context as is."""
     task = context.strip()
-    return (style.task_intro + " " + task + ".") if style.task_intro else task
+    if not style.task_intro:
+        return task
+    return style.task_intro + (" " + task if task else "") + "."
