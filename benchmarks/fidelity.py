@@ -16,7 +16,7 @@
    (b) new questions: a third of the items held out entirely (never in fitting records or exemplar
    transcripts); agents answer only those.
 
-    python benchmarks/fidelity.py --quick            # <= 20 min on 2 CPU cores
+    python benchmarks/fidelity.py --quick            # <= 20 min on 2 CPU cores with native bf16; ~1 h in fp32
     python benchmarks/fidelity.py                    # full sizes
     python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
     python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
@@ -65,8 +65,9 @@ TEXT_BASELINES = ["no-persona", "persona-only", "uniform"]
 SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
 SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
-# Sizes. quick: fits in 20 minutes on 2 shared CPU cores; full: larger K, N, samples. TRAINING holds the MoP
-# training settings both modes share (tuned on --dev, see benchmarks/README.md).
+# Sizes. quick: 15-17 minutes on 2 CPU cores with native bf16 (AMX), 63 in fp32 (AMD EPYC, no AVX-512);
+# full: larger K, N, samples. TRAINING holds the MoP training settings both modes share
+# (tuned on --dev, see benchmarks/README.md).
 TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.0, gate_init_scale=30.0,
                 pair_embedding="mean")
 SIZES = {
@@ -564,7 +565,7 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: <= 20 minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="small sizes: <= 20 min on 2 bf16 CPU cores, ~1 h in fp32")
     parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
     parser.add_argument("--only", choices=["text", "survey"], help="run one part")
     parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
