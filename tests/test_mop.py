@@ -141,6 +141,26 @@ def test_exemplar_turn_is_an_earlier_exchange_on_the_real_template(smollm):
     assert one_turn.messages[0][1].startswith(INSTRUCTION)
 
 
+def test_exemplar_turn_steers_the_real_smollm_more_than_a_quoted_exemplar(smollm, shared_data):
+    """Why the option exists: another real review shown as the model's earlier answer raises the likelihood
+    of a real review more than the same review quoted in the system message (fp32: +3.7 vs +0.4 nats)."""
+    import pandas as pd
+
+    frame = pd.read_csv(shared_data / "imdb-reviews-ratings" / "imdb_train_sample2500.csv").head(32)
+    texts = [" ".join(t.replace("<br />", " ").split()[:30]) for t in frame["text"]]
+    contexts = [f"a review of a movie you rate {r}/10" for r in frame["rating"]]
+    quoted = PromptStyle(kind="chat", exemplar_intro="You have written", task_intro="Please write",
+                         persona_in_system=True)
+    gains = {}
+    for name, style in (("quoted", quoted), ("turn", PromptStyle(**{**vars(quoted), "exemplar_turn": True}))):
+        alone = smollm.score([build_prompt(None, None, c, style) for c in contexts[:16]], texts[:16])
+        shown = smollm.score([build_prompt(None, (contexts[16 + i], texts[16 + i]), contexts[i], style)
+                              for i in range(16)], texts[:16])
+        gains[name] = (shown - alone).numpy()
+    assert gains["turn"].mean() > 2.0 and (gains["turn"] > 0).mean() >= 0.7
+    assert gains["turn"].mean() > gains["quoted"].mean() + 1.0
+
+
 def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):
     """Every MoP capability once on the real packaged LM (small sizes)."""
     model = MixtureOfPersonas(smollm, encoder, n_personas=2, n_exemplars=8, epochs=1, batch_size=4,
