@@ -151,10 +151,10 @@ def load_text(name: str, max_words: int, seed: int) -> dict[str, pd.DataFrame]:
     raise ValueError(name)
 
 
-# persona + exemplar in the system message: won on dev for every persona method (SmolLM2 writes more like the
-# real texts), at the price of following the persona less; the library default keeps the paper's user turn.
-# exemplar_turn (the text settings, True): the exemplar is the model's own earlier answer, which SmolLM2
-# imitates; won FID and MAUVE on dev for both exemplar methods (MoP and the uniform mixture)
+# instruction + persona in the system message: won on dev for every persona method (SmolLM2 writes more like
+# the real texts), at the price of following the persona less; the library default keeps the paper's user turn.
+# exemplar_turn (the text settings, True): the exemplar is not quoted there but shown as the model's own
+# earlier answer, which SmolLM2 imitates; won FID and MAUVE on dev for both exemplar methods (MoP, uniform)
 TEXT_STYLE = PromptStyle(kind="chat", exemplar_intro="You have written", task_intro="Please write",
                          persona_in_system=True)
 
