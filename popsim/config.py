@@ -127,7 +127,8 @@ class MopConfig(_Strict):
     tau_init: float = Field(0.6, gt=0, description="Initial temperature per persona.")
     epochs: int = Field(4, gt=0, description="Maximum training epochs (early stopping on validation).")
     learning_rate: float = Field(0.003, gt=0, description="Adam learning rate of the gate projections.")
-    tau_learning_rate: float = Field(0.003, gt=0, description="Adam learning rate of the per-persona log-temperatures.")
+    tau_learning_rate: float = Field(
+        0.003, ge=0, description="Adam learning rate of the per-persona log-temperatures; 0 keeps them at tau_init.")
     batch_size: int = Field(32, gt=0, description="Records per training step.")
     max_train_records: int = Field(256, gt=0, description="Records scored in training (LM cost).")
     balance: float = Field(

@@ -255,6 +255,14 @@ def test_temperatures_learn_at_their_own_rate(encoder):
     assert moved[0.2] > 0.1, moved
 
 
+def test_tau_learning_rate_zero_keeps_the_temperatures_and_still_trains_the_gates(encoder):
+    """tau_learning_rate=0: temperatures stay at tau_init exactly; the projections still move."""
+    model = _fit(encoder, epochs=2, patience=5, tau_learning_rate=0.0, learning_rate=0.05)
+    np.testing.assert_array_equal(model.temperatures_, np.full(len(model.personas_), 0.6, dtype=np.float32))
+    fresh = _fit(encoder, epochs=1, patience=5, tau_learning_rate=0.0, learning_rate=1e-12)
+    assert not torch.allclose(model.gate_.W_x.weight, fresh.gate_.W_x.weight)
+
+
 def test_mask_answered_keeps_exemplars_that_answer_the_asked_question_out_of_training(encoder):
     """New-question training: a pair may not score a record by copying another respondent's answer to it."""
     from popsim.mop.records import ExemplarPool
