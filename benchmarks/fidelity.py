@@ -67,15 +67,16 @@ SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
 # Sizes. quick: 15-17 minutes on 2 CPU cores with native bf16 (AMX), 63 in fp32 (AMD EPYC, no AVX-512);
 # full: larger K, N, samples. TRAINING holds the MoP training settings both modes share
-# (tuned on --dev, see benchmarks/README.md). Text keeps tau_k at tau_init (tau_learning_rate=0): the
+# (tuned on --dev, see benchmarks/README.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
 # likelihood-optimal temperature (~1.1 on IMDB / SST-2 dev) samples worse texts than 0.9 (dev sweep, MoP,
 # mean of the two: FID 0.727 at 0.9 vs 0.768 at 1.05, MAUVE 0.912 vs 0.893; SST-2's MAUVE alone prefers
 # 1.05), so text learns only the gates; surveys learn tau (it rises from 0.6).
 TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.0, gate_init_scale=30.0,
                 pair_embedding="mean")
+TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0)
 SIZES = {
     "quick": {
-        "text": dict(TRAINING, n_train=300, n_real=160, n_gen=64, n_personas=4, n_exemplars=48, tau_learning_rate=0.0,
+        "text": dict(TEXT_TRAINING, n_train=300, n_real=160, n_gen=64, n_personas=4, n_exemplars=48,
                      max_train_records=24, epochs=1, batch_size=32, tau_init=0.9, max_words=32, max_new_tokens=32,
                      mauve_buckets=6, mauve_seeds=10, exemplar_turn=True),
         "survey": dict(TRAINING, max_rows=300, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
@@ -83,8 +84,7 @@ SIZES = {
                        max_order=1, n_boot=50, protocols="ab"),
     },
     "full": {
-        "text": dict(TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
-                     tau_learning_rate=0.0,
+        "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
                      max_train_records=160, epochs=3, batch_size=32, tau_init=0.9, max_words=60, max_new_tokens=64,
                      mauve_buckets=20, mauve_seeds=10, exemplar_turn=True),
         "survey": dict(TRAINING, max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
@@ -179,18 +179,20 @@ def _mauve(real_emb: np.ndarray, emb: np.ndarray, cfg: dict) -> float:
                           for s in range(cfg["mauve_seeds"])]))
 
 
+def heldout_samples(heldout: pd.DataFrame, cfg: dict, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Three disjoint held-out samples: the real reference set (also the downstream test set), the contexts
+    every method writes for, and a real-vs-real ceiling sample of the generated size."""
+    perm = np.random.default_rng(seed + 1).permutation(len(heldout))
+    n_real, n_gen = min(cfg["n_real"], len(heldout) // 2), cfg["n_gen"]
+    return tuple(heldout.iloc[idx].reset_index(drop=True)
+                 for idx in (perm[:n_real], perm[n_real : n_real + n_gen], perm[n_real + n_gen : n_real + 2 * n_gen]))
+
+
 def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log) -> pd.DataFrame:
     t0 = time.perf_counter()
     splits = load_text(name, cfg["max_words"], seed)
     train = _sample(splits["train"], cfg["n_train"], seed)
-    heldout = splits["dev" if dev else "test"]
-    # three disjoint held-out samples: the real reference set (also the downstream test set), the contexts
-    # every method writes for, and a real-vs-real ceiling sample of the generated size
-    perm = np.random.default_rng(seed + 1).permutation(len(heldout))
-    n_real, n_gen = min(cfg["n_real"], len(heldout) // 2), cfg["n_gen"]
-    real = heldout.iloc[perm[:n_real]].reset_index(drop=True)
-    gen_ctx = heldout.iloc[perm[n_real : n_real + n_gen]].reset_index(drop=True)
-    real_self = heldout.iloc[perm[n_real + n_gen : n_real + 2 * n_gen]].reset_index(drop=True)
+    real, gen_ctx, real_self = heldout_samples(splits["dev" if dev else "test"], cfg, seed)
     records = Records(list(train["context"]), list(train["text"]))
     style = replace(TEXT_STYLE, instruction=cfg.get("instruction", TEXT_STYLE.instruction),
                     exemplar_turn=cfg["exemplar_turn"])

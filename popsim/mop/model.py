@@ -214,12 +214,8 @@ class MixtureOfPersonas:
             self.gate_.init_similarity(torch.cat([h_x, self.h_e_, self.h_g_]), self.gate_init_scale)
         self.cache_ = ScoreCache(self.lm, self.cache_path)
         projections = [p for name, p in self.gate_.named_parameters() if name != "log_tau"]
-        groups = [{"params": projections, "lr": self.learning_rate}]
-        if self.tau_learning_rate > 0:
-            groups.append({"params": [self.gate_.log_tau], "lr": self.tau_learning_rate})
-        else:
-            self.gate_.log_tau.requires_grad_(False)
-        optimizer = torch.optim.Adam(groups)
+        optimizer = torch.optim.Adam([{"params": projections, "lr": self.learning_rate},
+                                      {"params": [self.gate_.log_tau], "lr": self.tau_learning_rate}])
         best, best_state, bad_epochs, history = float("inf"), None, 0, []
         held: dict[int, np.ndarray] = {}  # record -> its top-M pair indices at its last visit
         for epoch in range(self.epochs):

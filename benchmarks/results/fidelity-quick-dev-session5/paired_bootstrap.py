@@ -25,9 +25,8 @@ enc = SentenceEncoder(cache_path=cache_dir() / "embeddings-text.sqlite")
 rng = np.random.default_rng(0)
 diffs = {"fid": [], "mauve": []}
 for name in ["imdb", "agnews", "sst2"]:
-    held = F.load_text(name, cfg["max_words"], 0)["test"]
-    perm = np.random.default_rng(1).permutation(len(held))
-    real = enc.encode(list(held.iloc[perm[: min(cfg["n_real"], len(held) // 2)]]["text"]))
+    real_texts, _, _ = F.heldout_samples(F.load_text(name, cfg["max_words"], 0)["test"], cfg, 0)
+    real = enc.encode(list(real_texts["text"]))
     samples = json.loads((cache_dir() / "fidelity-samples" / f"text-{name}-samples.json").read_text())["samples"]
     emb = {m: enc.encode([s["text"] for s in samples[m]]) for m in ("mop", "uniform")}
     n = len(emb["mop"])

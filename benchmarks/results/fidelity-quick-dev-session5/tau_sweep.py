@@ -31,11 +31,8 @@ for name in sys.argv[1].split(","):
     seed = 0
     splits = F.load_text(name, cfg["max_words"], seed)
     train = F._sample(splits["train"], cfg["n_train"], seed)
-    held = splits["dev"]
-    perm = np.random.default_rng(seed + 1).permutation(len(held))
-    n_real, n_gen = min(cfg["n_real"], len(held) // 2), cfg["n_gen"]
-    real = held.iloc[perm[:n_real]]
-    ctx = list(held.iloc[perm[n_real : n_real + n_gen]]["context"])
+    real, gen_ctx, _ = F.heldout_samples(splits["dev"], cfg, seed)
+    ctx = list(gen_ctx["context"])
     personas = json.load(open(cache_dir() / "fidelity-samples" / f"text-{name}-dev-samples.json"))["personas"]
     style = replace(F.TEXT_STYLE, exemplar_turn=True)
     records = Records(list(train["context"]), list(train["text"]))
