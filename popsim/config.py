@@ -143,6 +143,9 @@ class MopConfig(_Strict):
     pair_embedding: Literal["mean", "joint"] = Field(
         "joint", description="h(x_j, y_j) of an exemplar: mean = normalised h(x_j) + h(y_j) (the context/profile "
         "keeps its weight beside a long response); joint = h of the joined text.")
+    calibrate_exemplars: bool = Field(
+        False, description="After training, bias the exemplar gate so every pool member is drawn equally often "
+        "over the training contexts (a calibrated prior; the ranking within a context is kept).")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
     @model_validator(mode="after")

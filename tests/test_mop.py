@@ -87,6 +87,39 @@ def test_save_load_roundtrip_and_transfer_to_another_lm(encoder, tmp_path):
         MixtureOfPersonas.load(tmp_path / "mop", encoder=encoder)
 
 
+def _exemplar_shares(model, records):
+    """P(exemplar j | x), own exemplar masked, for every training context: (n, N) and the log-weights."""
+    h_x = torch.from_numpy(model.encoder.encode(records.gate_inputs))
+    with torch.no_grad():
+        log_pi, log_omega = model.gate_(h_x, model.h_g_, model.h_e_, model._own_exemplar_mask(records.groups),
+                                        model.exemplar_bias_)
+    return (log_pi.unsqueeze(2) + log_omega).exp().sum(1), log_omega
+
+
+def test_calibrate_exemplars_draws_every_pool_member_equally_often_and_keeps_the_odds_ratios(encoder, tmp_path):
+    """Retrieval-started gates favour some exemplars for every context; calibration evens their use out."""
+    settings = dict(gate_init_scale=30.0, pair_embedding="mean", epochs=1)
+    plain = _fit(encoder, **settings)
+    calibrated = _fit(encoder, calibrate_exemplars=True, **settings)
+    assert torch.equal(plain.gate_.W_x.weight, calibrated.gate_.W_x.weight)  # same training, then the prior
+    records = Records(CONTEXTS, REVIEWS)
+    n_ex = len(plain.exemplars_)
+    plain_share, plain_log = _exemplar_shares(plain, records)
+    share, log_omega = _exemplar_shares(calibrated, records)
+    assert float((plain_share.mean(0) * n_ex - 1).abs().max()) > 0.3  # uncalibrated: far from even
+    assert float((share.mean(0) * n_ex - 1).abs().max()) < 0.01
+    # per persona and context, calibrated minus plain log-weights = bias + a row constant (odds ratios kept)
+    diff = torch.where(torch.isfinite(plain_log), log_omega - plain_log, torch.nan)
+    row_const = torch.nanmean(diff - calibrated.exemplar_bias_, dim=-1, keepdim=True)
+    torch.testing.assert_close(torch.nan_to_num(diff - calibrated.exemplar_bias_ - row_const), torch.zeros_like(diff),
+                               atol=1e-4, rtol=0)
+    calibrated.save(tmp_path / "mop")
+    loaded = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
+    torch.testing.assert_close(loaded.exemplar_bias_, calibrated.exemplar_bias_)
+    draws = [m.sample(CONTEXTS, np.random.default_rng(3))["exemplar"] for m in (loaded, calibrated)]
+    np.testing.assert_array_equal(*draws)
+
+
 def test_unfitted_model_raises_clear_error(encoder):
     with pytest.raises(NotFittedError, match="fit"):
         MixtureOfPersonas(HashLM(), encoder).mixing_weights(["x"])

@@ -62,19 +62,27 @@ class MixtureGate(nn.Module):
         h_g: torch.Tensor,
         h_e: torch.Tensor,
         exemplar_mask: torch.Tensor | None = None,
+        exemplar_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return log pi (B, K) and log Omega (B, K, N).
 
         ``exemplar_mask`` (B, N) is True where exemplar j must not be used for context b (its own).
+        ``exemplar_bias`` (N,) is added to every exemplar logit (a calibrated prior; see
+        :meth:`MixtureOfPersonas.fit`'s ``calibrate_exemplars``).
         """
         x, g, e = self.W_x(h_x), self.W_g(h_g), self.W_e(h_e)
         log_pi = (x @ g.T).log_softmax(dim=-1)
         logits = (x @ e.T).unsqueeze(1) + (g @ e.T).unsqueeze(0)
+        if exemplar_bias is not None:
+            logits = logits + exemplar_bias
         if exemplar_mask is not None:
             logits = logits.masked_fill(exemplar_mask.unsqueeze(1), float("-inf"))
         return log_pi, logits.log_softmax(dim=-1)
 
-    def exemplar_log_probs(self, h_x: torch.Tensor, h_g_k: torch.Tensor, h_e: torch.Tensor) -> torch.Tensor:
+    def exemplar_log_probs(
+        self, h_x: torch.Tensor, h_g_k: torch.Tensor, h_e: torch.Tensor, exemplar_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log Omega_k(x) for one persona per row: h_x (B, D), h_g_k (B, D) -> (B, N)."""
         x, g, e = self.W_x(h_x), self.W_g(h_g_k), self.W_e(h_e)
-        return ((x + g) @ e.T).log_softmax(dim=-1)
+        logits = (x + g) @ e.T
+        return (logits if exemplar_bias is None else logits + exemplar_bias).log_softmax(dim=-1)

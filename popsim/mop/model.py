@@ -76,6 +76,15 @@ class MixtureOfPersonas:
         pair_embedding: how h(x_j, y_j) is formed. ``mean``: the normalised sum of h(x_j) and h(y_j), so a
             long y_j (a review, a survey transcript) cannot drown out x_j (the context or respondent
             profile that the gate compares with x); ``joint``: h of the two texts joined.
+        calibrate_exemplars: after training, add one bias per exemplar to the exemplar gate's logits so
+            that, averaged over the training contexts (with their weights, own exemplar masked), every
+            pool member is drawn equally often. The pool is a random sample of the records, so a gate read
+            as a posterior over "which pool member is this context like" must average to the uniform prior
+            (Bayes); a softmax over similarities does not, and keeps returning the exemplars that resemble
+            every context (generic texts), which narrows what the population writes or answers. The
+            biases are found by Sinkhorn-style fixed-point steps. Only each exemplar's overall popularity
+            changes: how much more one context prefers an exemplar than another context does (the odds
+            ratio) is the trained gate's. ``False`` samples from the trained gate as is (the paper).
         stickiness: a pair in a record's top-M set at its last visit stays there unless a new pair's gate
             weight is this many times larger (hysteresis; 1 re-selects the plain top-M every time). Any M
             pairs give a lower bound on the record's log-likelihood, so the objective stays a bound; sticky
@@ -109,6 +118,7 @@ class MixtureOfPersonas:
         mask_answered: bool = False,
         gate_init_scale: float = 0.0,
         pair_embedding: str = "joint",
+        calibrate_exemplars: bool = False,
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
@@ -134,6 +144,7 @@ class MixtureOfPersonas:
         self.mask_answered = mask_answered
         self.gate_init_scale = gate_init_scale
         self.pair_embedding = pair_embedding
+        self.calibrate_exemplars = calibrate_exemplars
         self.cache_path = cache_path
         self.random_state = random_state
         self.verbose = verbose
@@ -144,7 +155,7 @@ class MixtureOfPersonas:
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
             "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
             "max_train_records", "balance", "stickiness", "mask_answered", "gate_init_scale", "pair_embedding",
-            "cache_path", "random_state", "verbose",
+            "calibrate_exemplars", "cache_path", "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
 
@@ -204,6 +215,7 @@ class MixtureOfPersonas:
             torch.manual_seed(self.random_state)
             self.gate_ = MixtureGate(h_e.shape[1], len(personas), dim=self.dim, tau_init=self.tau_init)
 
+        all_records = records
         if self.max_train_records and len(records) > self.max_train_records:
             records = records.subset(np.sort(rng.choice(len(records), self.max_train_records, replace=False)))
         order = rng.permutation(len(records))
@@ -254,6 +266,9 @@ class MixtureOfPersonas:
         if best_state is not None:
             self.gate_.load_state_dict(best_state)
         self.gate_.eval()
+        self.exemplar_bias_ = torch.zeros(len(pool))
+        if self.calibrate_exemplars:
+            self.exemplar_bias_ = self._calibrated_exemplar_bias(all_records, rng)
         self.history_ = history
         self.fit_info_ = {
             "seconds": time.perf_counter() - t0, "n_records": len(records), "n_train": len(train_idx),
@@ -329,6 +344,39 @@ class MixtureOfPersonas:
         entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
         return nll - balance * units_per_record * entropy
 
+    @torch.no_grad()
+    def _calibrated_exemplar_bias(
+        self, records: Records, rng: np.random.Generator, *, max_contexts: int = 1024, chunk: int = 128,
+        steps: int = 200, tol: float = 1e-3,
+    ) -> torch.Tensor:
+        """Per-exemplar logit biases b with sum_x w_x sum_k pi_k(x) softmax_j(logit_kj(x) + b_j) = 1/N.
+
+        Over up to ``max_contexts`` of the records (weighted), each record's own exemplar masked. Each step
+        divides every exemplar's weight by its current share times N (Sinkhorn's column step; the softmax is
+        the row step) until no share is off by more than ``tol`` relative.
+        """
+        rows = np.arange(len(records))
+        if len(rows) > max_contexts:
+            rows = np.sort(rng.choice(rows, max_contexts, replace=False))
+        h_x = torch.from_numpy(self.encoder.encode([records.gate_inputs[i] for i in rows]))
+        w = torch.from_numpy(records.weights[rows]).float()
+        w = w / w.sum()
+        mask = self._own_exemplar_mask(records.groups[rows])
+        n_ex = self.h_e_.shape[0]
+        bias = torch.zeros(n_ex)
+        for _ in range(steps):
+            share = torch.zeros(n_ex)
+            for a in range(0, len(rows), chunk):
+                log_pi, log_omega = self.gate_(h_x[a : a + chunk], self.h_g_, self.h_e_, mask[a : a + chunk], bias)
+                joint = (log_pi.unsqueeze(2) + log_omega).exp().sum(1)  # (B, N): P(exemplar j | x)
+                share += (w[a : a + chunk, None] * joint).sum(0)
+            ratio = share * n_ex
+            if float((ratio - 1).abs().max()) < tol:
+                break
+            bias -= ratio.clamp_min(1e-12).log()
+            bias -= bias.mean()
+        return bias
+
     def _select_pairs(
         self, joint: torch.Tensor, batch: np.ndarray, m: int, held: dict[int, np.ndarray] | None
     ) -> torch.Tensor:
@@ -360,7 +408,8 @@ class MixtureOfPersonas:
         self._check_fitted()
         with torch.no_grad():
             h_x = self._encode_contexts(contexts)
-            return self.gate_.exemplar_log_probs(h_x, self.h_g_[list(personas)], self.h_e_).exp().numpy()
+            return self.gate_.exemplar_log_probs(h_x, self.h_g_[list(personas)], self.h_e_,
+                                                 self.exemplar_bias_).exp().numpy()
 
     @property
     def temperatures_(self) -> np.ndarray:
@@ -431,7 +480,8 @@ class MixtureOfPersonas:
         if method == "mop":
             with torch.no_grad():
                 mask = self._pair_mask(records, np.arange(n))
-                log_pi, log_omega = self.gate_(self._encode_contexts(records.gate_inputs), self.h_g_, self.h_e_, mask)
+                log_pi, log_omega = self.gate_(self._encode_contexts(records.gate_inputs), self.h_g_, self.h_e_, mask,
+                                               self.exemplar_bias_)
                 log_w = (log_pi.unsqueeze(2) + log_omega).flatten(1)
             taus = self.temperatures_
         else:
@@ -466,6 +516,7 @@ class MixtureOfPersonas:
         tensors = {f"gate.{k}": v.detach().contiguous() for k, v in self.gate_.state_dict().items()}
         tensors["h_g"] = self.h_g_.contiguous()
         tensors["h_e"] = self.h_e_.contiguous()
+        tensors["exemplar_bias"] = self.exemplar_bias_.contiguous()
         atomic_write_bytes(out / "gate.safetensors", save_safetensors(tensors))
         params = {k: v for k, v in self.get_params().items() if k not in {"lm", "encoder", "style", "cache_path"}}
         params["personas"] = list(self.personas) if self.personas is not None else None
@@ -512,6 +563,7 @@ class MixtureOfPersonas:
             model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]))
             current = gate_path
             model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
+            model.exemplar_bias_ = tensors.pop("exemplar_bias", torch.zeros(model.h_e_.shape[0]))  # older files: none
             if model.h_g_.shape[0] != len(model.personas_) or model.h_e_.shape[0] != len(model.exemplars_.inputs):
                 raise ValueError("tensor shapes do not match mop.json")
             model.gate_ = MixtureGate(model.h_e_.shape[1], len(model.personas_), dim=params["dim"])
