@@ -197,15 +197,19 @@ def test_exemplar_turn_steers_the_real_smollm_more_than_a_quoted_exemplar(smollm
 def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):
     """Every MoP capability once on the real packaged LM (small sizes)."""
     model = MixtureOfPersonas(smollm, encoder, n_personas=2, n_exemplars=8, epochs=1, batch_size=4,
-                              max_train_records=8, verbose=False, style=PromptStyle.reviews())
+                              max_train_records=8, verbose=False, style=PromptStyle.reviews(),
+                              gate_init_scale=30.0, calibrate_exemplars=True)
     model.fit(Records(CONTEXTS[:20], REVIEWS[:20]))
     assert len(model.personas_) == 2 and all(p.text.startswith("You") for p in model.personas_)
+    share, _ = _exemplar_shares(model, Records(CONTEXTS[:20], REVIEWS[:20]))
+    assert float((share.mean(0) * 8 - 1).abs().max()) < 0.01  # calibrated: every exemplar drawn equally often
     assert model.fit_info_["cache_misses"] > 0
     ll, n_tok = model.log_likelihood(Records(CONTEXTS[20:24], REVIEWS[20:24]), n_samples=2)
     assert np.isfinite(ll).all() and (n_tok > 0).all()
     model.save(tmp_path / "m")
     again = MixtureOfPersonas.load(tmp_path / "m", lm=smollm, encoder=encoder)
     assert again.sample(CONTEXTS[:3], np.random.default_rng(0))["persona"].shape == (3,)
+    torch.testing.assert_close(again.exemplar_bias_, model.exemplar_bias_)
 
 
 def test_sticky_selection_keeps_held_pairs_until_a_rival_is_clearly_better(encoder):
