@@ -65,7 +65,8 @@ TEXT_BASELINES = ["no-persona", "persona-only", "uniform"]
 SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
 SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
-# Sizes. quick: 15-17 minutes on 2 CPU cores with native bf16 (AMX), 63 in fp32 (AMD EPYC, no AVX-512);
+# Sizes. quick: 15-20 minutes on 2 CPU cores with native bf16 (Xeon AMX; AMD EPYC AVX-512 BF16 with cold
+# survey caches: 20.3), 63 in fp32 (AMD EPYC, no AVX-512);
 # full: larger K, N, samples. TRAINING holds the MoP training settings both modes share
 # (tuned on --dev, see benchmarks/README.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
 # likelihood-optimal temperature (~1.1 on IMDB / SST-2 dev) samples worse texts than 0.9 (dev sweep, MoP,

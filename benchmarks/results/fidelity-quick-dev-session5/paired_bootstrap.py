@@ -1,6 +1,6 @@
 """Paired bootstrap of MoP minus uniform on the last fidelity.py text run (test splits, read-only analysis).
 
-Resamples the 64 generation contexts (the same indices for both methods) and recomputes FID and MAUVE
+Resamples the generation contexts (the same indices for both methods) and recomputes FID and MAUVE
 against the fixed real reference set; prints 95% intervals per dataset and for the mean over datasets.
 Usage: python paired_bootstrap.py [n_fid] [n_mauve]
 """
