@@ -145,7 +145,8 @@ class MopConfig(_Strict):
         "keeps its weight beside a long response); joint = h of the joined text.")
     calibrate_exemplars: bool = Field(
         False, description="After training, bias the exemplar gate so every pool member is drawn equally often "
-        "over the training contexts (a calibrated prior; the ranking within a context is kept).")
+        "over the training contexts (a calibrated prior; how much more one context prefers an exemplar than "
+        "another does is kept).")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
     @model_validator(mode="after")

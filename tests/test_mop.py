@@ -118,6 +118,13 @@ def test_calibrate_exemplars_draws_every_pool_member_equally_often_and_keeps_the
     torch.testing.assert_close(loaded.exemplar_bias_, calibrated.exemplar_bias_)
     draws = [m.sample(CONTEXTS, np.random.default_rng(3))["exemplar"] for m in (loaded, calibrated)]
     np.testing.assert_array_equal(*draws)
+    from safetensors.torch import load, save
+
+    tensors = load((tmp_path / "mop" / "gate.safetensors").read_bytes())
+    del tensors["exemplar_bias"]  # a file written before calibration existed loads with no bias
+    (tmp_path / "mop" / "gate.safetensors").write_bytes(save(tensors))
+    older = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
+    assert older.exemplar_bias_.shape == (n_ex,) and not older.exemplar_bias_.any()
 
 
 def test_unfitted_model_raises_clear_error(encoder):

@@ -564,7 +564,9 @@ class MixtureOfPersonas:
             current = gate_path
             model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
             model.exemplar_bias_ = tensors.pop("exemplar_bias", torch.zeros(model.h_e_.shape[0]))  # older files: none
-            if model.h_g_.shape[0] != len(model.personas_) or model.h_e_.shape[0] != len(model.exemplars_.inputs):
+            n_ex = len(model.exemplars_.inputs)
+            if (model.h_g_.shape[0] != len(model.personas_) or model.h_e_.shape[0] != n_ex
+                    or tuple(model.exemplar_bias_.shape) != (n_ex,)):
                 raise ValueError("tensor shapes do not match mop.json")
             model.gate_ = MixtureGate(model.h_e_.shape[1], len(model.personas_), dim=params["dim"])
             model.gate_.load_state_dict({k.removeprefix("gate."): v for k, v in tensors.items()})
