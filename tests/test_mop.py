@@ -9,6 +9,7 @@ import torch
 from popsim.exceptions import NotFittedError, RunDirectoryError
 from popsim.lm.testing import HashLM
 from popsim.mop import MixtureOfPersonas, PromptStyle, Records, build_prompt
+from popsim.mop.gating import exemplar_marginal
 from popsim.mop.prompts import INSTRUCTION
 from popsim.mop.scoring import ScoreCache, pair_log_likelihood
 
@@ -93,7 +94,7 @@ def _exemplar_shares(model, records):
     with torch.no_grad():
         log_pi, log_omega = model.gate_(h_x, model.h_g_, model.h_e_, model._own_exemplar_mask(records.groups),
                                         model.exemplar_bias_)
-    return (log_pi.unsqueeze(2) + log_omega).exp().sum(1), log_omega
+    return exemplar_marginal(log_pi, log_omega), log_omega
 
 
 def test_calibrate_exemplars_draws_every_pool_member_equally_often_and_keeps_the_odds_ratios(encoder, tmp_path):

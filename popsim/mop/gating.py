@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MixtureGate"]
+__all__ = ["MixtureGate", "exemplar_marginal"]
 
 
 class MixtureGate(nn.Module):
@@ -86,3 +86,8 @@ class MixtureGate(nn.Module):
         x, g, e = self.W_x(h_x), self.W_g(h_g_k), self.W_e(h_e)
         logits = (x + g) @ e.T
         return (logits if exemplar_bias is None else logits + exemplar_bias).log_softmax(dim=-1)
+
+
+def exemplar_marginal(log_pi: torch.Tensor, log_omega: torch.Tensor) -> torch.Tensor:
+    """P(exemplar j | x) = sum_k pi_k(x) Omega_kj(x): (B, K) and (B, K, N) log-weights -> (B, N)."""
+    return (log_pi.unsqueeze(2) + log_omega).exp().sum(1)

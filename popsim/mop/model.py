@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from popsim.embed import SentenceEncoder
 from popsim.exceptions import DataError, NotFittedError, RunDirectoryError
 from popsim.lm.base import LanguageModel, Prompt
-from popsim.mop.gating import MixtureGate
+from popsim.mop.gating import MixtureGate, exemplar_marginal
 from popsim.mop.personas import Persona, synthesize_personas, user_personas
 from popsim.mop.prompts import PromptStyle, build_prompt
 from popsim.mop.records import ExemplarPool, Records
@@ -340,7 +340,7 @@ class MixtureOfPersonas:
             units = torch.where(free_text, n_tokens, units)
         units_per_record = float(units.mean())
         mean_pi = log_pi.exp().mean(0)
-        mean_ex = (log_pi.unsqueeze(2) + log_omega).exp().sum(1).mean(0)
+        mean_ex = exemplar_marginal(log_pi, log_omega).mean(0)
         entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
         return nll - balance * units_per_record * entropy
 
@@ -368,8 +368,7 @@ class MixtureOfPersonas:
             share = torch.zeros(n_ex)
             for a in range(0, len(rows), chunk):
                 log_pi, log_omega = self.gate_(h_x[a : a + chunk], self.h_g_, self.h_e_, mask[a : a + chunk], bias)
-                joint = (log_pi.unsqueeze(2) + log_omega).exp().sum(1)  # (B, N): P(exemplar j | x)
-                share += (w[a : a + chunk, None] * joint).sum(0)
+                share += (w[a : a + chunk, None] * exemplar_marginal(log_pi, log_omega)).sum(0)
             ratio = share * n_ex
             if float((ratio - 1).abs().max()) < tol:
                 break
