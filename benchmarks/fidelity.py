@@ -576,7 +576,8 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: <= 20 min on 2 bf16 CPU cores, ~1 h in fp32")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: 15-20 min on 2 bf16 CPU cores (20.3 with cold survey caches), ~1 h in fp32")
     parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
     parser.add_argument("--only", choices=["text", "survey"], help="run one part")
     parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
