@@ -77,7 +77,8 @@ SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 # IMDB: 0.714 / 0.759 vs uniform 0.831 / 0.825; calibrated 0.814 / 0.860). quick text writes 128 texts per
 # method (64 until session 6: a 0.01 FID difference was inside the paired-bootstrap interval).
 TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.0, gate_init_scale=30.0,
-                pair_embedding="mean", calibrate_exemplars=False)
+                pair_embedding="mean", calibrate_exemplars=False, persona_gate_init="uniform",
+                calibrate_personas=False)
 TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 SIZES = {
     "quick": {

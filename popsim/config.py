@@ -147,6 +147,13 @@ class MopConfig(_Strict):
         False, description="After training, bias the exemplar gate so every pool member is drawn equally often "
         "over the training contexts (a calibrated prior; how much more one context prefers an exemplar than "
         "another does is kept).")
+    persona_gate_init: Literal["uniform", "clusters"] = Field(
+        "uniform", description="How the persona gate starts: uniform (W_g = 0), or clusters: pi(x) as a soft "
+        "assignment of x to the personas' K-means clusters (needs gate_init_scale > 0; pair it with "
+        "calibrate_personas).")
+    calibrate_personas: bool = Field(
+        False, description="Bias the persona gate (before and after training) so that over the training "
+        "contexts each persona is drawn as often as its cluster's share of the pool.")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
     @model_validator(mode="after")
@@ -154,6 +161,9 @@ class MopConfig(_Strict):
         if self.personas is None and self.n_personas > self.n_exemplars:
             raise ValueError(f"n_personas ({self.n_personas}) is more than n_exemplars ({self.n_exemplars}), the "
                              "texts clustered into personas; lower n_personas or raise n_exemplars")
+        if self.persona_gate_init == "clusters" and self.gate_init_scale <= 0:
+            raise ValueError("persona_gate_init 'clusters' needs gate_init_scale > 0 (e.g. 30); set it, or use "
+                             "persona_gate_init 'uniform'")
         return self
 
 

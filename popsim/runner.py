@@ -165,7 +165,8 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
         tau_learning_rate=m.tau_learning_rate, epochs=m.epochs,
         batch_size=m.batch_size, max_train_records=m.max_train_records, balance=m.balance,
         stickiness=m.stickiness, gate_init_scale=m.gate_init_scale,
-        pair_embedding=m.pair_embedding, calibrate_exemplars=m.calibrate_exemplars, random_state=scenario.seed,
+        pair_embedding=m.pair_embedding, calibrate_exemplars=m.calibrate_exemplars,
+        persona_gate_init=m.persona_gate_init, calibrate_personas=m.calibrate_personas, random_state=scenario.seed,
         cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
     )
     if scenario.kind == "survey":

@@ -227,6 +227,9 @@ CASES = [
     Case("more-personas-than-exemplars", ScenarioError,
          ("`mop`", "n_personas (9) is more than n_exemplars (8)", "lower n_personas or raise n_exemplars"),
          scenario(put("mop.n_personas", 9))),
+    Case("cluster-persona-gate-without-similarity-start", ScenarioError,
+         ("`mop`", "persona_gate_init 'clusters' needs gate_init_scale > 0"),
+         scenario(put("mop.persona_gate_init", "clusters"))),
     Case("bins-not-increasing", ScenarioError, ("`data.attributes.age`", "at least two increasing edges"),
          scenario(put("data.attributes.age.bins", [90, 18]))),
     # --- the data table

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from popsim.exceptions import NotFittedError, RunDirectoryError
+from popsim.exceptions import DataError, NotFittedError, RunDirectoryError
 from popsim.lm.testing import HashLM
 from popsim.mop import MixtureOfPersonas, PromptStyle, Records, build_prompt
 from popsim.mop.gating import exemplar_marginal
@@ -93,7 +93,7 @@ def _exemplar_shares(model, records):
     h_x = torch.from_numpy(model.encoder.encode(records.gate_inputs))
     with torch.no_grad():
         log_pi, log_omega = model.gate_(h_x, model.h_g_, model.h_e_, model._own_exemplar_mask(records.groups),
-                                        model.exemplar_bias_)
+                                        model.exemplar_bias_, persona_bias=model.persona_bias_)
     return exemplar_marginal(log_pi, log_omega), log_omega
 
 
@@ -126,6 +126,50 @@ def test_calibrate_exemplars_draws_every_pool_member_equally_often_and_keeps_the
     (tmp_path / "mop" / "gate.safetensors").write_bytes(save(tensors))
     older = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
     assert older.exemplar_bias_.shape == (n_ex,) and not older.exemplar_bias_.any()
+
+
+TOPICS = {"football": "the team scored a late goal and won the league match",
+          "markets": "shares fell as the bank reported lower quarterly profits",
+          "cooking": "simmer the onions in butter and season the sauce with salt"}
+TOPIC_CONTEXTS = [f"a {topic} story, number {i}" for i in range(20) for topic in TOPICS]
+TOPIC_TEXTS = [TOPICS[c.split()[1]] + f" ({i})" for i, c in enumerate(TOPIC_CONTEXTS)]
+
+
+def test_persona_gate_from_clusters_routes_contexts_to_their_cluster_at_the_cluster_shares(encoder, tmp_path):
+    """``persona_gate_init='clusters'`` + ``calibrate_personas``: pi(x) follows the cluster x resembles, and
+    averaged over the training contexts each persona is drawn as often as its cluster's share of the pool."""
+    records = Records(TOPIC_CONTEXTS, TOPIC_TEXTS)
+    settings = dict(n_personas=3, n_exemplars=30, epochs=1, batch_size=8, max_train_records=24, verbose=False,
+                    style=PromptStyle.reviews(), gate_init_scale=30.0, pair_embedding="mean")
+    plain = MixtureOfPersonas(HashLM(), encoder, **settings).fit(records)
+    routed = MixtureOfPersonas(HashLM(), encoder, persona_gate_init="clusters", calibrate_personas=True,
+                               **settings).fit(records)
+    topic_of_exemplar = np.asarray([x.split()[1] for x in routed.exemplars_.inputs])
+    pi, pi_plain = routed.mixing_weights(TOPIC_CONTEXTS), plain.mixing_weights(TOPIC_CONTEXTS)
+    for topic in TOPICS:
+        rows = [i for i, c in enumerate(TOPIC_CONTEXTS) if c.split()[1] == topic]
+        # the persona whose cluster holds this topic's exemplars
+        k = np.bincount(routed.persona_labels_[topic_of_exemplar == topic], minlength=3).argmax()
+        others = [i for i in range(len(TOPIC_CONTEXTS)) if i not in rows]
+        assert pi[rows, k].mean() > 0.6 and pi[rows, k].mean() - pi[others, k].mean() > 0.4, (topic, pi[rows].mean(0))
+        # from the uniform start, a few steps do not make the gate tell the topics apart
+        assert abs(pi_plain[rows, k].mean() - pi_plain[others, k].mean()) < 0.1
+    prior = np.bincount(routed.persona_labels_, minlength=3) / len(routed.exemplars_)
+    np.testing.assert_allclose(pi.mean(0), prior, atol=0.01)  # equal weights: the plain mean is the target
+    routed.save(tmp_path / "mop")
+    loaded = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
+    np.testing.assert_allclose(loaded.mixing_weights(TOPIC_CONTEXTS), pi, atol=1e-6)
+    from safetensors.torch import load, save
+
+    tensors = load((tmp_path / "mop" / "gate.safetensors").read_bytes())
+    del tensors["persona_bias"]  # a file written before persona calibration existed loads with no bias
+    (tmp_path / "mop" / "gate.safetensors").write_bytes(save(tensors))
+    older = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
+    assert older.persona_bias_.shape == (3,) and not older.persona_bias_.any()
+    with pytest.raises(DataError, match="gate_init_scale"):
+        MixtureOfPersonas(HashLM(), encoder, persona_gate_init="clusters").fit(records)
+    with pytest.raises(DataError, match="persona_gate_init"):
+        MixtureOfPersonas(HashLM(), encoder, persona_gate_init="kmeans").fit(records)
 
 
 def test_unfitted_model_raises_clear_error(encoder):
@@ -206,11 +250,14 @@ def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):
     """Every MoP capability once on the real packaged LM (small sizes)."""
     model = MixtureOfPersonas(smollm, encoder, n_personas=2, n_exemplars=8, epochs=1, batch_size=4,
                               max_train_records=8, verbose=False, style=PromptStyle.reviews(),
-                              gate_init_scale=30.0, calibrate_exemplars=True)
+                              gate_init_scale=30.0, calibrate_exemplars=True, persona_gate_init="clusters",
+                              calibrate_personas=True)
     model.fit(Records(CONTEXTS[:20], REVIEWS[:20]))
     assert len(model.personas_) == 2 and all(p.text.startswith("You") for p in model.personas_)
     share, _ = _exemplar_shares(model, Records(CONTEXTS[:20], REVIEWS[:20]))
     assert float((share.mean(0) * 8 - 1).abs().max()) < 0.01  # calibrated: every exemplar drawn equally often
+    prior = np.bincount(model.persona_labels_, minlength=2) / 8  # and each persona as often as its cluster
+    np.testing.assert_allclose(model.mixing_weights(CONTEXTS[:20]).mean(0), prior, atol=0.01)
     assert model.fit_info_["cache_misses"] > 0
     ll, n_tok = model.log_likelihood(Records(CONTEXTS[20:24], REVIEWS[20:24]), n_samples=2)
     assert np.isfinite(ll).all() and (n_tok > 0).all()
@@ -218,6 +265,7 @@ def test_real_smollm_fit_samples_and_scores(smollm, encoder, tmp_path):
     again = MixtureOfPersonas.load(tmp_path / "m", lm=smollm, encoder=encoder)
     assert again.sample(CONTEXTS[:3], np.random.default_rng(0))["persona"].shape == (3,)
     torch.testing.assert_close(again.exemplar_bias_, model.exemplar_bias_)
+    torch.testing.assert_close(again.persona_bias_, model.persona_bias_)
 
 
 def test_sticky_selection_keeps_held_pairs_until_a_rival_is_clearly_better(encoder):

@@ -14,7 +14,10 @@ starts W_x and W_e at the same scaled principal directions of the embeddings ins
 as (a multiple of) the similarity of context and exemplar: the exemplar gate begins as nearest-neighbour
 retrieval. W_g starts at zero, so the persona gate starts uniform (persona descriptions written by a small
 LM are alike, and a similarity-initialised persona gate sent every context to the same persona); its
-gradient is not zero there, so training moves it.
+gradient is not zero there, so training moves it. Or :meth:`MixtureGate.init_persona_targets` starts it
+as a soft assignment of the context to the personas' clusters (g~_k = W_e c_k, c_k the mean embedding of
+persona k's exemplars), which needs the calibrated persona prior (``persona_bias``) to keep central
+clusters from taking every context.
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ class MixtureGate(nn.Module):
         self.W_e.weight.copy_(basis)
         self.W_g.weight.zero_()
 
+    @torch.no_grad()
+    def init_persona_targets(self, h_g: torch.Tensor, centroids: torch.Tensor) -> None:
+        """Set W_g so that g~_k = W_e c_k for every persona (``centroids`` (K, D): c_k per row).
+
+        After :meth:`init_similarity`, x~ . g~_k is then ``scale`` x the mean similarity of x to persona k's
+        exemplars: pi(x) starts as a soft nearest-cluster assignment instead of uniform. W_g is the
+        minimum-norm solution of W_g h(g_k) = W_e c_k (exact while the K descriptions' embeddings are
+        linearly independent).
+        """
+        targets = self.W_e(centroids.float())
+        self.W_g.weight.copy_((torch.linalg.pinv(h_g.float()) @ targets).T)
+
     @property
     def temperatures(self) -> torch.Tensor:
         return self.log_tau.exp()
@@ -63,15 +78,19 @@ class MixtureGate(nn.Module):
         h_e: torch.Tensor,
         exemplar_mask: torch.Tensor | None = None,
         exemplar_bias: torch.Tensor | None = None,
+        persona_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return log pi (B, K) and log Omega (B, K, N).
 
         ``exemplar_mask`` (B, N) is True where exemplar j must not be used for context b (its own).
-        ``exemplar_bias`` (N,) is added to every exemplar logit (a calibrated prior; see
-        :meth:`MixtureOfPersonas.fit`'s ``calibrate_exemplars``).
+        ``exemplar_bias`` (N,) and ``persona_bias`` (K,) are added to every exemplar / persona logit
+        (calibrated priors; see :class:`MixtureOfPersonas`' ``calibrate_exemplars`` and ``calibrate_personas``).
         """
         x, g, e = self.W_x(h_x), self.W_g(h_g), self.W_e(h_e)
-        log_pi = (x @ g.T).log_softmax(dim=-1)
+        persona_logits = x @ g.T
+        if persona_bias is not None:
+            persona_logits = persona_logits + persona_bias
+        log_pi = persona_logits.log_softmax(dim=-1)
         logits = (x @ e.T).unsqueeze(1) + (g @ e.T).unsqueeze(0)
         if exemplar_bias is not None:
             logits = logits + exemplar_bias

@@ -85,6 +85,16 @@ class MixtureOfPersonas:
             biases are found by Sinkhorn-style fixed-point steps. Only each exemplar's overall popularity
             changes: how much more one context prefers an exemplar than another context does (the odds
             ratio) is the trained gate's. ``False`` samples from the trained gate as is (the paper).
+        persona_gate_init: ``uniform`` starts W_g at zero (pi uniform); ``clusters`` (needs
+            ``gate_init_scale`` > 0) starts pi(x) as a soft assignment of x to the personas' clusters:
+            x~ . g~_k = ``gate_init_scale`` x the mean similarity of x to persona k's exemplars (its K-means
+            cluster; user personas: its description). Paired with ``calibrate_personas``, which stops the
+            most central cluster from taking every context. See :meth:`MixtureGate.init_persona_targets`.
+        calibrate_personas: one bias per persona on the persona gate's logits, set before and again after
+            training so that pi averaged over the training contexts (weighted) equals each persona's share
+            of the exemplar pool (its cluster's size; uniform for user personas): the same Bayes argument
+            as ``calibrate_exemplars``, for the persona that "explains" a record. ``False``: no bias (the
+            paper's gate).
         stickiness: a pair in a record's top-M set at its last visit stays there unless a new pair's gate
             weight is this many times larger (hysteresis; 1 re-selects the plain top-M every time). Any M
             pairs give a lower bound on the record's log-likelihood, so the objective stays a bound; sticky
@@ -119,6 +129,8 @@ class MixtureOfPersonas:
         gate_init_scale: float = 0.0,
         pair_embedding: str = "joint",
         calibrate_exemplars: bool = False,
+        persona_gate_init: str = "uniform",
+        calibrate_personas: bool = False,
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
@@ -145,6 +157,8 @@ class MixtureOfPersonas:
         self.gate_init_scale = gate_init_scale
         self.pair_embedding = pair_embedding
         self.calibrate_exemplars = calibrate_exemplars
+        self.persona_gate_init = persona_gate_init
+        self.calibrate_personas = calibrate_personas
         self.cache_path = cache_path
         self.random_state = random_state
         self.verbose = verbose
@@ -155,7 +169,7 @@ class MixtureOfPersonas:
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
             "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
             "max_train_records", "balance", "stickiness", "mask_answered", "gate_init_scale", "pair_embedding",
-            "calibrate_exemplars", "cache_path", "random_state", "verbose",
+            "calibrate_exemplars", "persona_gate_init", "calibrate_personas", "cache_path", "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
 
@@ -179,10 +193,14 @@ class MixtureOfPersonas:
             "val_fraction": 0 <= self.val_fraction < 1, "stickiness": self.stickiness >= 1,
             "gate_init_scale": self.gate_init_scale >= 0,
             "pair_embedding": self.pair_embedding in {"mean", "joint"},
+            "persona_gate_init": self.persona_gate_init in {"uniform", "clusters"},
         }
         for name, ok in checks.items():
             if not ok:
                 raise DataError(f"mop.{name} is out of range; got {getattr(self, name)!r}")
+        if self.persona_gate_init == "clusters" and self.gate_init_scale <= 0:
+            raise DataError("mop.persona_gate_init 'clusters' needs mop.gate_init_scale > 0 (it starts from the "
+                            "similarity-initialised projections); set both, or persona_gate_init 'uniform'")
         if self.lm is None or self.encoder is None:
             raise DataError("MixtureOfPersonas needs lm= and encoder= to fit")
 
@@ -224,6 +242,12 @@ class MixtureOfPersonas:
         h_x = torch.from_numpy(encoder.encode(records.gate_inputs))
         if self.gate_init_scale > 0:
             self.gate_.init_similarity(torch.cat([h_x, self.h_e_, self.h_g_]), self.gate_init_scale)
+            if self.persona_gate_init == "clusters":
+                self.gate_.init_persona_targets(self.h_g_, self._persona_centroids())
+        self.persona_bias_ = torch.zeros(len(personas))
+        self.exemplar_bias_ = torch.zeros(len(pool))
+        if self.calibrate_personas:  # start training from the calibrated prior, and calibrate again after
+            self.persona_bias_ = self._calibrated_persona_bias(all_records)
         self.cache_ = ScoreCache(self.lm, self.cache_path)
         projections = [p for name, p in self.gate_.named_parameters() if name != "log_tau"]
         optimizer = torch.optim.Adam([{"params": projections, "lr": self.learning_rate},
@@ -266,9 +290,10 @@ class MixtureOfPersonas:
         if best_state is not None:
             self.gate_.load_state_dict(best_state)
         self.gate_.eval()
-        self.exemplar_bias_ = torch.zeros(len(pool))
+        if self.calibrate_personas:
+            self.persona_bias_ = self._calibrated_persona_bias(all_records)
         if self.calibrate_exemplars:
-            self.exemplar_bias_ = self._calibrated_exemplar_bias(all_records, rng)
+            self.exemplar_bias_ = self._calibrated_exemplar_bias(all_records)
         self.history_ = history
         self.fit_info_ = {
             "seconds": time.perf_counter() - t0, "n_records": len(records), "n_train": len(train_idx),
@@ -312,7 +337,7 @@ class MixtureOfPersonas:
         distribution and exemplar marginal (load balancing; see the class docstring).
         """
         mask = self._pair_mask(records, batch)
-        log_pi, log_omega = self.gate_(h_x[batch], self.h_g_, self.h_e_, mask)
+        log_pi, log_omega = self.gate_(h_x[batch], self.h_g_, self.h_e_, mask, persona_bias=self.persona_bias_)
         joint = (log_pi.unsqueeze(2) + log_omega).flatten(1)  # (B, K*N)
         m = min(self.top_m, joint.shape[1])
         top_idx = self._select_pairs(joint.detach(), batch, m, held)
@@ -344,30 +369,73 @@ class MixtureOfPersonas:
         entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
         return nll - balance * units_per_record * entropy
 
-    @torch.no_grad()
-    def _calibrated_exemplar_bias(
-        self, records: Records, rng: np.random.Generator, *, max_contexts: int = 1024, chunk: int = 128,
-        steps: int = 200, tol: float = 1e-3,
-    ) -> torch.Tensor:
-        """Per-exemplar logit biases b with sum_x w_x sum_k pi_k(x) softmax_j(logit_kj(x) + b_j) = 1/N.
-
-        Over up to ``max_contexts`` of the records (weighted), each record's own exemplar masked. Each step
-        divides every exemplar's weight by its current share times N (Sinkhorn's column step; the softmax is
-        the row step) until no share is off by more than ``tol`` relative.
-        """
+    def _calibration_contexts(
+        self, records: Records, max_contexts: int = 1024
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """(rows, h(x), normalised weights) of up to ``max_contexts`` records (a seeded sample of its own,
+        so calibrating leaves the training's random stream alone)."""
         rows = np.arange(len(records))
         if len(rows) > max_contexts:
+            rng = np.random.default_rng([self.random_state, 17])
             rows = np.sort(rng.choice(rows, max_contexts, replace=False))
         h_x = torch.from_numpy(self.encoder.encode([records.gate_inputs[i] for i in rows]))
         w = torch.from_numpy(records.weights[rows]).float()
-        w = w / w.sum()
+        return rows, h_x, w / w.sum()
+
+    def _persona_prior(self) -> torch.Tensor:
+        """Each persona's share of the exemplar pool (its K-means cluster's size); uniform for user personas."""
+        n_k = len(self.personas_)
+        if self.persona_labels_ is None:
+            return torch.full((n_k,), 1.0 / n_k)
+        counts = np.bincount(np.asarray(self.persona_labels_), minlength=n_k).astype(np.float32)
+        return torch.from_numpy(counts / counts.sum())
+
+    def _persona_centroids(self) -> torch.Tensor:
+        """c_k: the mean pair embedding of persona k's exemplars (its description's embedding for user personas)."""
+        if self.persona_labels_ is None:
+            return self.h_g_.float()
+        labels = torch.from_numpy(np.asarray(self.persona_labels_))
+        return torch.stack([self.h_e_[labels == k].float().mean(0) for k in range(len(self.personas_))])
+
+    @torch.no_grad()
+    def _calibrated_persona_bias(self, records: Records, *, steps: int = 200, tol: float = 1e-3) -> torch.Tensor:
+        """Per-persona logit biases b with sum_x w_x softmax_k(x~ . g~_k + b_k) = the persona's prior share.
+
+        Sinkhorn steps as in :meth:`_calibrated_exemplar_bias`.
+        """
+        _, h_x, w = self._calibration_contexts(records)
+        prior = self._persona_prior()
+        logits = self.gate_.W_x(h_x) @ self.gate_.W_g(self.h_g_).T
+        bias = torch.zeros(len(prior))
+        for _ in range(steps):
+            share = (w[:, None] * (logits + bias).softmax(-1)).sum(0)
+            ratio = share / prior.clamp_min(1e-12)
+            if float((ratio - 1).abs().max()) < tol:
+                break
+            bias -= ratio.clamp_min(1e-12).log()
+            bias -= bias.mean()
+        return bias
+
+    @torch.no_grad()
+    def _calibrated_exemplar_bias(
+        self, records: Records, *, chunk: int = 128, steps: int = 200, tol: float = 1e-3,
+    ) -> torch.Tensor:
+        """Per-exemplar logit biases b with sum_x w_x sum_k pi_k(x) softmax_j(logit_kj(x) + b_j) = 1/N.
+
+        Over up to 1,024 of the records (weighted), each record's own exemplar masked, pi with its
+        calibrated bias if any. Each step divides every exemplar's weight by its current share times N
+        (Sinkhorn's column step; the softmax is the row step) until no share is off by more than ``tol``
+        relative.
+        """
+        rows, h_x, w = self._calibration_contexts(records)
         mask = self._own_exemplar_mask(records.groups[rows])
         n_ex = self.h_e_.shape[0]
         bias = torch.zeros(n_ex)
         for _ in range(steps):
             share = torch.zeros(n_ex)
             for a in range(0, len(rows), chunk):
-                log_pi, log_omega = self.gate_(h_x[a : a + chunk], self.h_g_, self.h_e_, mask[a : a + chunk], bias)
+                log_pi, log_omega = self.gate_(h_x[a : a + chunk], self.h_g_, self.h_e_, mask[a : a + chunk], bias,
+                                               persona_bias=self.persona_bias_)
                 share += (w[a : a + chunk, None] * exemplar_marginal(log_pi, log_omega)).sum(0)
             ratio = share * n_ex
             if float((ratio - 1).abs().max()) < tol:
@@ -400,7 +468,7 @@ class MixtureOfPersonas:
         self._check_fitted()
         with torch.no_grad():
             x = self.gate_.W_x(self._encode_contexts(contexts))
-            return (x @ self.gate_.W_g(self.h_g_).T).softmax(-1).numpy()
+            return (x @ self.gate_.W_g(self.h_g_).T + self.persona_bias_).softmax(-1).numpy()
 
     def exemplar_weights(self, contexts: Sequence[str], personas: Sequence[int]) -> np.ndarray:
         """Omega_k(x) over the pool for one persona per context: array (n, N)."""
@@ -480,7 +548,7 @@ class MixtureOfPersonas:
             with torch.no_grad():
                 mask = self._pair_mask(records, np.arange(n))
                 log_pi, log_omega = self.gate_(self._encode_contexts(records.gate_inputs), self.h_g_, self.h_e_, mask,
-                                               self.exemplar_bias_)
+                                               self.exemplar_bias_, persona_bias=self.persona_bias_)
                 log_w = (log_pi.unsqueeze(2) + log_omega).flatten(1)
             taus = self.temperatures_
         else:
@@ -516,6 +584,7 @@ class MixtureOfPersonas:
         tensors["h_g"] = self.h_g_.contiguous()
         tensors["h_e"] = self.h_e_.contiguous()
         tensors["exemplar_bias"] = self.exemplar_bias_.contiguous()
+        tensors["persona_bias"] = self.persona_bias_.contiguous()
         atomic_write_bytes(out / "gate.safetensors", save_safetensors(tensors))
         params = {k: v for k, v in self.get_params().items() if k not in {"lm", "encoder", "style", "cache_path"}}
         params["personas"] = list(self.personas) if self.personas is not None else None
@@ -562,10 +631,13 @@ class MixtureOfPersonas:
             model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]))
             current = gate_path
             model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
-            model.exemplar_bias_ = tensors.pop("exemplar_bias", torch.zeros(model.h_e_.shape[0]))  # older files: none
+            # older files have no biases: the uncalibrated gate
+            model.exemplar_bias_ = tensors.pop("exemplar_bias", torch.zeros(model.h_e_.shape[0]))
+            model.persona_bias_ = tensors.pop("persona_bias", torch.zeros(model.h_g_.shape[0]))
             n_ex = len(model.exemplars_.inputs)
             if (model.h_g_.shape[0] != len(model.personas_) or model.h_e_.shape[0] != n_ex
-                    or tuple(model.exemplar_bias_.shape) != (n_ex,)):
+                    or tuple(model.exemplar_bias_.shape) != (n_ex,)
+                    or tuple(model.persona_bias_.shape) != (len(model.personas_),)):
                 raise ValueError("tensor shapes do not match mop.json")
             model.gate_ = MixtureGate(model.h_e_.shape[1], len(model.personas_), dim=params["dim"])
             model.gate_.load_state_dict({k.removeprefix("gate."): v for k, v in tensors.items()})
