@@ -48,7 +48,7 @@ from popsim.baselines import hot_deck
 from popsim.config import Scenario, load_scenario
 from popsim.data import Population, load_population, profile_text, survey_exemplars, survey_records
 from popsim.embed import SentenceEncoder
-from popsim.eval.metrics import distinct_n, downstream_scores, fid, kl_cosine, mauve_score
+from popsim.eval.metrics import conditional_fid, distinct_n, downstream_scores, fid, kl_cosine, mauve_score
 from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table
 from popsim.lm.base import Chat
 from popsim.lm.hf import HFLanguageModel
@@ -241,7 +241,9 @@ def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, o
         mauve = _mauve(real_emb, emb, cfg)
         ds = downstream_scores(emb, list(gen_ctx["label"]), test_emb, test_lab, seed=seed)
         rows.append({"dataset": name, "method": method, "fid": fid(real_emb, emb), "mauve": mauve,
-                     "kl_cos": kl_cosine(real_emb, emb, seed=seed), "distinct2": distinct_n(texts, 2),
+                     "kl_cos": kl_cosine(real_emb, emb, seed=seed),
+                     "label_fid": conditional_fid(real_emb, test_lab, emb, list(gen_ctx["label"])),
+                     "distinct2": distinct_n(texts, 2),
                      "accuracy": ds["accuracy"], "macro_f1": ds["macro_f1"],
                      "mean_words": float(np.mean([len(x.split()) for x in texts])),
                      "seconds": time.perf_counter() - t})
@@ -249,12 +251,14 @@ def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, o
                            for c, k, j, tau, x in zip(contexts, draw["persona"], draw["exemplar"],
                                                       draw["temperature"], texts, strict=True)]
         log(f"[{name}] {method:>20}: FID {rows[-1]['fid']:.3f} MAUVE {mauve:.3f} KL-cos {rows[-1]['kl_cos']:.3f} "
-            f"acc {ds['accuracy']:.3f} ({rows[-1]['seconds']:.0f} s)")
+            f"per-label FID {rows[-1]['label_fid']:.3f} acc {ds['accuracy']:.3f} ({rows[-1]['seconds']:.0f} s)")
     emb = encoder.encode(list(real_self["text"]))
     ds = downstream_scores(emb, list(real_self["label"]), test_emb, test_lab, seed=seed)
     rows.append({"dataset": name, "method": "real (held-out sample)", "fid": fid(real_emb, emb),
                  "mauve": _mauve(real_emb, emb, cfg),
-                 "kl_cos": kl_cosine(real_emb, emb, seed=seed), "distinct2": distinct_n(list(real_self["text"]), 2),
+                 "kl_cos": kl_cosine(real_emb, emb, seed=seed),
+                 "label_fid": conditional_fid(real_emb, test_lab, emb, list(real_self["label"])),
+                 "distinct2": distinct_n(list(real_self["text"]), 2),
                  "accuracy": ds["accuracy"], "macro_f1": ds["macro_f1"],
                  "mean_words": float(real_self["text"].str.split().str.len().mean()), "seconds": 0.0})
     samples_dir = cache_dir() / "fidelity-samples"  # generated texts + data contexts: kept out of the repo
@@ -474,12 +478,14 @@ def text_tables(text: pd.DataFrame) -> str:
     for method, g in text.groupby("method", sort=False):
         row = {"method": method}
         for _, r in g.iterrows():
+            row[f"{r['dataset']} label FID↓"] = r["label_fid"]
             row[f"{r['dataset']} acc"] = r["accuracy"]
             row[f"{r['dataset']} F1"] = r["macro_f1"]
             row[f"{r['dataset']} dist-2"] = r["distinct2"]
         wide.append(row)
-    parts.append("**Table 2: train on synthetic, test on real (logistic regression on embeddings), and "
-                 "distinct-2**\n\n" + md_table(pd.DataFrame(wide)))
+    parts.append("**Table 2: does a text fit its context? Per-label FID (texts written for one label / topic vs "
+                 "real texts of that label, weighted mean over labels), train on synthetic / test on real "
+                 "(logistic regression on embeddings), and distinct-2**\n\n" + md_table(pd.DataFrame(wide)))
     return "\n\n".join(parts)
 
 
@@ -518,7 +524,7 @@ def verdicts(text: pd.DataFrame | None, summary: pd.DataFrame | None) -> list[st
     if text is not None and len(text):
         for d, g in text.groupby("dataset"):
             g = g.set_index("method")
-            for m, better in (("fid", "low"), ("mauve", "high"), ("kl_cos", "low")):
+            for m, better in (("fid", "low"), ("mauve", "high"), ("kl_cos", "low"), ("label_fid", "low")):
                 base = g.loc[TEXT_BASELINES, m]
                 best = base.idxmin() if better == "low" else base.idxmax()
                 mine = g.loc["mop", m]

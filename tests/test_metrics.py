@@ -11,6 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
 from popsim.eval import (
+    conditional_fid,
     distinct_n,
     downstream_scores,
     fid,
@@ -198,6 +199,22 @@ def test_fid_of_a_set_with_itself_is_zero_and_shift_adds_its_squared_norm(gaussi
     assert fid(a, a) == pytest.approx(0.0, abs=1e-6)
     assert fid(a, a + 1.0) == pytest.approx(32.0, rel=1e-6)  # same covariance: ||shift||^2
     assert 0 < fid(a, b) < fid(a, other)
+
+
+def test_conditional_fid_sees_texts_written_for_the_wrong_label_which_pooled_fid_cannot(gaussians):
+    a, b, other = gaussians
+    real = np.vstack([a[:150], other[:150]])
+    real_labels = ["x"] * 150 + ["y"] * 150
+    synth = np.vstack([b[:100], other[150:250]])
+    right, swapped = ["x"] * 100 + ["y"] * 100, ["y"] * 100 + ["x"] * 100
+    # pooled FID scores the same texts the same whatever they were written for (finite-sample level, ~2.4)
+    assert fid(real, synth) < 5.0
+    assert conditional_fid(real, real_labels, synth, right) < 5.0
+    assert conditional_fid(real, real_labels, synth, swapped) > 100.0  # each label's texts sit on the other's
+    by_hand = np.average([fid(a[:150], b[:100]), fid(other[:150], other[150:250])], weights=[150, 150])
+    assert conditional_fid(real, real_labels, synth, right) == pytest.approx(by_hand)
+    with pytest.raises(DataError, match="one label per embedding row"):
+        conditional_fid(real, real_labels[:-1], synth, right)
 
 
 def test_fid_matches_closed_form_in_one_dimension():

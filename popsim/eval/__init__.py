@@ -1,6 +1,7 @@
 """Evaluation metrics for simulated survey answers and generated text (see :mod:`popsim.eval.metrics`)."""
 
 from popsim.eval.metrics import (
+    conditional_fid,
     distinct_n,
     downstream_scores,
     fid,
@@ -33,6 +34,7 @@ __all__ = [
     "representativeness",
     "kish_effective_n",
     "fid",
+    "conditional_fid",
     "mauve_score",
     "kl_cosine",
     "distinct_n",

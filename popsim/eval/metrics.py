@@ -25,6 +25,7 @@ __all__ = [
     "representativeness",
     "kish_effective_n",
     "fid",
+    "conditional_fid",
     "mauve_score",
     "kl_cosine",
     "distinct_n",
@@ -214,6 +215,32 @@ def fid(real_emb: ArrayLike, synth_emb: ArrayLike) -> float:
     diff = mu_r - mu_s
     value = diff @ diff + np.trace(cov_r) + np.trace(cov_s) - 2.0 * np.trace(covmean)
     return float(max(value, 0.0))
+
+
+def conditional_fid(
+    real_emb: ArrayLike, real_labels: Sequence, synth_emb: ArrayLike, synth_labels: Sequence
+) -> float:
+    """FID within each label (texts written for label c vs real texts of label c), averaged over the real
+    labels weighted by their shares.
+
+    The pooled :func:`fid` cannot tell whether a text fits the context it was written for: swapping the
+    texts of two labels leaves it unchanged. Labels with fewer than two texts on either side are left out
+    (their weight goes to the others); none left is an error.
+    """
+    real, synth = _check_embedding_pair(real_emb, synth_emb)
+    real_labels, synth_labels = np.asarray(real_labels), np.asarray(synth_labels)
+    if len(real_labels) != len(real) or len(synth_labels) != len(synth):
+        raise DataError("conditional_fid: one label per embedding row is needed on both sides")
+    labels, counts = np.unique(real_labels, return_counts=True)
+    scores, weights = [], []
+    for label, count in zip(labels, counts, strict=True):
+        r, s = real[real_labels == label], synth[synth_labels == label]
+        if len(r) >= 2 and len(s) >= 2:
+            scores.append(fid(r, s))
+            weights.append(count)
+    if not scores:
+        raise DataError("conditional_fid: no label has two or more texts on both sides")
+    return float(np.average(scores, weights=weights))
 
 
 def mauve_score(
