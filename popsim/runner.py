@@ -149,6 +149,15 @@ def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
     return None
 
 
+def mop_estimator(scenario: Scenario, lm: LanguageModel | None, encoder: SentenceEncoder | None, *,
+                  verbose: bool = True) -> MixtureOfPersonas:
+    """The unfitted estimator the scenario's ``mop:`` section describes: every key is the estimator
+    parameter of the same name, except ``exemplar_questions`` (how survey exemplars are built)."""
+    return MixtureOfPersonas(lm, encoder, style=prompt_style(scenario), random_state=scenario.seed,
+                             cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
+                             **scenario.mop.model_dump(exclude={"exemplar_questions"}))
+
+
 def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, run_dir: Path,
               population: Population | None = None, *, verbose: bool = True) -> MixtureOfPersonas:
     """Fit MoP for the scenario, or load the one in ``run_dir/mop`` fitted with the same settings."""
@@ -158,17 +167,7 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
     if saved is not None:
         return saved
     m = scenario.mop
-    style = prompt_style(scenario)
-    model = MixtureOfPersonas(
-        lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
-        tau_init=m.tau_init, personas=m.personas, style=style, learning_rate=m.learning_rate,
-        tau_learning_rate=m.tau_learning_rate, epochs=m.epochs,
-        batch_size=m.batch_size, max_train_records=m.max_train_records, balance=m.balance,
-        stickiness=m.stickiness, gate_init_scale=m.gate_init_scale,
-        pair_embedding=m.pair_embedding, calibrate_exemplars=m.calibrate_exemplars,
-        persona_gate_init=m.persona_gate_init, calibrate_personas=m.calibrate_personas, random_state=scenario.seed,
-        cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
-    )
+    model = mop_estimator(scenario, lm, encoder, verbose=verbose)
     if scenario.kind == "survey":
         population = population or load_population(scenario)
         records = survey_records(population)

@@ -182,3 +182,23 @@ def test_reviews_prompt_layout_comes_from_the_scenario():
     prompt = build_prompt("You are a critic.", ("a cake you rate 2", "Dry."), "a tea you rate 5", style)
     assert [role for role, _ in prompt.messages] == ["system", "user", "assistant", "user"]
     assert runner.prompt_style(load_scenario(Path(path).with_name("survey.yaml"))) == PromptStyle.survey()
+
+
+def test_every_mop_key_of_a_scenario_reaches_the_estimator():
+    """Each `mop:` key is the MixtureOfPersonas parameter of the same name, set to the scenario's value."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "survey.yaml"
+    changed = {"mop.n_personas": 5, "mop.n_exemplars": 40, "mop.top_m": 3, "mop.dim": 64, "mop.tau_init": 0.9,
+               "mop.epochs": 2, "mop.learning_rate": 0.01, "mop.tau_learning_rate": 0.0, "mop.batch_size": 4,
+               "mop.max_train_records": 50, "mop.balance": 0.5, "mop.stickiness": 2.0, "mop.gate_init_scale": 30.0,
+               "mop.pair_embedding": "mean", "mop.calibrate_exemplars": True, "mop.persona_gate_init": "clusters",
+               "mop.calibrate_personas": True, "seed": 11}
+    scenario = load_scenario(path, changed)
+    params = runner.mop_estimator(scenario, None, None, verbose=False).get_params()
+    for key, value in changed.items():
+        name = key.removeprefix("mop.")
+        assert params["random_state" if name == "seed" else name] == value, name
+    unset = set(type(scenario.mop).model_fields) - {k.removeprefix("mop.") for k in changed} - {"exemplar_questions"}
+    assert all(params[name] == getattr(scenario.mop, name) for name in unset)
+    assert params["style"] == PromptStyle.survey()
