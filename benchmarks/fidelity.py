@@ -65,8 +65,8 @@ TEXT_BASELINES = ["no-persona", "persona-only", "uniform"]
 SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
 SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
-# Sizes. quick: 15-20 minutes on 2 CPU cores with native bf16 (Xeon AMX; AMD EPYC AVX-512 BF16 with cold
-# survey caches: 20.3), 63 in fp32 (AMD EPYC, no AVX-512);
+# Sizes. quick: 15-17 minutes on 2 CPU cores with native bf16 (AMD EPYC AVX-512 BF16: 16.8 with cold survey
+# caches, 15.6 warm; Xeon AMX 14.7), 63 in fp32 (AMD EPYC, no AVX-512; before the per-dataset text jobs);
 # full: larger K, N, samples. TRAINING holds the MoP training settings both modes share
 # (tuned on --dev, see benchmarks/README.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
 # likelihood-optimal temperature (~1.1 on IMDB / SST-2 dev) samples worse texts than 0.9 (dev sweep, MoP,
@@ -586,7 +586,7 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes: 15-20 min on 2 bf16 CPU cores (20.3 with cold survey caches), ~1 h in fp32")
+                        help="small sizes: 15-17 min on 2 bf16 CPU cores (16.8 with cold survey caches), ~1 h in fp32")
     parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
     parser.add_argument("--only", choices=["text", "survey"], help="run one part")
     parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
