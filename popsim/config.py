@@ -398,8 +398,13 @@ def validate_scenario(raw: dict, *, source: str = "scenario") -> Scenario:
 
 
 def config_hash(scenario: Scenario, *sections: str) -> str:
-    """Stable hash of the given sections (all when none), e.g. to reuse a fitted model."""
-    data = scenario.model_dump(mode="json", exclude={"base_dir", "output"})
+    """Stable hash of the given sections (all when none), e.g. to reuse a fitted model or resume a run.
+
+    Settings at their default value are left out, so a new option whose default keeps the old behaviour
+    does not turn every earlier run directory into "a different config" (defaults are never changed
+    silently; a changed default needs a new option value instead).
+    """
+    data = scenario.model_dump(mode="json", exclude={"base_dir", "output"}, exclude_defaults=True)
     if sections:
-        data = {k: data[k] for k in sections}
+        data = {k: data.get(k) for k in sections}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -202,3 +202,25 @@ def test_every_mop_key_of_a_scenario_reaches_the_estimator():
     unset = set(type(scenario.mop).model_fields) - {k.removeprefix("mop.") for k in changed} - {"exemplar_questions"}
     assert all(params[name] == getattr(scenario.mop, name) for name in unset)
     assert params["style"] == PromptStyle.survey()
+
+
+def test_a_setting_at_its_default_does_not_change_the_config_hash(tmp_path):
+    """A new option whose default keeps the old behaviour must not make earlier run directories unresumable."""
+    import json
+    from pathlib import Path
+
+    from popsim.config import config_hash
+    from popsim.exceptions import RunDirectoryError
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "survey.yaml"
+    plain = load_scenario(path)
+    explicit = load_scenario(path, {"mop.calibrate_personas": False, "mop.persona_gate_init": "uniform"})
+    changed = load_scenario(path, {"mop.calibrate_personas": True})
+    assert config_hash(explicit) == config_hash(plain) and config_hash(explicit, "mop") == config_hash(plain, "mop")
+    assert config_hash(changed) != config_hash(plain) and config_hash(changed, "mop") != config_hash(plain, "mop")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps({"config_hash": config_hash(plain)}))
+    assert runner.check_run_dir(explicit, run_dir) == run_dir  # resumes
+    with pytest.raises(RunDirectoryError, match="different config"):
+        runner.check_run_dir(changed, run_dir)
