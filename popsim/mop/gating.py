@@ -67,6 +67,13 @@ class MixtureGate(nn.Module):
         targets = self.W_e(centroids.float())
         self.W_g.weight.copy_((torch.linalg.pinv(h_g.float()) @ targets).T)
 
+    def persona_logits(
+        self, h_x: torch.Tensor, h_g: torch.Tensor, persona_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x~ . g~_k (+ ``persona_bias``): the persona gate's logits, (B, K)."""
+        logits = self.W_x(h_x) @ self.W_g(h_g).T
+        return logits if persona_bias is None else logits + persona_bias
+
     @property
     def temperatures(self) -> torch.Tensor:
         return self.log_tau.exp()
@@ -87,10 +94,7 @@ class MixtureGate(nn.Module):
         (calibrated priors; see :class:`MixtureOfPersonas`' ``calibrate_exemplars`` and ``calibrate_personas``).
         """
         x, g, e = self.W_x(h_x), self.W_g(h_g), self.W_e(h_e)
-        persona_logits = x @ g.T
-        if persona_bias is not None:
-            persona_logits = persona_logits + persona_bias
-        log_pi = persona_logits.log_softmax(dim=-1)
+        log_pi = (x @ g.T if persona_bias is None else x @ g.T + persona_bias).log_softmax(dim=-1)
         logits = (x @ e.T).unsqueeze(1) + (g @ e.T).unsqueeze(0)
         if exemplar_bias is not None:
             logits = logits + exemplar_bias

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -398,51 +398,33 @@ class MixtureOfPersonas:
         return torch.stack([self.h_e_[labels == k].float().mean(0) for k in range(len(self.personas_))])
 
     @torch.no_grad()
-    def _calibrated_persona_bias(self, records: Records, *, steps: int = 200, tol: float = 1e-3) -> torch.Tensor:
-        """Per-persona logit biases b with sum_x w_x softmax_k(x~ . g~_k + b_k) = the persona's prior share.
-
-        Sinkhorn steps as in :meth:`_calibrated_exemplar_bias`.
-        """
+    def _calibrated_persona_bias(self, records: Records) -> torch.Tensor:
+        """Per-persona logit biases b with sum_x w_x softmax_k(x~ . g~_k + b_k) = the persona's prior share."""
         _, h_x, w = self._calibration_contexts(records)
-        prior = self._persona_prior()
-        logits = self.gate_.W_x(h_x) @ self.gate_.W_g(self.h_g_).T
-        bias = torch.zeros(len(prior))
-        for _ in range(steps):
-            share = (w[:, None] * (logits + bias).softmax(-1)).sum(0)
-            ratio = share / prior.clamp_min(1e-12)
-            if float((ratio - 1).abs().max()) < tol:
-                break
-            bias -= ratio.clamp_min(1e-12).log()
-            bias -= bias.mean()
-        return bias
+        logits = self.gate_.persona_logits(h_x, self.h_g_)
+        return _sinkhorn_bias(lambda bias: (w[:, None] * (logits + bias).softmax(-1)).sum(0),
+                              1 / self._persona_prior().clamp_min(1e-12))
 
     @torch.no_grad()
-    def _calibrated_exemplar_bias(
-        self, records: Records, *, chunk: int = 128, steps: int = 200, tol: float = 1e-3,
-    ) -> torch.Tensor:
+    def _calibrated_exemplar_bias(self, records: Records, *, chunk: int = 128) -> torch.Tensor:
         """Per-exemplar logit biases b with sum_x w_x sum_k pi_k(x) softmax_j(logit_kj(x) + b_j) = 1/N.
 
         Over up to 1,024 of the records (weighted), each record's own exemplar masked, pi with its
-        calibrated bias if any. Each step divides every exemplar's weight by its current share times N
-        (Sinkhorn's column step; the softmax is the row step) until no share is off by more than ``tol``
-        relative.
+        calibrated bias if any.
         """
         rows, h_x, w = self._calibration_contexts(records)
         mask = self._own_exemplar_mask(records.groups[rows])
         n_ex = self.h_e_.shape[0]
-        bias = torch.zeros(n_ex)
-        for _ in range(steps):
+
+        def shares(bias: torch.Tensor) -> torch.Tensor:
             share = torch.zeros(n_ex)
             for a in range(0, len(rows), chunk):
                 log_pi, log_omega = self.gate_(h_x[a : a + chunk], self.h_g_, self.h_e_, mask[a : a + chunk], bias,
                                                persona_bias=self.persona_bias_)
                 share += (w[a : a + chunk, None] * exemplar_marginal(log_pi, log_omega)).sum(0)
-            ratio = share * n_ex
-            if float((ratio - 1).abs().max()) < tol:
-                break
-            bias -= ratio.clamp_min(1e-12).log()
-            bias -= bias.mean()
-        return bias
+            return share
+
+        return _sinkhorn_bias(shares, torch.full((n_ex,), float(n_ex)))
 
     def _select_pairs(
         self, joint: torch.Tensor, batch: np.ndarray, m: int, held: dict[int, np.ndarray] | None
@@ -467,8 +449,8 @@ class MixtureOfPersonas:
         """pi(x) for each context: array (n, K)."""
         self._check_fitted()
         with torch.no_grad():
-            x = self.gate_.W_x(self._encode_contexts(contexts))
-            return (x @ self.gate_.W_g(self.h_g_).T + self.persona_bias_).softmax(-1).numpy()
+            h_x = self._encode_contexts(contexts)
+            return self.gate_.persona_logits(h_x, self.h_g_, self.persona_bias_).softmax(-1).numpy()
 
     def exemplar_weights(self, contexts: Sequence[str], personas: Sequence[int]) -> np.ndarray:
         """Omega_k(x) over the pool for one persona per context: array (n, N)."""
@@ -665,6 +647,25 @@ def embed_pairs(encoder: SentenceEncoder, pool: ExemplarPool, how: str = "joint"
         return encoder.encode(pool.texts)
     pair = encoder.encode(list(pool.inputs)) + encoder.encode(list(pool.outputs))
     return (pair / np.linalg.norm(pair, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+
+def _sinkhorn_bias(
+    shares: Callable[[torch.Tensor], torch.Tensor], inverse_target: torch.Tensor, *, steps: int = 200,
+    tol: float = 1e-3,
+) -> torch.Tensor:
+    """Logit biases b with shares(b) = target, by Sinkhorn's column step (the softmax is the row step).
+
+    Each step divides every item's weight by its share over its target (``shares(b) * inverse_target``)
+    until no ratio is off 1 by more than ``tol``; b is kept centred (a constant shift changes nothing).
+    """
+    bias = torch.zeros(len(inverse_target))
+    for _ in range(steps):
+        ratio = shares(bias) * inverse_target
+        if float((ratio - 1).abs().max()) < tol:
+            break
+        bias -= ratio.clamp_min(1e-12).log()
+        bias -= bias.mean()
+    return bias
 
 
 def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
