@@ -88,6 +88,16 @@ def test_save_load_roundtrip_and_transfer_to_another_lm(encoder, tmp_path):
         MixtureOfPersonas.load(tmp_path / "mop", encoder=encoder)
 
 
+def _load_without(folder, tensor: str, encoder) -> MixtureOfPersonas:
+    """Load a saved model after removing one tensor from its file, as a file an older popsim wrote."""
+    from safetensors.torch import load, save
+
+    tensors = load((folder / "gate.safetensors").read_bytes())
+    del tensors[tensor]
+    (folder / "gate.safetensors").write_bytes(save(tensors))
+    return MixtureOfPersonas.load(folder, lm=HashLM(), encoder=encoder)
+
+
 def _exemplar_shares(model, records):
     """P(exemplar j | x), own exemplar masked, for every training context: (n, N) and the log-weights."""
     h_x = torch.from_numpy(model.encoder.encode(records.gate_inputs))
@@ -119,12 +129,7 @@ def test_calibrate_exemplars_draws_every_pool_member_equally_often_and_keeps_the
     torch.testing.assert_close(loaded.exemplar_bias_, calibrated.exemplar_bias_)
     draws = [m.sample(CONTEXTS, np.random.default_rng(3))["exemplar"] for m in (loaded, calibrated)]
     np.testing.assert_array_equal(*draws)
-    from safetensors.torch import load, save
-
-    tensors = load((tmp_path / "mop" / "gate.safetensors").read_bytes())
-    del tensors["exemplar_bias"]  # a file written before calibration existed loads with no bias
-    (tmp_path / "mop" / "gate.safetensors").write_bytes(save(tensors))
-    older = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
+    older = _load_without(tmp_path / "mop", "exemplar_bias", encoder)  # written before calibration existed
     assert older.exemplar_bias_.shape == (n_ex,) and not older.exemplar_bias_.any()
 
 
@@ -159,12 +164,7 @@ def test_persona_gate_from_clusters_routes_contexts_to_their_cluster_at_the_clus
     routed.save(tmp_path / "mop")
     loaded = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
     np.testing.assert_allclose(loaded.mixing_weights(TOPIC_CONTEXTS), pi, atol=1e-6)
-    from safetensors.torch import load, save
-
-    tensors = load((tmp_path / "mop" / "gate.safetensors").read_bytes())
-    del tensors["persona_bias"]  # a file written before persona calibration existed loads with no bias
-    (tmp_path / "mop" / "gate.safetensors").write_bytes(save(tensors))
-    older = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
+    older = _load_without(tmp_path / "mop", "persona_bias", encoder)  # written before persona calibration
     assert older.persona_bias_.shape == (3,) and not older.persona_bias_.any()
     with pytest.raises(DataError, match="gate_init_scale"):
         MixtureOfPersonas(HashLM(), encoder, persona_gate_init="clusters").fit(records)
