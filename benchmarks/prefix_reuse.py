@@ -1,4 +1,4 @@
-"""Shared-prefix scoring vs per-option full scoring of 5-option questions behind ~200-token prefixes.
+"""Shared-prefix scoring vs per-option full scoring of 5-option questions behind ~340-token prefixes.
 
 Workload: agents built as in ``popsim run`` on the GSS survey (a persona, a real respondent's 8-answer
 transcript as exemplar, the agent's profile: ~200 tokens shared by all of the agent's prompts), each

@@ -115,6 +115,7 @@ def _command(args: argparse.Namespace) -> int:
         from popsim.lm.loading import cache_dir
 
         run_dir = runner.check_run_dir(scenario, scenario.run_dir)  # inputs first: nothing written on bad input
+        runner.pin_threads(scenario)  # as in `run`: a fit that later runs reuse must not depend on the cores
         population = load_population(scenario) if scenario.kind == "survey" else None
         lm = runner._load_lm(scenario)
         encoder = SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")

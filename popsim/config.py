@@ -199,8 +199,9 @@ class LMConfig(_Strict):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 where native.")
     batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the norm and MLP blocks (auto = bf16/fp16 on CPU, where eager "
-        "elementwise kernels are the bottleneck; the first run on a machine compiles for ~15 s).")
+        "auto", description="torch.compile the decoder layers for scoring and the norm and MLP blocks for "
+        "generation (auto = bf16/fp16 on CPU, where eager elementwise kernels are the bottleneck; the first run "
+        "on a machine compiles for ~30 s).")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice, one per "
                                 "core; recorded in the manifest). Pin it for bit-identical results across machines.")
 

@@ -41,7 +41,8 @@ from popsim.mop import MixtureOfPersonas, PromptStyle
 from popsim.sim.model import PopulationModel
 from popsim.sim.network import build_network
 
-__all__ = ["RunResult", "run", "fit_model", "saved_model", "check_run_dir", "prepare_run_dir", "summarise"]
+__all__ = ["RunResult", "run", "fit_model", "saved_model", "pin_threads", "check_run_dir", "prepare_run_dir",
+           "summarise"]
 
 
 @dataclass
@@ -67,6 +68,13 @@ def _versions() -> dict:
 # what popsim itself writes in a run directory (a folder without a manifest may hold only these)
 _RUN_FILES = {"manifest.json", "mop", "parts", "personas.json", "responses.parquet", "agents.parquet",
               "summary.parquet", "summary.csv", "heldout.parquet", "report"}
+
+
+def pin_threads(scenario: Scenario) -> None:
+    """Apply ``lm.threads``: torch's CPU thread count changes reduction order, so pinning it makes scores and
+    samples bit-identical across machines."""
+    if scenario.lm.threads:
+        torch.set_num_threads(scenario.lm.threads)
 
 
 def check_run_dir(scenario: Scenario, run_dir: Path) -> Path:
@@ -233,8 +241,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     t0 = time.perf_counter()
     # Everything that can be wrong with the inputs is found before the first byte is written.
     run_dir = check_run_dir(scenario, scenario.run_dir)
-    if scenario.lm.threads:
-        torch.set_num_threads(scenario.lm.threads)
+    pin_threads(scenario)
     population = load_population(scenario) if scenario.kind == "survey" else None
     method = scenario.simulation.method
     needs_mop = method not in {"no-persona", "silicon"}

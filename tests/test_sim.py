@@ -167,6 +167,29 @@ def test_every_method_runs_from_one_flag_and_reports_side_by_side(tmp_path, caps
     assert "no-persona" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_fit_then_simulate_from_the_cli_equals_one_run(tmp_path):
+    """`popsim fit` + `popsim simulate` give the responses `popsim run` gives, and `fit` applies lm.threads."""
+    import torch
+
+    from popsim.cli import main
+
+    path = small_survey(tmp_path, lm__threads=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["fit", str(path), "--out", str(tmp_path / "split"), "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+        assert (tmp_path / "split" / "mop" / "fit_key").is_file()
+        assert not (tmp_path / "split" / "responses.parquet").exists()
+        assert main(["simulate", str(path), "--out", str(tmp_path / "split"), "--quiet"]) == 0
+        assert main(["run", str(path), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    split, whole = (pd.read_parquet(tmp_path / d / "responses.parquet") for d in ("split", "whole"))
+    assert len(split) == 12 * 4
+    pd.testing.assert_frame_equal(split, whole)
+
+
 def test_reviews_prompt_layout_comes_from_the_scenario():
     """`reviews.persona_in_system` / `reviews.exemplar_turn` reach the prompts; the paper's layout by default."""
     from pathlib import Path
