@@ -68,8 +68,9 @@ SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
 # Sizes. quick: 15-17 minutes on 2 CPU cores with native bf16 (AMD EPYC AVX-512 BF16: 16.8 with cold survey
 # caches, 15.6 warm; Xeon AMX 14.7), 63 in fp32 (AMD EPYC, no AVX-512; before the per-dataset text jobs);
-# full: larger K, N, samples. TRAINING holds the MoP training settings both modes share
-# (tuned on --dev, see benchmarks/README.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
+# full: larger K, N, samples (surveys: 800 respondents each, 240 held out; 1500 was estimated at ~3 h on 2
+# cores from a small run of the full settings, and was never run). TRAINING holds the MoP training settings
+# both modes share (tuned on --dev, see benchmarks/README.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
 # likelihood-optimal temperature (~1.1 on IMDB / SST-2 dev) samples worse texts than 0.9 (dev sweep, MoP,
 # mean of the two: FID 0.727 at 0.9 vs 0.768 at 1.05, MAUVE 0.912 vs 0.893; SST-2's MAUVE alone prefers
 # 1.05), so text learns only the gates; surveys learn tau (it rises from 0.6). Text calibrates the exemplar
@@ -96,7 +97,7 @@ SIZES = {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
                      max_train_records=160, epochs=3, batch_size=32, tau_init=0.9, max_words=60, max_new_tokens=64,
                      mauve_buckets=20, mauve_seeds=10, exemplar_turn=True),
-        "survey": dict(TRAINING, max_rows=1500, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
+        "survey": dict(TRAINING, max_rows=800, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
                        max_order=2, n_boot=200, protocols="ab"),
     },
