@@ -110,17 +110,7 @@ def _command(args: argparse.Namespace) -> int:
     from popsim import runner
 
     if args.command == "fit":
-        from popsim.data import load_population
-        from popsim.embed import SentenceEncoder
-        from popsim.lm.loading import cache_dir
-
-        run_dir = runner.check_run_dir(scenario, scenario.run_dir)  # inputs first: nothing written on bad input
-        runner.pin_threads(scenario)  # as in `run`: a fit that later runs reuse must not depend on the cores
-        population = load_population(scenario) if scenario.kind == "survey" else None
-        lm = runner._load_lm(scenario)
-        encoder = SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
-        runner.prepare_run_dir(scenario, run_dir)
-        model = runner.fit_model(scenario, lm, encoder, run_dir, population, verbose=not args.quiet)
+        model, run_dir = runner.fit(scenario, verbose=not args.quiet)
         print(f"fitted {len(model.personas_)} personas, {len(model.exemplars_)} exemplars -> {run_dir / 'mop'}")
         return 0
     if args.command == "simulate" and not (scenario.run_dir / "mop" / "fit_key").is_file() \

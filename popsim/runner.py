@@ -41,8 +41,8 @@ from popsim.mop import MixtureOfPersonas, PromptStyle
 from popsim.sim.model import PopulationModel
 from popsim.sim.network import build_network
 
-__all__ = ["RunResult", "run", "fit_model", "saved_model", "pin_threads", "check_run_dir", "prepare_run_dir",
-           "summarise"]
+__all__ = ["RunResult", "run", "fit", "fit_model", "saved_model", "check_run_dir",
+           "prepare_run_dir", "summarise"]
 
 
 @dataclass
@@ -70,11 +70,29 @@ _RUN_FILES = {"manifest.json", "mop", "parts", "personas.json", "responses.parqu
               "summary.parquet", "summary.csv", "heldout.parquet", "report"}
 
 
-def pin_threads(scenario: Scenario) -> None:
-    """Apply ``lm.threads``: torch's CPU thread count changes reduction order, so pinning it makes scores and
-    samples bit-identical across machines."""
+def _checked_inputs(scenario: Scenario, *, needs_mop: bool) -> tuple[Path, Population | None]:
+    """What `run` and `fit` check before writing anything: the run folder, the data and the persona count;
+    also applies ``lm.threads`` (torch's thread count changes reduction order, so pinning it makes scores and
+    samples bit-identical across machines). Returns the run folder and the survey population, if any."""
+    run_dir = check_run_dir(scenario, scenario.run_dir)
     if scenario.lm.threads:
         torch.set_num_threads(scenario.lm.threads)
+    population = load_population(scenario) if scenario.kind == "survey" else None
+    if needs_mop and population is not None and scenario.mop.personas is None \
+            and scenario.mop.n_personas > len(population.train):
+        raise DataError(f"mop.n_personas ({scenario.mop.n_personas}) is more than the {len(population.train)} "
+                        "training respondents to cluster; lower mop.n_personas or use more data (data.max_rows)")
+    return run_dir, population
+
+
+def fit(scenario: Scenario, *, verbose: bool = True) -> tuple[MixtureOfPersonas, Path]:
+    """`popsim fit`: fit and save the scenario's MoP in ``<run_dir>/mop`` without simulating (the inputs are
+    checked as in :func:`run`, before anything is written). Returns the model and its run folder."""
+    run_dir, population = _checked_inputs(scenario, needs_mop=True)
+    lm = _load_lm(scenario)
+    encoder = SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
+    prepare_run_dir(scenario, run_dir)
+    return fit_model(scenario, lm, encoder, run_dir, population, verbose=verbose), run_dir
 
 
 def check_run_dir(scenario: Scenario, run_dir: Path) -> Path:
@@ -240,15 +258,9 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # Everything that can be wrong with the inputs is found before the first byte is written.
-    run_dir = check_run_dir(scenario, scenario.run_dir)
-    pin_threads(scenario)
-    population = load_population(scenario) if scenario.kind == "survey" else None
     method = scenario.simulation.method
     needs_mop = method not in {"no-persona", "silicon"}
-    if needs_mop and population is not None and scenario.mop.personas is None \
-            and scenario.mop.n_personas > len(population.train):
-        raise DataError(f"mop.n_personas ({scenario.mop.n_personas}) is more than the {len(population.train)} "
-                        "training respondents to cluster; lower mop.n_personas or use more data (data.max_rows)")
+    run_dir, population = _checked_inputs(scenario, needs_mop=needs_mop)
     profiles, texts = _agent_profiles(scenario, population)
     network = (build_network(scenario.simulation.network, len(profiles), seed=scenario.seed,
                              base_dir=scenario.base_dir) if scenario.simulation.network else None)
