@@ -82,7 +82,7 @@ SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 # calibrate_personas) won dev text on seed 0 and lost on seeds 1 and 2, and lost dev survey (b) on both datasets.
 TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.0, gate_init_scale=30.0,
                 pair_embedding="mean", calibrate_exemplars=False, persona_gate_init="uniform",
-                calibrate_personas=False)
+                calibrate_personas=False, check_personas=False)
 TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 SIZES = {
     "quick": {

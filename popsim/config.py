@@ -154,6 +154,9 @@ class MopConfig(_Strict):
     calibrate_personas: bool = Field(
         False, description="Bias the persona gate (before and after training) so that over the training "
         "contexts each persona is drawn as often as its cluster's share of the pool.")
+    check_personas: bool = Field(
+        False, description="Keep an LM persona summary only if it sits nearest its own cluster (sentence "
+        "embedding vs cluster centroids), else describe the cluster by its distinctive words and attributes.")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
     @model_validator(mode="after")

@@ -381,3 +381,83 @@ def test_mask_answered_keeps_exemplars_that_answer_the_asked_question_out_of_tra
             assert mask[i].tolist() == [j % 3 == q - 1 for j in range(6)]
     assert not fitted[False]._pair_mask(records, rows).any()
     assert all(np.isfinite(h["train_loss"]) for h in fitted[True].history_)
+
+
+TOPIC_TEXTS = {
+    "football": ["The striker scored twice as the home side won the league match.",
+                 "A late goal from the midfielder settled the football derby on Saturday.",
+                 "The coach praised his defenders after a clean sheet in the cup game.",
+                 "Fans sang all through the second half as the team climbed the table.",
+                 "The goalkeeper saved a penalty in the final minute of the match.",
+                 "Injuries forced the manager to change his starting eleven for the derby."],
+    "recipe": ["Knead the bread dough for ten minutes and let it rise in a warm kitchen.",
+               "This lemon cake recipe needs butter, sugar, eggs and a little flour.",
+               "Simmer the tomato sauce slowly and season it with basil before serving.",
+               "Roast the vegetables with olive oil and garlic until they are golden.",
+               "Whisk the eggs and cream, then bake the tart for half an hour.",
+               "A pinch of salt brings out the sweetness in any cookie recipe."],
+    "stocks": ["Shares in the bank fell after its quarterly earnings missed forecasts.",
+               "Investors sold technology stocks as bond yields rose on Wall Street.",
+               "The central bank kept interest rates unchanged, lifting the stock market.",
+               "Oil prices pushed energy shares higher in early trading.",
+               "The fund manager moved money from equities into government bonds.",
+               "Quarterly profits beat analysts' estimates and the share price jumped."],
+}
+# What a scripted summariser answers for a cluster whose examples mention the key: the stock-market cluster
+# gets a cooking description, the kind of summary that fits another cluster better than its own.
+TOPIC_SUMMARIES = {"goal": "a football fan who writes about league matches, goals and the team's coach.",
+                   "recipe": "a home cook who writes about recipes, baking bread and the kitchen.",
+                   "shares": "a home cook who loves baking cakes and roasting vegetables for dinner."}
+
+
+class _TopicSummariser(HashLM):
+    def generate(self, prompts, **kwargs) -> list[str]:
+        return [next(s for key, s in TOPIC_SUMMARIES.items() if key in self.render(p)) for p in prompts]
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_persona_check_replaces_a_summary_that_describes_another_cluster(encoder, check):
+    from popsim.mop.personas import synthesize_personas
+
+    texts = [t for group in TOPIC_TEXTS.values() for t in group]
+    personas, labels = synthesize_personas(texts, encoder.encode(texts), n_personas=3, lm=_TopicSummariser(),
+                                           examples_per_persona=6, check_encoder=encoder if check else None)
+    assert len(set(labels[:6])) == len(set(labels[6:12])) == len(set(labels[12:])) == 1  # one topic per cluster
+    stocks = personas[labels[12]]
+    kept = [personas[labels[0]], personas[labels[6]]]
+    assert all(p.source == "lm" and not p.rejected for p in kept)
+    if check:
+        assert stocks.source == "fallback" and "cakes" in stocks.rejected
+        assert "shares" in stocks.text or "stock" in stocks.text  # described by its own distinctive words
+    else:
+        assert stocks.source == "lm" and "cakes" in stocks.text
+
+
+def test_persona_check_on_real_smollm_summaries_keeps_only_summaries_nearest_their_cluster(smollm, encoder,
+                                                                                            shared_data):
+    """On real reviews, SmolLM2's summaries are often generic; with the check every kept summary sits nearest
+    its own cluster's centroid, the rejected ones did not, and the personas fit their clusters at least as
+    often as without it."""
+    import pandas as pd
+
+    from popsim.mop.personas import synthesize_personas
+
+    frame = pd.read_csv(shared_data / "imdb-reviews-ratings" / "imdb_train_sample2500.csv")
+    texts = [" ".join(str(t).split()[:40]) for t in frame["text"].sample(48, random_state=0)]
+    emb = encoder.encode(texts)
+
+    def nearest_own(personas, labels) -> np.ndarray:
+        cent = np.stack([emb[labels == k].mean(0) for k in range(len(personas))])
+        sims = encoder.encode([p.text for p in personas]) @ (cent / np.linalg.norm(cent, axis=1, keepdims=True)).T
+        return sims.argmax(1) == np.arange(len(personas))
+
+    plain, labels = synthesize_personas(texts, emb, n_personas=4, lm=smollm)
+    checked, labels2 = synthesize_personas(texts, emb, n_personas=4, lm=smollm, check_encoder=encoder)
+    assert (labels == labels2).all()
+    hits = nearest_own(checked, labels)
+    assert all(hits[k] for k, p in enumerate(checked) if p.source == "lm")
+    rejected = [k for k, p in enumerate(checked) if p.rejected]
+    assert rejected, "expected SmolLM2 to write at least one summary that does not fit its cluster"
+    for k in rejected:
+        assert checked[k].source == "fallback" and checked[k].rejected == plain[k].text
+    assert hits.sum() >= nearest_own(plain, labels).sum()

@@ -95,6 +95,10 @@ class MixtureOfPersonas:
             of the exemplar pool (its cluster's size; uniform for user personas): the same Bayes argument
             as ``calibrate_exemplars``, for the persona that "explains" a record. ``False``: no bias (the
             paper's gate).
+        check_personas: keep an LM persona summary only if its embedding is nearer its own K-means
+            cluster's centroid than any other's, else use the cluster's fallback description (distinctive
+            words and shared attributes); see :func:`synthesize_personas`. ``False``: every non-degenerate
+            summary is kept (the paper).
         stickiness: a pair in a record's top-M set at its last visit stays there unless a new pair's gate
             weight is this many times larger (hysteresis; 1 re-selects the plain top-M every time). Any M
             pairs give a lower bound on the record's log-likelihood, so the objective stays a bound; sticky
@@ -131,6 +135,7 @@ class MixtureOfPersonas:
         calibrate_exemplars: bool = False,
         persona_gate_init: str = "uniform",
         calibrate_personas: bool = False,
+        check_personas: bool = False,
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
@@ -159,6 +164,7 @@ class MixtureOfPersonas:
         self.calibrate_exemplars = calibrate_exemplars
         self.persona_gate_init = persona_gate_init
         self.calibrate_personas = calibrate_personas
+        self.check_personas = check_personas
         self.cache_path = cache_path
         self.random_state = random_state
         self.verbose = verbose
@@ -169,7 +175,8 @@ class MixtureOfPersonas:
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
             "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
             "max_train_records", "balance", "stickiness", "mask_answered", "gate_init_scale", "pair_embedding",
-            "calibrate_exemplars", "persona_gate_init", "calibrate_personas", "cache_path", "random_state", "verbose",
+            "calibrate_exemplars", "persona_gate_init", "calibrate_personas", "check_personas", "cache_path",
+            "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
 
@@ -220,7 +227,7 @@ class MixtureOfPersonas:
         else:
             personas, labels = synthesize_personas(
                 pool.texts, h_e, n_personas=self.n_personas, lm=self.lm, attributes=pool.attributes,
-                seed=self.random_state,
+                seed=self.random_state, check_encoder=encoder if self.check_personas else None,
             )
         h_g = encoder.encode([p.text for p in personas])
         self.personas_ = personas

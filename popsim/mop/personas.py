@@ -2,8 +2,8 @@
 
 Each persona keeps its text, cluster size, the attribute composition of its members (so subgroups can
 be traced back) and where its text came from: ``lm`` (the LM's summary), ``fallback`` (the LM's summary
-was empty or degenerate, so a description was built from the cluster's distinctive terms and
-attributes), or ``user`` (given by the user).
+was empty or degenerate, or, when checked, described another cluster as well as its own, so a
+description was built from the cluster's distinctive terms and attributes), or ``user`` (given by the user).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from popsim.embed import SentenceEncoder
 from popsim.exceptions import DataError
 from popsim.lm.base import Chat, LanguageModel
 
@@ -36,6 +37,7 @@ class Persona:
     source: str = "user"
     composition: dict = field(default_factory=dict)
     terms: list[str] = field(default_factory=list)
+    rejected: str = ""  # the LM's summary when the check replaced it with the fallback
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +77,8 @@ def is_degenerate(text: str, others: Sequence[str] = ()) -> bool:
     return any(text.strip().lower() == o.strip().lower() for o in others)
 
 
-def _fallback_text(terms: Sequence[str], composition: dict) -> str:
+def _traits(composition: dict) -> list[str]:
+    """What most of a cluster shares: numeric medians and categories held by at least half of it."""
     traits = []
     for col, shares in composition.items():
         if "median" in shares:
@@ -84,6 +87,22 @@ def _fallback_text(terms: Sequence[str], composition: dict) -> str:
             top, share = next(iter(shares.items()))
             if share >= 0.5:
                 traits.append(f"{col} {top}")
+    return traits
+
+
+def _facts(terms: Sequence[str], composition: dict) -> str:
+    """What sets a cluster apart, for a summary request: its distinctive words and shared attributes."""
+    lines = []
+    if terms:
+        lines.append("Words they use more than other people: " + ", ".join(terms[:6]) + ".")
+    traits = _traits(composition)
+    if traits:
+        lines.append("What most of them have in common: " + ", ".join(traits[:4]) + ".")
+    return "\n".join(lines)
+
+
+def _fallback_text(terms: Sequence[str], composition: dict) -> str:
+    traits = _traits(composition)
     who = ("someone with " + ", ".join(traits[:4])) if traits else "a member of this group"
     about = ", ".join(terms[:6]) if terms else "everyday topics"
     return f"You are {who}, who often writes about {about}."
@@ -107,8 +126,17 @@ def synthesize_personas(
     examples_per_persona: int = 5,
     max_example_chars: int = 300,
     seed: int = 0,
+    summary_request: str = SUMMARY_REQUEST,
+    check_encoder: SentenceEncoder | None = None,
 ) -> tuple[list[Persona], np.ndarray]:
     """Cluster ``texts`` (by ``embeddings``) into ``n_personas`` and summarise each cluster with ``lm``.
+
+    ``summary_request`` may hold ``{examples}`` (a few member texts) and ``{facts}`` (the cluster's
+    distinctive words and shared attributes). With ``check_encoder`` (the encoder that made
+    ``embeddings``), a summary is kept only if its embedding is nearer its own cluster's centroid than
+    any other cluster's; otherwise the fallback description replaces it. A small LM's summaries are often
+    generic ("a person with a unique perspective and style that defies categorization"): they fit every
+    cluster about equally, so neither a reader nor the persona gate can tell the personas apart.
 
     Returns the personas and each text's cluster label.
     """
@@ -127,28 +155,47 @@ def synthesize_personas(
         vocab = np.array(tfidf.get_feature_names_out())
     except ValueError:  # no usable words at all
         matrix, vocab = None, np.array([])
-    requests, members_of = [], []
-    for k in range(n_personas):
-        members = np.flatnonzero(labels == k)
-        members_of.append(members)
-        pick = rng.choice(members, size=min(examples_per_persona, len(members)), replace=False)
-        examples = "\n".join("- " + texts[i][:max_example_chars].replace("\n", " ") for i in pick)
-        requests.append(Chat.of(SUMMARY_REQUEST.replace("{examples}", examples), assistant_prefix="You are"))
-    summaries = lm.generate(requests, max_new_tokens=48, temperature=0.0, seed=seed, stop=("\n",))
-    personas: list[Persona] = []
-    for k, members in enumerate(members_of):
-        comp = attribute_composition(None if attributes is None else attributes.iloc[members])
+    members_of = [np.flatnonzero(labels == k) for k in range(n_personas)]
+    compositions = [attribute_composition(None if attributes is None else attributes.iloc[m]) for m in members_of]
+    terms_of: list[list[str]] = []
+    for members in members_of:
         terms: list[str] = []
         if matrix is not None and len(vocab):
             inside = np.asarray(matrix[members].mean(axis=0)).ravel()
             outside = np.asarray(matrix[np.setdiff1d(np.arange(len(texts)), members)].mean(axis=0)).ravel()
             terms = list(vocab[np.argsort(-(inside - outside))[:8]])
-        text = _clean_summary("You are " + summaries[k].lstrip())
-        source = "lm"
+        terms_of.append(terms)
+    requests = []
+    for members, terms, comp in zip(members_of, terms_of, compositions, strict=True):
+        pick = rng.choice(members, size=min(examples_per_persona, len(members)), replace=False)
+        examples = "\n".join("- " + texts[i][:max_example_chars].replace("\n", " ") for i in pick)
+        request = summary_request.replace("{examples}", examples).replace("{facts}", _facts(terms, comp))
+        requests.append(Chat.of(request, assistant_prefix="You are"))
+    summaries = lm.generate(requests, max_new_tokens=48, temperature=0.0, seed=seed, stop=("\n",))
+    texts_k = [_clean_summary("You are " + s.lstrip()) for s in summaries]
+    own = _nearest_own_centroid(texts_k, embeddings, labels, check_encoder) if check_encoder else None
+    personas: list[Persona] = []
+    for k, members in enumerate(members_of):
+        comp, terms = compositions[k], terms_of[k]
+        text, source, rejected = texts_k[k], "lm", ""
         if is_degenerate(text, [p.text for p in personas]):
             text, source = _fallback_text(terms, comp), "fallback"
-        personas.append(Persona(text=text, size=int(len(members)), source=source, composition=comp, terms=terms))
+        elif own is not None and not own[k]:
+            text, source, rejected = _fallback_text(terms, comp), "fallback", text
+        personas.append(Persona(text=text, size=int(len(members)), source=source, composition=comp, terms=terms,
+                                rejected=rejected))
     return personas, labels
+
+
+def _nearest_own_centroid(summaries: Sequence[str], embeddings: np.ndarray, labels: np.ndarray,
+                          encoder: SentenceEncoder) -> np.ndarray:
+    """Whether each cluster's summary embeds nearest (cosine) to that cluster's mean embedding."""
+    k = len(summaries)
+    centroids = np.stack([embeddings[labels == m].mean(axis=0) for m in range(k)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+    emb = np.asarray(encoder.encode(list(summaries)), dtype=np.float64)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+    return (emb @ centroids.T).argmax(axis=1) == np.arange(k)
 
 
 def user_personas(texts: Sequence[str]) -> list[Persona]:
