@@ -2,7 +2,7 @@
 
 Each persona keeps its text, cluster size, the attribute composition of its members (so subgroups can
 be traced back) and where its text came from: ``lm`` (the LM's summary), ``fallback`` (the LM's summary
-was empty or degenerate, or, when checked, described another cluster as well as its own, so a
+was empty or degenerate, or, when checked, sat nearer another cluster's centroid than its own, so a
 description was built from the cluster's distinctive terms and attributes), or ``user`` (given by the user).
 """
 
@@ -173,7 +173,7 @@ def synthesize_personas(
         requests.append(Chat.of(request, assistant_prefix="You are"))
     summaries = lm.generate(requests, max_new_tokens=48, temperature=0.0, seed=seed, stop=("\n",))
     texts_k = [_clean_summary("You are " + s.lstrip()) for s in summaries]
-    own = _nearest_own_centroid(texts_k, embeddings, labels, check_encoder) if check_encoder else None
+    own = _nearest_own_centroid(texts_k, embeddings, labels, check_encoder) if check_encoder is not None else None
     personas: list[Persona] = []
     for k, members in enumerate(members_of):
         comp, terms = compositions[k], terms_of[k]
