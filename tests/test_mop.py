@@ -383,7 +383,7 @@ def test_mask_answered_keeps_exemplars_that_answer_the_asked_question_out_of_tra
     assert all(np.isfinite(h["train_loss"]) for h in fitted[True].history_)
 
 
-TOPIC_TEXTS = {
+CHECK_TEXTS = {
     "football": ["The striker scored twice as the home side won the league match.",
                  "A late goal from the midfielder settled the football derby on Saturday.",
                  "The coach praised his defenders after a clean sheet in the cup game.",
@@ -405,21 +405,21 @@ TOPIC_TEXTS = {
 }
 # What a scripted summariser answers for a cluster whose examples mention the key: the stock-market cluster
 # gets a cooking description, the kind of summary that fits another cluster better than its own.
-TOPIC_SUMMARIES = {"goal": "a football fan who writes about league matches, goals and the team's coach.",
+CHECK_SUMMARIES = {"goal": "a football fan who writes about league matches, goals and the team's coach.",
                    "recipe": "a home cook who writes about recipes, baking bread and the kitchen.",
                    "shares": "a home cook who loves baking cakes and roasting vegetables for dinner."}
 
 
 class _TopicSummariser(HashLM):
     def generate(self, prompts, **kwargs) -> list[str]:
-        return [next(s for key, s in TOPIC_SUMMARIES.items() if key in self.render(p)) for p in prompts]
+        return [next(s for key, s in CHECK_SUMMARIES.items() if key in self.render(p)) for p in prompts]
 
 
 @pytest.mark.parametrize("check", [False, True])
 def test_persona_check_replaces_a_summary_that_describes_another_cluster(encoder, check):
     from popsim.mop.personas import synthesize_personas
 
-    texts = [t for group in TOPIC_TEXTS.values() for t in group]
+    texts = [t for group in CHECK_TEXTS.values() for t in group]
     personas, labels = synthesize_personas(texts, encoder.encode(texts), n_personas=3, lm=_TopicSummariser(),
                                            examples_per_persona=6, check_encoder=encoder if check else None)
     assert len(set(labels[:6])) == len(set(labels[6:12])) == len(set(labels[12:])) == 1  # one topic per cluster
