@@ -1,0 +1,122 @@
+"""Does contextual calibration (Zhao et al. 2021) remove the LM's option bias on surveys? Dev, quick sizes.
+
+For each survey and protocol, fit MoP as fidelity.py does, simulate every LM method once, and keep each agent's
+option probabilities. Then sample each agent's answer three ways, from the same per-answer random stream:
+raw (what fidelity.py scores), divided by a *bare* content-free distribution (the survey prompt with the
+question "N/A" and nothing else: the LM's own preference among the option wordings), and divided by the
+*agent's* content-free distribution (the agent's full prompt, persona, exemplar and profile, with the
+question replaced by "N/A"). Prints mean TV over the population and single-attribute cells, as fidelity.py.
+
+    python benchmarks/results/fidelity-quick-dev-session11/option_calibration.py --seed 0 [--surveys gss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import fidelity as F  # noqa: E402
+
+from popsim.config import QuestionSpec  # noqa: E402
+from popsim.eval.subgroups import cell_fidelity, respondent_table  # noqa: E402
+from popsim.mop.prompts import PromptStyle, build_prompt  # noqa: E402
+from popsim.sim.model import PopulationModel  # noqa: E402
+
+
+def content_free(model: PopulationModel, questions: list, per_agent: bool) -> dict:
+    """(agent or -1, option tuple) -> content-free option probabilities."""
+    keys, prompts, opts, temps = [], [], [], []
+    for opt in sorted({tuple(q.option_labels) for q in questions}):
+        na = QuestionSpec(id="na", text="N/A", options=list(opt))
+        agents = sorted(model.agents, key=lambda a: a.person_id) if per_agent else [None]
+        for a in agents:
+            if a is None:
+                prompts.append(build_prompt(None, None, "Q: N/A", model.style))
+                temps.append(1.0)
+            else:
+                prompts.append(model.prompt_for(a, na))
+                temps.append(a.temperature)
+            keys.append((-1 if a is None else a.person_id, opt))
+            opts.append(list(opt))
+    out = {}
+    for start in range(0, len(prompts), 256):
+        lps = model.lm.option_logprobs(prompts[start:start + 256], opts[start:start + 256],
+                                       temperature=temps[start:start + 256])
+        for key, lp in zip(keys[start:start + 256], lps, strict=True):
+            out[key] = np.exp(lp - np.logaddexp.reduce(lp))
+    return out
+
+
+def resample(model: PopulationModel, responses: pd.DataFrame, cf: dict | None, per_agent: bool) -> pd.DataFrame:
+    rows = []
+    for r in responses.itertuples():
+        q = model.question_by_id[r.question]
+        p = np.array([r.probs[o] for o in q.option_labels])
+        if cf is not None:
+            p = p / cf[(r.agent if per_agent else -1, tuple(q.option_labels))]
+            p = p / p.sum()
+        rng = model.answer_rng(r.agent, r.round, r.question)
+        rows.append({"agent": r.agent, "round": r.round, "question": r.question,
+                     "answer": q.option_labels[int(rng.choice(len(p), p=p))]})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--surveys", default="gss,nonvoters")
+    parser.add_argument("--protocols", default="ab")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = dict(F.SIZES["quick"]["survey"])
+    lm, encoder = F.models("survey")
+    out = Path("/tmp/option-calibration")
+    out.mkdir(exist_ok=True)
+    for name in args.surveys.split(","):
+        pop = F.load_survey(name, cfg, args.seed, out, True)
+        seen_b, unseen_b = F.split_items(pop, args.seed + 1)
+        qmap = {q.id: q for q in pop.questions}
+        agents = F.agent_rows(pop, args.seed)
+        real = F._real(pop)
+        attr_cols = [f"attr_{a}" for a in pop.attributes]
+        for protocol, seen, asked in (("a", set(qmap), set(qmap)), ("b", seen_b, unseen_b)):
+            if protocol not in args.protocols:
+                continue
+            mop = F.fit_survey_mop(pop, seen, cfg, lm, encoder, args.seed, new_questions=protocol == "b")
+            questions = [qmap[q] for q in qmap if q in asked]
+            options = {q.id: q.option_labels for q in questions}
+            for method in F.SURVEY_METHODS:
+                texts = [F.profile_text(r, pop.attributes) for _, r in agents.iterrows()]
+                style = mop.style_ if mop is not None else PromptStyle.survey()
+                model = PopulationModel(questions=questions, lm=lm, mop=mop,
+                                        profiles=agents[attr_cols].reset_index(drop=True), profile_texts=texts,
+                                        method=method, style=style, seed=args.seed, progress=False)
+                model.step()
+                responses = model.responses()
+                variants = {"raw": None, "bare": content_free(model, questions, False),
+                            "agent": content_free(model, questions, True)}
+                line = []
+                for variant, cf in variants.items():
+                    wide = respondent_table(resample(model, responses, cf, variant == "agent"))
+                    for c in attr_cols:
+                        wide[c] = agents[c].to_numpy()[wide["agent"].to_numpy()]
+                    cells = cell_fidelity(wide, real, options, list(pop.attributes), max_order=1, n_boot=10,
+                                          seed=args.seed)
+                    s = F.summarise_cells(cells)
+                    dist = wide[list(options)].stack().value_counts(normalize=True)
+                    line.append(f"{variant} {s['tv']:.3f} ({dist.index[0]} {dist.iloc[0]:.2f})")
+                if method == "mop":
+                    bare = variants["bare"]
+                    print(f"[{name}/{protocol}] bare content-free: "
+                          + "; ".join(f"{dict(zip(k[1], np.round(v, 2)))}" for k, v in bare.items()), flush=True)
+                print(f"[{name}/{protocol}] {method:>12}: " + " | ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
