@@ -396,12 +396,19 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
     return model.fit(records, pool)
 
 
-def simulate(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int) -> pd.DataFrame:
+def population_model(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm,
+                     seed: int) -> PopulationModel:
+    """The simulated population of ``agents`` for one method, before its step (analysis scripts reuse it)."""
     attr_cols = [f"attr_{a}" for a in pop.attributes]
     texts = [profile_text(r, pop.attributes) for _, r in agents.iterrows()]
     style = mop.style_ if mop is not None else PromptStyle.survey()
-    model = PopulationModel(questions=questions, lm=lm, mop=mop, profiles=agents[attr_cols].reset_index(drop=True),
-                            profile_texts=texts, method=method, style=style, seed=seed, progress=False)
+    return PopulationModel(questions=questions, lm=lm, mop=mop, profiles=agents[attr_cols].reset_index(drop=True),
+                           profile_texts=texts, method=method, style=style, seed=seed, progress=False)
+
+
+def simulate(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int) -> pd.DataFrame:
+    attr_cols = [f"attr_{a}" for a in pop.attributes]
+    model = population_model(pop, agents, questions, method, mop, lm, seed)
     model.step()
     wide = respondent_table(model.responses())
     for c in attr_cols:

@@ -25,7 +25,7 @@ import fidelity as F  # noqa: E402
 
 from popsim.config import QuestionSpec  # noqa: E402
 from popsim.eval.subgroups import cell_fidelity, respondent_table  # noqa: E402
-from popsim.mop.prompts import PromptStyle, build_prompt  # noqa: E402
+from popsim.mop.prompts import build_prompt  # noqa: E402
 from popsim.sim.model import PopulationModel  # noqa: E402
 
 
@@ -91,16 +91,13 @@ def main() -> None:
             mop = F.fit_survey_mop(pop, seen, cfg, lm, encoder, args.seed, new_questions=protocol == "b")
             questions = [qmap[q] for q in qmap if q in asked]
             options = {q.id: q.option_labels for q in questions}
+            bare = None  # the bare prompt carries no persona or exemplar: one distribution for every method
             for method in F.SURVEY_METHODS:
-                texts = [F.profile_text(r, pop.attributes) for _, r in agents.iterrows()]
-                style = mop.style_ if mop is not None else PromptStyle.survey()
-                model = PopulationModel(questions=questions, lm=lm, mop=mop,
-                                        profiles=agents[attr_cols].reset_index(drop=True), profile_texts=texts,
-                                        method=method, style=style, seed=args.seed, progress=False)
+                model = F.population_model(pop, agents, questions, method, mop, lm, args.seed)
                 model.step()
                 responses = model.responses()
-                variants = {"raw": None, "bare": content_free(model, questions, False),
-                            "agent": content_free(model, questions, True)}
+                bare = bare or content_free(model, questions, False)
+                variants = {"raw": None, "bare": bare, "agent": content_free(model, questions, True)}
                 line = []
                 for variant, cf in variants.items():
                     wide = respondent_table(resample(model, responses, cf, variant == "agent"))
@@ -112,7 +109,6 @@ def main() -> None:
                     dist = wide[list(options)].stack().value_counts(normalize=True)
                     line.append(f"{variant} {s['tv']:.3f} ({dist.index[0]} {dist.iloc[0]:.2f})")
                 if method == "mop":
-                    bare = variants["bare"]
                     print(f"[{name}/{protocol}] bare content-free: "
                           + "; ".join(f"{dict(zip(k[1], np.round(v, 2)))}" for k, v in bare.items()), flush=True)
                 print(f"[{name}/{protocol}] {method:>12}: " + " | ".join(line), flush=True)
