@@ -194,6 +194,12 @@ class SimulationConfig(_Strict):
     requests_per_call: int = Field(256, gt=0, description="Prompts per LM call (one population step makes "
                                    "about ceil(requests / this) calls).")
     chunk_agents: int = Field(64, gt=0, description="Agents per flush to disk (resume granularity).")
+    option_bias: Literal["none", "learned"] = Field(
+        "none", description="learned: before simulating, answer the questions that have data with a sample of "
+        "training respondents (calibration_agents) the same way, and fit one offset per option of each answer "
+        "scale so their answers reproduce the real shares; the offsets then apply to every question on that "
+        "scale, new ones included. Corrects the LM's preference for some option wordings (surveys only).")
+    calibration_agents: int = Field(64, gt=0, description="Training respondents simulated to learn option_bias.")
 
 
 class LMConfig(_Strict):
@@ -257,6 +263,13 @@ class Scenario(_Strict):
                 raise ValueError(f"`questions` ids must be unique; duplicated: {', '.join(dup)}; rename one of them")
         if self.kind == "reviews" and self.reviews is None:
             raise ValueError("a reviews scenario needs a `reviews` section; add one")
+        if self.simulation.option_bias == "learned":
+            if self.kind != "survey":
+                raise ValueError("simulation.option_bias: learned is for surveys (it corrects option choices); "
+                                 "remove it from a reviews scenario")
+            if not any(q.column and not q.free_text for q in self.questions):
+                raise ValueError("simulation.option_bias: learned needs at least one multiple-choice question "
+                                 "with a data `column` to learn from; add one or set option_bias: none")
         return self
 
     @property

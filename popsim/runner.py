@@ -5,6 +5,7 @@ A run directory is the unit of output and of resumption:
     manifest.json      config, seed, config hash, versions, timings
     mop/               the fitted model (gate.safetensors + mop.json), reused while data/mop/encoder match
     personas.json      persona texts, sizes, sources and attribute composition
+    option_bias.json   learned option offsets per answer scale (``simulation.option_bias: learned``)
     parts/             answers flushed chunk by chunk while simulating (atomic files)
     responses.parquet  one row per (agent, round, question) with option probabilities and attributes
     agents.parquet     one row per agent: profile, persona, exemplar, temperature
@@ -38,10 +39,11 @@ from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel
 from popsim.sim.network import build_network
 
-__all__ = ["RunResult", "run", "fit", "fit_model", "saved_model", "check_run_dir",
+__all__ = ["RunResult", "run", "fit", "fit_model", "saved_model", "check_run_dir", "learn_option_bias",
            "prepare_run_dir", "summarise"]
 
 
@@ -209,26 +211,58 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
     return model
 
 
+def _survey_profiles(scenario: Scenario, population: Population, respondents: pd.DataFrame, n: int,
+                     rng: np.random.Generator, which: str) -> tuple[pd.DataFrame, list[str]]:
+    """``n`` profiles drawn from ``respondents`` by survey weight, with the text each agent's prompt states."""
+    p = respondents["weight"].to_numpy(float)
+    if p.sum() <= 0:
+        raise DataError(f"every {which} respondent has weight 0 in `data.weight` column '{scenario.data.weight}'"
+                        "; agents are drawn by weight, so fix the weights or drop data.weight")
+    idx = rng.choice(len(respondents), size=n, replace=n > len(respondents), p=p / p.sum())
+    rows = respondents.iloc[idx].reset_index(drop=True)
+    profiles = rows[[f"attr_{a}" for a in population.attributes]].copy()
+    return profiles, [profile_text(r, population.attributes) for _, r in rows.iterrows()]
+
+
 def _agent_profiles(scenario: Scenario, population: Population | None) -> tuple[pd.DataFrame, list[str]]:
     """Agents' profiles sampled from the held-out population (honouring survey weights), seeded."""
     rng = np.random.default_rng([scenario.seed, 1])
     n = scenario.simulation.agents
     if scenario.kind == "survey":
         assert population is not None
-        test = population.test
-        p = test["weight"].to_numpy(float)
-        if p.sum() <= 0:
-            raise DataError(f"every held-out respondent has weight 0 in `data.weight` column '{scenario.data.weight}'"
-                            "; agents are drawn by weight, so fix the weights or drop data.weight")
-        idx = rng.choice(len(test), size=n, replace=n > len(test), p=p / p.sum())
-        rows = test.iloc[idx].reset_index(drop=True)
-        profiles = rows[[f"attr_{a}" for a in population.attributes]].copy()
-        texts = [profile_text(r, population.attributes) for _, r in rows.iterrows()]
-        return profiles, texts
+        return _survey_profiles(scenario, population, population.test, n, rng, "held-out")
     _, test = review_records(scenario)
     idx = rng.choice(len(test), size=n, replace=n > len(test))
     contexts = [test.contexts[i] for i in idx]
     return pd.DataFrame({"context": contexts}), contexts
+
+
+def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageModel,
+                      mop: MixtureOfPersonas | None, run_dir: Path, *, verbose: bool = True) -> OptionBias:
+    """``simulation.option_bias: learned``: simulate ``calibration_agents`` training respondents (drawn by
+    weight) on the questions that have data, with the run's method, and fit offsets that make their answers
+    reproduce the training respondents' real shares (:class:`~popsim.sim.calibration.OptionBias`).
+
+    Saved as ``option_bias.json`` and reused when the run resumes. The held-out respondents are never used.
+    """
+    path = run_dir / "option_bias.json"
+    if path.is_file():
+        return OptionBias.from_json(json.loads(path.read_text(encoding="utf-8")))
+    questions = [q for q in scenario.questions if q.column and not q.free_text]
+    sim = scenario.simulation
+    profiles, texts = _survey_profiles(scenario, population, population.train, sim.calibration_agents,
+                                       np.random.default_rng([scenario.seed, 2]), "training")
+    model = PopulationModel(
+        questions=questions, lm=lm, mop=mop, profiles=profiles, profile_texts=texts, method=sim.method,
+        style=mop.style_ if mop is not None else prompt_style(scenario), seed=scenario.seed,
+        requests_per_call=sim.requests_per_call, chunk_agents=sim.chunk_agents, progress=verbose,
+    )
+    model.step()
+    probs = [(tuple(q.option_labels), np.array([a.probs[(1, q.id)][o] for o in q.option_labels]))
+             for a in model.agents for q in questions]
+    bias = OptionBias.fit(probs, answer_shares(population.train, questions, population.train["weight"].to_numpy()))
+    atomic_write_json(path, bias.to_json())
+    return bias
 
 
 def _load_parts(parts_dir: Path) -> pd.DataFrame:
@@ -276,6 +310,12 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         t = time.perf_counter()
         mop = fit_model(scenario, lm, encoder, run_dir, population, verbose=verbose)
         timings["fit"] = time.perf_counter() - t
+    option_bias = None
+    if scenario.simulation.option_bias == "learned":
+        assert population is not None  # the config allows it for surveys only
+        t = time.perf_counter()
+        option_bias = learn_option_bias(scenario, population, lm, mop, run_dir, verbose=verbose)
+        timings["option_bias"] = time.perf_counter() - t
     t = time.perf_counter()
     questions = (list(scenario.questions) if scenario.kind == "survey"
                  else [QuestionSpec(id="review", text="", free_text=True)])
@@ -305,7 +345,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         seed=scenario.seed, network=network, requests_per_call=scenario.simulation.requests_per_call,
         chunk_agents=scenario.simulation.chunk_agents,
         max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
-        done=done, on_chunk=flush, progress=verbose,
+        done=done, on_chunk=flush, progress=verbose, option_bias=option_bias,
     )
     if workers is not None:
         from popsim.sim.distributed import simulate_on_ray

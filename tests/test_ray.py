@@ -69,6 +69,18 @@ def test_ray_run_gives_the_single_process_responses(tmp_path, ray_cluster, refer
     assert {p.name[:9] for p in (run_dir / "parts").iterdir()} == {"part-w000", "part-w001"}
 
 
+def test_ray_workers_draw_answers_with_the_learned_option_bias(tmp_path, ray_cluster, reference, encoder):
+    learned = {"simulation__option_bias": "learned", "simulation__calibration_agents": 8}
+    for name in ("one", "ray"):
+        shutil.copytree(reference.run_dir / "mop", tmp_path / name / "run" / "mop")
+    one = runner.run(load_scenario(small_survey(tmp_path / "one", agents=AGENTS, **learned)), encoder=encoder,
+                     verbose=False)
+    sharded = runner.run(load_scenario(small_survey(tmp_path / "ray", agents=AGENTS, **learned)), encoder=encoder,
+                         verbose=False, workers=2)
+    pd.testing.assert_frame_equal(_responses(sharded.run_dir), _responses(one.run_dir))
+    assert (_responses(one.run_dir)["probs"] != _responses(reference.run_dir)["probs"]).all()  # shifted
+
+
 def test_stopped_ray_run_resumes_with_or_without_ray(tmp_path, ray_cluster, reference, encoder):
     scenario = load_scenario(small_survey(tmp_path, agents=AGENTS))
     shutil.copytree(reference.run_dir / "mop", scenario.run_dir / "mop")

@@ -33,6 +33,7 @@ from popsim.config import LMConfig, QuestionSpec, Scenario
 from popsim.exceptions import PopsimError
 from popsim.io import atomic_write_parquet
 from popsim.mop.prompts import PromptStyle
+from popsim.sim.calibration import OptionBias
 from popsim.sim.model import PopulationModel
 
 __all__ = ["require_ray", "plan_shards", "worker_env", "default_workers", "simulate_on_ray"]
@@ -101,6 +102,7 @@ class _Population:
     max_new_tokens: int
     done: dict
     parts_dir: str
+    option_bias: OptionBias | None = None
 
 
 class _ShardWorker:
@@ -129,7 +131,7 @@ class _ShardWorker:
             seed=population.seed, network=population.network, requests_per_call=population.requests_per_call,
             chunk_agents=population.chunk_agents, max_new_tokens=population.max_new_tokens,
             done=population.done, on_chunk=self._flush, progress=False, draws=population.draws,
-            active=agent_ids,
+            active=agent_ids, option_bias=population.option_bias,
         )
 
     def _flush(self, rows: list[dict]) -> None:
@@ -199,6 +201,7 @@ def simulate_on_ray(model: PopulationModel, scenario: Scenario, parts_dir: Path,
             method=model.method, style=model.style, seed=model.seed, network=model.network,
             requests_per_call=model.requests_per_call, chunk_agents=model.chunk_agents,
             max_new_tokens=model.max_new_tokens, done=model.done, parts_dir=str(parts_dir.resolve()),
+            option_bias=model.option_bias,
         )
         ref = ray.put(population)
         actor = ray.remote(_ShardWorker).options(

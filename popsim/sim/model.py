@@ -29,6 +29,7 @@ from popsim.lm.base import LanguageModel, Prompt
 from popsim.mop.model import MixtureOfPersonas
 from popsim.mop.prompts import PromptStyle, build_prompt
 from popsim.sim.agent import PersonaAgent, Request
+from popsim.sim.calibration import OptionBias
 
 __all__ = ["PopulationModel", "assign_mixture"]
 
@@ -79,6 +80,8 @@ class PopulationModel(mesa.Model):
             its driver, so every shard agrees); ``None`` draws them here from ``rng``.
         active: ids of the agents this model answers for (one Ray shard); the others only hold answers,
             e.g. neighbours in another shard. ``None``: all agents.
+        option_bias: learned offsets added to the LM's option log-probabilities before an answer is drawn
+            (:class:`~popsim.sim.calibration.OptionBias`); ``None``: the LM's own probabilities.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class PopulationModel(mesa.Model):
         progress: bool = True,
         draws: Mapping[str, Sequence] | None = None,
         active: Collection[int] | None = None,
+        option_bias: OptionBias | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -118,6 +122,7 @@ class PopulationModel(mesa.Model):
         self.on_chunk = on_chunk
         self.progress = progress
         self.active = None if active is None else frozenset(int(i) for i in active)
+        self.option_bias = option_bias
         self.round = 0
         self.lm_calls = 0
         gate_texts = [t or "a member of the population" for t in profile_texts]
@@ -211,7 +216,8 @@ class PopulationModel(mesa.Model):
             self.lm_calls += 1
             logps = self.lm.option_logprobs([r.prompt for r in batch], [list(r.options) for r in batch],
                                             temperature=[r.temperature for r in batch])
-            probs += [_stable_probs(lp) for lp in logps]
+            for r, lp in zip(batch, logps, strict=True):
+                probs.append(_stable_probs(lp if self.option_bias is None else self.option_bias.shift(r.options, lp)))
         for r, k in zip(choice, keys, strict=True):
             agent = self.by_id[r.agent]
             text = agent.answer(self.round, r.question, probs[k], None)

@@ -1,0 +1,130 @@
+"""Learned option bias: offsets that reproduce real answer shares, applied by the model, learned by `run`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from popsim import runner
+from popsim.config import QuestionSpec, load_scenario
+from popsim.exceptions import ScenarioError
+from popsim.lm.testing import HashLM
+from popsim.mop.prompts import PromptStyle
+from popsim.sim.calibration import OptionBias, answer_shares
+from popsim.sim.model import PopulationModel
+
+from .helpers import small_survey
+
+SCALE = ("too little", "about right", "too much")
+
+
+def _lean(n: int, seed: int) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Answer probabilities leaning hard on the last option, as SmolLM2's do on GSS items."""
+    rng = np.random.default_rng(seed)
+    return [(SCALE, p) for p in rng.dirichlet([0.5, 0.5, 6.0], size=n)]
+
+
+def test_offsets_reproduce_the_target_shares_and_keep_each_answers_lean():
+    probs = _lean(400, 0)
+    target = {SCALE: np.array([0.5, 0.35, 0.15])}
+    bias = OptionBias.fit(probs, target)
+    adjusted = np.array([bias.adjust(SCALE, p) for _, p in probs])
+    assert np.allclose(adjusted.mean(0), target[SCALE], atol=1e-4)
+    assert np.allclose(bias.before[SCALE], np.mean([p for _, p in probs], axis=0))
+    raw = np.array([p for _, p in probs])
+    # the offsets move the marginal, not the order of answers: log-odds between options shift by a constant
+    assert np.allclose(np.log(adjusted[:, 0] / adjusted[:, 2]) - np.log(raw[:, 0] / raw[:, 2]),
+                       bias.offsets[SCALE][0] - bias.offsets[SCALE][2], atol=1e-6)
+    other = np.array([0.2, 0.8])
+    assert bias.adjust(("yes", "no"), other) is other  # a scale it was not fitted on passes through
+
+
+def test_offsets_survive_json_and_a_missing_option_stays_finite():
+    bias = OptionBias.fit(_lean(100, 1), {SCALE: np.array([0.6, 0.4, 0.0])})
+    again = OptionBias.from_json(json.loads(json.dumps(bias.to_json())))
+    assert set(again.offsets) == {SCALE}
+    assert np.allclose(again.offsets[SCALE], bias.offsets[SCALE], atol=1e-6)
+    assert np.isfinite(bias.offsets[SCALE]).all()
+    shares = np.mean([bias.adjust(SCALE, p) for _, p in _lean(100, 1)], axis=0)
+    assert shares[2] < 0.001
+
+
+def test_answer_shares_pool_a_scales_questions_by_weight_and_skip_missing():
+    qs = [QuestionSpec(id=i, text="?", options=list(SCALE)) for i in ("a", "b")]
+    frame = pd.DataFrame({"q_a": ["too little", "too much", None], "q_b": ["about right", "too little", "too much"]})
+    shares = answer_shares(frame, qs, np.array([2.0, 1.0, 1.0]))[SCALE]
+    weights = {"too little": 2.0 + 1.0, "about right": 2.0, "too much": 1.0 + 1.0}  # row 3 of q_a is missing
+    assert np.allclose(shares, [weights[o] / 7.0 for o in SCALE])
+
+
+def test_population_model_draws_answers_from_the_shifted_probabilities():
+    questions = [QuestionSpec(id=f"q{i}", text=f"Question {i}?", options=list(SCALE)) for i in range(3)]
+    profiles = pd.DataFrame({"attr_sex": ["man", "woman"] * 20})
+    texts = [f"sex: {s}; id {i}" for i, s in enumerate(profiles["attr_sex"])]
+
+    def answers(bias):
+        model = PopulationModel(questions=questions, lm=HashLM(), mop=None, profiles=profiles, profile_texts=texts,
+                                method="silicon", style=PromptStyle.survey(), progress=False, option_bias=bias)
+        model.step()
+        return model.responses()
+
+    raw = answers(None)
+    pushed = answers(OptionBias({SCALE: np.array([0.0, 200.0, 0.0])}))
+    assert (raw["answer"] != "about right").any()
+    assert (pushed["answer"] == "about right").all()
+    assert np.allclose([sum(p.values()) for p in pushed["probs"]], 1.0)
+
+
+def test_learned_bias_moves_a_run_to_the_real_shares_and_is_reused_on_resume(tmp_path):
+    plain = runner.run(load_scenario(small_survey(tmp_path / "plain", agents=40)), verbose=False)
+    path = small_survey(tmp_path / "learned", agents=40, simulation__option_bias="learned",
+                        simulation__calibration_agents=48)
+    scenario = load_scenario(path)
+    learned = runner.run(scenario, verbose=False)
+    saved = scenario.run_dir / "option_bias.json"
+    entry = json.loads(saved.read_text())[0]
+    target = dict(zip(entry["options"], entry["target"], strict=True))
+
+    def tv(responses: pd.DataFrame) -> float:
+        shares = responses["answer"].value_counts(normalize=True)
+        return 0.5 * sum(abs(shares.get(o, 0.0) - t) for o, t in target.items())
+
+    assert tv(plain.responses) > 0.4  # the hash LM leans on one option like the real one does
+    assert tv(learned.responses) < tv(plain.responses) / 2
+    assert "option_bias" in json.loads((scenario.run_dir / "manifest.json").read_text())["timings"]
+    stamp = saved.stat().st_mtime_ns
+    again = runner.run(load_scenario(path), verbose=False)  # a finished run, rerun: nothing recomputed
+    assert saved.stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(again.responses, learned.responses)
+
+
+def test_option_bias_is_for_surveys_only(tmp_path):
+    from pathlib import Path
+
+    reviews = Path(__file__).resolve().parents[1] / "scenarios" / "reviews.yaml"
+    with pytest.raises(ScenarioError, match="option_bias: learned is for surveys"):
+        load_scenario(reviews, {"simulation.option_bias": "learned"})
+
+
+def test_real_smollm_learned_bias_undoes_its_option_lean(tmp_path, smollm):
+    """On the real packaged SmolLM2 (silicon: profile in the prompt, no MoP), which says "too much" to most GSS
+    spending items: learned offsets bring the simulated shares near the training respondents'."""
+    common = dict(lm="smollm2-135m-instruct", agents=24, simulation__method="silicon")
+    plain = runner.run(load_scenario(small_survey(tmp_path / "plain", **common)), lm=smollm, verbose=False)
+    scenario = load_scenario(small_survey(tmp_path / "learned", **common, simulation__option_bias="learned",
+                                          simulation__calibration_agents=24))
+    learned = runner.run(scenario, lm=smollm, verbose=False)
+    entry = json.loads((scenario.run_dir / "option_bias.json").read_text())[0]
+    target = dict(zip(entry["options"], entry["target"], strict=True))
+    before = dict(zip(entry["options"], entry["before"], strict=True))
+    assert before["too much"] > 0.6 > target["too much"] + 0.3  # the lean the offsets have to undo
+
+    def tv(responses: pd.DataFrame) -> float:
+        shares = responses["answer"].value_counts(normalize=True)
+        return 0.5 * sum(abs(shares.get(o, 0.0) - t) for o, t in target.items())
+
+    assert tv(plain.responses) > 0.4
+    assert tv(learned.responses) < 0.2
