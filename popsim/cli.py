@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, help="random seed")
         p.add_argument("--lm", help="LM name, folder or .gguf")
         p.add_argument("--method", help="mop, uniform, persona-only, no-persona or silicon")
+        p.add_argument("--option-bias", choices=["none", "learned"],
+                       help="learned: correct the LM's preference for some option wordings from training answers")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name in {"run", "simulate"}:
             p.add_argument("--ray", action="store_true", help="shard the population over Ray workers "
@@ -60,6 +62,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         out["lm.name"] = args.lm
     if args.method:
         out["simulation.method"] = args.method
+    if getattr(args, "option_bias", None):
+        out["simulation.option_bias"] = args.option_bias
     return out
 
 

@@ -128,3 +128,12 @@ def test_real_smollm_learned_bias_undoes_its_option_lean(tmp_path, smollm):
 
     assert tv(plain.responses) > 0.4
     assert tv(learned.responses) < 0.2
+
+
+def test_cli_flag_sets_the_option_bias():
+    from popsim.cli import _overrides, _parser
+
+    args = _parser().parse_args(["run", "survey.yaml", "--option-bias", "learned"])
+    assert _overrides(args) == {"simulation.option_bias": "learned"}
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "survey.yaml", "--option-bias", "maybe"])
