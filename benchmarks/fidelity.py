@@ -416,6 +416,46 @@ def simulate(pop: Population, agents: pd.DataFrame, questions: list, method: str
     return wide
 
 
+def analysis_setup(workdir: str) -> tuple[argparse.Namespace, dict, HFLanguageModel, SentenceEncoder, Path]:
+    """What every survey analysis script starts with: ``--seed``, ``--surveys``, ``--protocols``; one torch
+    thread (two surveys run side by side); the quick survey settings, models and a scratch folder."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--surveys", default="gss,nonvoters")
+    parser.add_argument("--protocols", default="ab")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    lm, encoder = models("survey")
+    out = Path(workdir)
+    out.mkdir(exist_ok=True)
+    return args, dict(SIZES["quick"]["survey"]), lm, encoder, out
+
+
+def dev_survey_fits(name: str, cfg: dict, lm, encoder, seed: int, workdir: Path, protocols: str = "ab"):
+    """Analysis scripts' loop over one survey's dev split: per protocol, (pop, agents, protocol, seen item ids,
+    asked item ids, MoP fitted on the seen items), as :func:`survey_benchmark` fits them with ``--dev``."""
+    pop = load_survey(name, cfg, seed, workdir, True)
+    seen_b, unseen_b = split_items(pop, seed + 1)
+    every = {q.id for q in pop.questions}
+    agents = agent_rows(pop, seed)
+    for protocol, seen, asked in (("a", every, every), ("b", seen_b, unseen_b)):
+        if protocol in protocols:
+            yield pop, agents, protocol, seen, asked, fit_survey_mop(pop, seen, cfg, lm, encoder, seed,
+                                                                     new_questions=protocol == "b")
+
+
+def attribute_tv(answers: pd.DataFrame, pop: Population, agents: pd.DataFrame, options: dict, seed: int) -> str:
+    """Mean TV over the population and single-attribute cells of long-form ``answers`` (agent, round, question,
+    answer), the whole-population TV and the top answer's share, as one short string for analysis logs."""
+    wide = respondent_table(answers)
+    for c in [f"attr_{a}" for a in pop.attributes]:
+        wide[c] = agents[c].to_numpy()[wide["agent"].to_numpy()]
+    cells = cell_fidelity(wide, _real(pop), options, list(pop.attributes), max_order=1, n_boot=10, seed=seed)
+    s = summarise_cells(cells)
+    dist = wide[list(options)].stack().value_counts(normalize=True)
+    return f"{s['tv']:.3f} (all {s['tv_all']:.3f}; {dist.index[0]} {dist.iloc[0]:.2f})"
+
+
 def _real(pop: Population) -> pd.DataFrame:
     return pop.test.rename(columns={c: c.removeprefix("q_") for c in pop.test.columns if c.startswith("q_")})
 

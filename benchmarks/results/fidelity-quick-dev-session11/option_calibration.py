@@ -12,19 +12,16 @@ question replaced by "N/A"). Prints mean TV over the population and single-attri
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import fidelity as F  # noqa: E402
 
 from popsim.config import QuestionSpec  # noqa: E402
-from popsim.eval.subgroups import cell_fidelity, respondent_table  # noqa: E402
 from popsim.mop.prompts import build_prompt  # noqa: E402
 from popsim.sim.model import PopulationModel  # noqa: E402
 
@@ -68,49 +65,26 @@ def resample(model: PopulationModel, responses: pd.DataFrame, cf: dict | None, p
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--surveys", default="gss,nonvoters")
-    parser.add_argument("--protocols", default="ab")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    cfg = dict(F.SIZES["quick"]["survey"])
-    lm, encoder = F.models("survey")
-    out = Path("/tmp/option-calibration")
-    out.mkdir(exist_ok=True)
+    args, cfg, lm, encoder, out = F.analysis_setup("/tmp/option-calibration")
     for name in args.surveys.split(","):
-        pop = F.load_survey(name, cfg, args.seed, out, True)
-        seen_b, unseen_b = F.split_items(pop, args.seed + 1)
-        qmap = {q.id: q for q in pop.questions}
-        agents = F.agent_rows(pop, args.seed)
-        real = F._real(pop)
-        attr_cols = [f"attr_{a}" for a in pop.attributes]
-        for protocol, seen, asked in (("a", set(qmap), set(qmap)), ("b", seen_b, unseen_b)):
-            if protocol not in args.protocols:
-                continue
-            mop = F.fit_survey_mop(pop, seen, cfg, lm, encoder, args.seed, new_questions=protocol == "b")
-            questions = [qmap[q] for q in qmap if q in asked]
+        bare = None  # the bare prompt carries no persona or exemplar: one distribution for every method
+        for pop, agents, protocol, _, asked, mop in F.dev_survey_fits(name, cfg, lm, encoder, args.seed, out,
+                                                                      args.protocols):
+            questions = [q for q in pop.questions if q.id in asked]
             options = {q.id: q.option_labels for q in questions}
-            bare = None  # the bare prompt carries no persona or exemplar: one distribution for every method
             for method in F.SURVEY_METHODS:
                 model = F.population_model(pop, agents, questions, method, mop, lm, args.seed)
                 model.step()
                 responses = model.responses()
                 bare = bare or content_free(model, questions, False)
                 variants = {"raw": None, "bare": bare, "agent": content_free(model, questions, True)}
-                line = []
-                for variant, cf in variants.items():
-                    wide = respondent_table(resample(model, responses, cf, variant == "agent"))
-                    for c in attr_cols:
-                        wide[c] = agents[c].to_numpy()[wide["agent"].to_numpy()]
-                    cells = cell_fidelity(wide, real, options, list(pop.attributes), max_order=1, n_boot=10,
-                                          seed=args.seed)
-                    s = F.summarise_cells(cells)
-                    dist = wide[list(options)].stack().value_counts(normalize=True)
-                    line.append(f"{variant} {s['tv']:.3f} ({dist.index[0]} {dist.iloc[0]:.2f})")
+                line = [f"{variant} " + F.attribute_tv(resample(model, responses, cf, variant == "agent"), pop,
+                                                       agents, options, args.seed)
+                        for variant, cf in variants.items()]
                 if method == "mop":
                     print(f"[{name}/{protocol}] bare content-free: "
-                          + "; ".join(f"{dict(zip(k[1], np.round(v, 2)))}" for k, v in bare.items()), flush=True)
+                          + "; ".join(f"{dict(zip(k[1], np.round(v, 2)))}" for k, v in bare.items()
+                                      if k[1] in {tuple(o) for o in options.values()}), flush=True)
                 print(f"[{name}/{protocol}] {method:>12}: " + " | ".join(line), flush=True)
 
 
