@@ -27,10 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, help="random seed")
         p.add_argument("--lm", help="LM name, folder or .gguf")
         p.add_argument("--method", help="mop, uniform, persona-only, no-persona or silicon")
-        p.add_argument("--option-bias", choices=["none", "learned"],
-                       help="learned: correct the LM's preference for some option wordings from training answers")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name in {"run", "simulate"}:
+            p.add_argument("--option-bias", choices=["none", "learned"],
+                           help="learned: correct the LM's preference for some option wordings from training answers")
             p.add_argument("--ray", action="store_true", help="shard the population over Ray workers "
                            "(same responses as one process; RAY_ADDRESS joins a cluster)")
             p.add_argument("--workers", type=int, help="Ray workers, each with its own LM (default: GPUs, else CPUs)")
@@ -83,8 +83,9 @@ def _workers(args: argparse.Namespace, scenario) -> int | None:
 def _print_run(result) -> None:
     from popsim.eval.headline import headline_table
 
+    extra = ", option_bias.json" if (result.run_dir / "option_bias.json").is_file() else ""
     print(f"\nOutputs in {result.run_dir}/: responses.parquet, agents.parquet, summary.csv, personas.json, "
-          "manifest.json")
+          f"manifest.json{extra}")
     table = headline_table(result.run_dir)
     if table is not None:
         print("\nSimulated vs real held-out answers, by subgroup (mean total variation over questions):")

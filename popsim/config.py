@@ -198,7 +198,8 @@ class SimulationConfig(_Strict):
         "none", description="learned: before simulating, answer the questions that have data with a sample of "
         "training respondents (calibration_agents) the same way, and fit one offset per option of each answer "
         "scale so their answers reproduce the real shares; the offsets then apply to every question on that "
-        "scale, new ones included. Corrects the LM's preference for some option wordings (surveys only).")
+        "scale, new ones included, in every round (they are learned from one round without a network). Corrects "
+        "the LM's preference for some option wordings (surveys only).")
     calibration_agents: int = Field(64, gt=0, description="Training respondents simulated to learn option_bias.")
 
 

@@ -23,6 +23,7 @@ import os
 import platform
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 from popsim.config import QuestionSpec, Scenario, config_hash
 from popsim.data import Population, load_population, profile_text, review_records, survey_exemplars, survey_records
 from popsim.embed import SentenceEncoder
-from popsim.exceptions import DataError, RunDirectoryError
+from popsim.exceptions import DataError, ModelLoadError, PopsimError, RunDirectoryError
 from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text, check_writable
 from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
@@ -69,7 +70,7 @@ def _versions() -> dict:
 
 # what popsim itself writes in a run directory (a folder without a manifest may hold only these)
 _RUN_FILES = {"manifest.json", "mop", "parts", "personas.json", "responses.parquet", "agents.parquet",
-              "summary.parquet", "summary.csv", "heldout.parquet", "report"}
+              "summary.parquet", "summary.csv", "heldout.parquet", "report", "option_bias.json"}
 
 
 def _checked_inputs(scenario: Scenario, *, needs_mop: bool) -> tuple[Path, Population | None]:
@@ -211,15 +212,19 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
     return model
 
 
-def _survey_profiles(scenario: Scenario, population: Population, respondents: pd.DataFrame, n: int,
-                     rng: np.random.Generator, which: str) -> tuple[pd.DataFrame, list[str]]:
-    """``n`` profiles drawn from ``respondents`` by survey weight, with the text each agent's prompt states."""
+def _draw_respondents(scenario: Scenario, respondents: pd.DataFrame, n: int, rng: np.random.Generator,
+                      which: str) -> pd.DataFrame:
+    """``n`` rows of ``respondents`` drawn by survey weight (with replacement only when n exceeds them)."""
     p = respondents["weight"].to_numpy(float)
     if p.sum() <= 0:
         raise DataError(f"every {which} respondent has weight 0 in `data.weight` column '{scenario.data.weight}'"
                         "; agents are drawn by weight, so fix the weights or drop data.weight")
     idx = rng.choice(len(respondents), size=n, replace=n > len(respondents), p=p / p.sum())
-    rows = respondents.iloc[idx].reset_index(drop=True)
+    return respondents.iloc[idx].reset_index(drop=True)
+
+
+def _profiles(population: Population, rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Agents' attribute columns and the text each agent's prompt states about itself."""
     profiles = rows[[f"attr_{a}" for a in population.attributes]].copy()
     return profiles, [profile_text(r, population.attributes) for _, r in rows.iterrows()]
 
@@ -230,7 +235,7 @@ def _agent_profiles(scenario: Scenario, population: Population | None) -> tuple[
     n = scenario.simulation.agents
     if scenario.kind == "survey":
         assert population is not None
-        return _survey_profiles(scenario, population, population.test, n, rng, "held-out")
+        return _profiles(population, _draw_respondents(scenario, population.test, n, rng, "held-out"))
     _, test = review_records(scenario)
     idx = rng.choice(len(test), size=n, replace=n > len(test))
     contexts = [test.contexts[i] for i in idx]
@@ -240,29 +245,50 @@ def _agent_profiles(scenario: Scenario, population: Population | None) -> tuple[
 def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageModel,
                       mop: MixtureOfPersonas | None, run_dir: Path, *, verbose: bool = True) -> OptionBias:
     """``simulation.option_bias: learned``: simulate ``calibration_agents`` training respondents (drawn by
-    weight) on the questions that have data, with the run's method, and fit offsets that make their answers
-    reproduce the training respondents' real shares (:class:`~popsim.sim.calibration.OptionBias`).
+    weight; respondents in MoP's exemplar pool left out, so nobody is shown their own answers) on the
+    questions that have data, with the run's method, one round, no network; then fit offsets so that their
+    answers, on the questions each of them really answered, reproduce the training respondents' weighted
+    shares (:class:`~popsim.sim.calibration.OptionBias`).
 
-    Saved as ``option_bias.json`` and reused when the run resumes. The held-out respondents are never used.
+    Saved as ``option_bias.json`` (full precision) and reused when the run resumes; the held-out respondents
+    are never used.
     """
     path = run_dir / "option_bias.json"
     if path.is_file():
-        return OptionBias.from_json(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return OptionBias.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{path} is not a readable option-bias file ({type(exc).__name__}); delete it "
+                                 "to learn the offsets again") from None
     questions = [q for q in scenario.questions if q.column and not q.free_text]
     sim = scenario.simulation
-    profiles, texts = _survey_profiles(scenario, population, population.train, sim.calibration_agents,
-                                       np.random.default_rng([scenario.seed, 2]), "training")
+    train = population.train
+    if mop is not None and len(mop.exemplars_.groups):
+        outside = ~train["id"].astype(str).isin({str(g) for g in mop.exemplars_.groups})
+        train = train[outside] if outside.any() else train
+    rows = _draw_respondents(scenario, train, sim.calibration_agents, np.random.default_rng([scenario.seed, 2]),
+                             "training")
+    profiles, texts = _profiles(population, rows)
     model = PopulationModel(
         questions=questions, lm=lm, mop=mop, profiles=profiles, profile_texts=texts, method=sim.method,
         style=mop.style_ if mop is not None else prompt_style(scenario), seed=scenario.seed,
         requests_per_call=sim.requests_per_call, chunk_agents=sim.chunk_agents, progress=verbose,
     )
     model.step()
-    probs = [(tuple(q.option_labels), np.array([a.probs[(1, q.id)][o] for o in q.option_labels]))
-             for a in model.agents for q in questions]
-    bias = OptionBias.fit(probs, answer_shares(population.train, questions, population.train["weight"].to_numpy()))
+    by_id = {q.id: q for q in questions}
+    answered = [r for r in model.responses().itertuples() if not pd.isna(rows.at[r.agent, f"q_{r.question}"])]
+    probs = [(tuple(by_id[r.question].option_labels), np.array([r.probs[o] for o in by_id[r.question].option_labels]))
+             for r in answered]
+    try:
+        bias = OptionBias.fit(probs, answer_shares(population.train, questions, population.train["weight"].to_numpy()))
+    except ValueError as exc:
+        raise PopsimError(f"cannot learn simulation.option_bias: the LM returned {exc}; check the model "
+                          "(lm.name, lm.dtype) or set option_bias: none") from None
+    if bias.residual() > 1e-3:
+        warnings.warn(f"simulation.option_bias: the offsets reach the real shares only to within "
+                      f"{bias.residual():.3f}; see option_bias.json (before / after / target)", stacklevel=2)
     atomic_write_json(path, bias.to_json())
-    return bias
+    return OptionBias.from_json(bias.to_json())  # exactly what a resumed run will read back
 
 
 def _load_parts(parts_dir: Path) -> pd.DataFrame:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -10,7 +14,7 @@ import pytest
 
 from popsim import runner
 from popsim.config import QuestionSpec, load_scenario
-from popsim.exceptions import ScenarioError
+from popsim.exceptions import ModelLoadError, ScenarioError
 from popsim.lm.testing import HashLM
 from popsim.mop.prompts import PromptStyle
 from popsim.sim.calibration import OptionBias, answer_shares
@@ -94,11 +98,35 @@ def test_learned_bias_moves_a_run_to_the_real_shares_and_is_reused_on_resume(tmp
 
     assert tv(plain.responses) > 0.4  # the hash LM leans on one option like the real one does
     assert tv(learned.responses) < tv(plain.responses) / 2
+    assert np.allclose(entry["after"], entry["target"], atol=1e-5)  # the fit reached the real shares
     assert "option_bias" in json.loads((scenario.run_dir / "manifest.json").read_text())["timings"]
-    stamp = saved.stat().st_mtime_ns
-    again = runner.run(load_scenario(path), verbose=False)  # a finished run, rerun: nothing recomputed
-    assert saved.stat().st_mtime_ns == stamp
-    pd.testing.assert_frame_equal(again.responses, learned.responses)
+    # killed after its first chunk of answers (offsets already on disk), then resumed: the same bytes
+    killed = small_survey(tmp_path / "killed", agents=40, simulation__option_bias="learned",
+                          simulation__calibration_agents=48)
+    cmd = [sys.executable, "-m", "popsim", "run", str(killed), "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, env={**os.environ, "POPSIM_TEST_KILL_AFTER_PARTS": "1"})
+    assert out.returncode == -signal.SIGKILL
+    saved_killed = tmp_path / "killed" / "run" / "option_bias.json"
+    stamp = saved_killed.stat().st_mtime_ns
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert saved_killed.stat().st_mtime_ns == stamp  # reused, not refitted
+    assert ((tmp_path / "killed" / "run" / "responses.parquet").read_bytes()
+            == (scenario.run_dir / "responses.parquet").read_bytes())
+
+
+def test_a_garbled_option_bias_file_is_a_one_line_error_naming_it(tmp_path):
+    path = small_survey(tmp_path, agents=8, simulation__option_bias="learned", simulation__calibration_agents=8)
+    runner.run(load_scenario(path), verbose=False)
+    saved = tmp_path / "run" / "option_bias.json"
+    saved.write_text('[{"options": ["too little"], "offsets": "oops"}]')
+    (tmp_path / "run" / "responses.parquet").unlink()
+    with pytest.raises(ModelLoadError, match="option_bias.json is not a readable option-bias file.*delete it"):
+        runner.run(load_scenario(path), verbose=False)
+
+
+def test_non_finite_probabilities_refuse_to_fit():
+    with pytest.raises(ValueError, match="non-finite"):
+        OptionBias.fit([(SCALE, np.array([np.nan, 0.5, 0.5]))], {SCALE: np.array([0.4, 0.4, 0.2])})
 
 
 def test_option_bias_is_for_surveys_only(tmp_path):

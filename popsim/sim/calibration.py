@@ -15,7 +15,6 @@ that: they are chosen to reproduce the real shares.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -50,33 +49,40 @@ def answer_shares(answers: pd.DataFrame, questions: Iterable[QuestionSpec],
 
 @dataclass(frozen=True)
 class OptionBias:
-    """Offsets per scale; :meth:`adjust` applies them, scales without offsets pass through unchanged.
+    """Offsets per scale; :meth:`shift` applies them, scales without offsets pass through unchanged.
 
     Attributes:
         offsets: scale -> one additive log-probability offset per option (zero mean).
-        target: scale -> the real answer shares the offsets were fitted to (for the record).
-        before: scale -> the calibration population's mean option probabilities without offsets.
+        target: scale -> the real answer shares the offsets were fitted to (a share of 0 floored at 1e-4).
+        before, after: scale -> the calibration answers' mean option probabilities without and with the
+            offsets (``after`` equals ``target`` when the fit converged).
     """
 
     offsets: Mapping[Scale, np.ndarray]
     target: Mapping[Scale, np.ndarray] = field(default_factory=dict)
     before: Mapping[Scale, np.ndarray] = field(default_factory=dict)
+    after: Mapping[Scale, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, probs: Sequence[tuple[Scale, np.ndarray]], target: Mapping[Scale, np.ndarray], *,
-            max_iter: int = 1000, tol: float = 1e-6) -> OptionBias:
+            max_iter: int = 2000, tol: float = 1e-6) -> OptionBias:
         """Offsets b per scale with mean_i softmax(log p_i + b) == target.
 
-        ``probs``: (scale, option probabilities) of simulated answers. Matching the mean is the gradient
-        condition of a convex problem (the dual of a maximum-entropy fit), so the multiplicative fixed-point
-        update below converges; shares of exactly 0 are floored at 1e-4 so offsets stay finite.
+        ``probs``: (scale, option probabilities) of simulated answers. Each update adds log(target / mean) to
+        b, the iterative-scaling step for matching a mean; ``after`` records what it reached. A share of
+        exactly 0 is floored at 1e-4 so offsets stay finite (that option then all but disappears, on new
+        questions of the scale too). Raises ``ValueError`` if the answers' probabilities are not finite.
         """
-        offsets, before = {}, {}
+        offsets, goals, before, after = {}, {}, {}, {}
         for scale, shares in target.items():
-            rows = [p for s, p in probs if tuple(s) == tuple(scale)]
+            scale = tuple(scale)
+            rows = [p for s, p in probs if tuple(s) == scale]
             if not rows:
                 continue
-            logp = np.log(np.clip(np.asarray(rows, dtype=float), 1e-9, None))
+            raw = np.asarray(rows, dtype=float)
+            if not np.isfinite(raw).all():
+                raise ValueError(f"non-finite option probabilities for the scale {list(scale)}")
+            logp = np.log(np.clip(raw, 1e-9, None))
             goal = np.clip(np.asarray(shares, dtype=float), 1e-4, None)
             goal = goal / goal.sum()
             b = np.zeros(len(scale))
@@ -86,9 +92,15 @@ class OptionBias:
                     break
                 b += np.log(goal) - np.log(mean)
                 b -= b.mean()
-            offsets[tuple(scale)] = b
-            before[tuple(scale)] = _softmax(logp).mean(0)
-        return cls(offsets, {tuple(s): np.asarray(t, dtype=float) for s, t in target.items()}, before)
+            offsets[scale], goals[scale] = b, goal
+            before[scale] = _softmax(logp).mean(0)
+            after[scale] = _softmax(logp + b).mean(0)
+        return cls(offsets, goals, before, after)
+
+    def residual(self) -> float:
+        """Largest gap between a fitted scale's reached and target shares (~0 when every fit converged)."""
+        gaps = [np.abs(self.after[s] - self.target[s]).max() for s in self.offsets if s in self.after]
+        return float(max(gaps, default=0.0))
 
     def shift(self, options: Sequence[str], logprobs: np.ndarray) -> np.ndarray:
         """Log-probabilities over ``options`` plus this scale's offsets (unchanged for a scale not fitted)."""
@@ -102,20 +114,20 @@ class OptionBias:
         return _softmax(self.shift(options, np.log(np.clip(np.asarray(probs, dtype=float), 1e-9, None))))
 
     def to_json(self) -> list[dict]:
-        return [{"options": list(scale), "offsets": np.round(b, 6).tolist(),
-                 "target": np.round(self.target.get(scale, np.full(len(b), np.nan)), 6).tolist(),
-                 "before": np.round(self.before.get(scale, np.full(len(b), np.nan)), 6).tolist()}
-                for scale, b in self.offsets.items()]
+        """One entry per scale, full precision (a resumed run must shift exactly as the first one did)."""
+        def values(table: Mapping[Scale, np.ndarray], scale: Scale) -> list[float] | None:
+            return None if scale not in table else [float(v) for v in table[scale]]
+
+        return [{"options": list(scale), "offsets": values(self.offsets, scale), "target": values(self.target, scale),
+                 "before": values(self.before, scale), "after": values(self.after, scale)}
+                for scale in self.offsets]
 
     @classmethod
     def from_json(cls, entries: list[dict]) -> OptionBias:
         def table(key: str) -> dict[Scale, np.ndarray]:
-            return {tuple(e["options"]): np.asarray(e[key], dtype=float) for e in entries if key in e}
+            return {tuple(e["options"]): np.asarray(e[key], dtype=float) for e in entries if e.get(key) is not None}
 
-        return cls(table("offsets"), table("target"), table("before"))
-
-    def __str__(self) -> str:
-        return json.dumps(self.to_json())
+        return cls(table("offsets"), table("target"), table("before"), table("after"))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
