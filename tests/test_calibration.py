@@ -20,7 +20,7 @@ from popsim.mop.prompts import PromptStyle
 from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel
 
-from .helpers import small_survey
+from .helpers import local_survey, small_survey, survey_table
 
 SCALE = ("too little", "about right", "too much")
 
@@ -122,6 +122,21 @@ def test_a_garbled_option_bias_file_is_a_one_line_error_naming_it(tmp_path):
     (tmp_path / "run" / "responses.parquet").unlink()
     with pytest.raises(ModelLoadError, match="option_bias.json is not a readable option-bias file.*delete it"):
         runner.run(load_scenario(path), verbose=False)
+
+
+def test_calibration_counts_only_the_questions_each_respondent_answered(tmp_path, monkeypatch):
+    """Real shares skip missing answers, so the simulated side must skip the same (agent, question) pairs:
+    here q2 was asked of men only (a split ballot), and the offsets see 48 q1 answers but only the men's q2."""
+    data = survey_table(200)
+    data.loc[data["sex"] == 1, "q2"] = np.nan
+    path = local_survey(tmp_path, lambda c: c["simulation"].update(option_bias="learned", calibration_agents=48),
+                        data=data)
+    seen = []
+    fit = OptionBias.fit.__func__
+    monkeypatch.setattr(OptionBias, "fit", classmethod(lambda cls, probs, target, **kw: seen.append(probs)
+                                                       or fit(cls, probs, target, **kw)))
+    runner.run(load_scenario(path), verbose=False)
+    assert len(seen) == 1 and 48 + 10 < len(seen[0]) < 96 - 10  # q1 for all 48, q2 for the men drawn
 
 
 def test_non_finite_probabilities_refuse_to_fit():
