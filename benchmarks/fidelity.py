@@ -406,14 +406,18 @@ def population_model(pop: Population, agents: pd.DataFrame, questions: list, met
                            profile_texts=texts, method=method, style=style, seed=seed, progress=False)
 
 
-def simulate(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int) -> pd.DataFrame:
-    attr_cols = [f"attr_{a}" for a in pop.attributes]
-    model = population_model(pop, agents, questions, method, mop, lm, seed)
-    model.step()
-    wide = respondent_table(model.responses())
-    for c in attr_cols:
+def _wide_with_attributes(answers: pd.DataFrame, pop: Population, agents: pd.DataFrame) -> pd.DataFrame:
+    """One row per agent (its answers) with the agent's ``attr_*`` columns beside them."""
+    wide = respondent_table(answers)
+    for c in [f"attr_{a}" for a in pop.attributes]:
         wide[c] = agents[c].to_numpy()[wide["agent"].to_numpy()]
     return wide
+
+
+def simulate(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int) -> pd.DataFrame:
+    model = population_model(pop, agents, questions, method, mop, lm, seed)
+    model.step()
+    return _wide_with_attributes(model.responses(), pop, agents)
 
 
 def analysis_setup(workdir: str) -> tuple[argparse.Namespace, dict, HFLanguageModel, SentenceEncoder, Path]:
@@ -447,13 +451,24 @@ def dev_survey_fits(name: str, cfg: dict, lm, encoder, seed: int, workdir: Path,
 def attribute_tv(answers: pd.DataFrame, pop: Population, agents: pd.DataFrame, options: dict, seed: int) -> str:
     """Mean TV over the population and single-attribute cells of long-form ``answers`` (agent, round, question,
     answer), the whole-population TV and the top answer's share, as one short string for analysis logs."""
-    wide = respondent_table(answers)
-    for c in [f"attr_{a}" for a in pop.attributes]:
-        wide[c] = agents[c].to_numpy()[wide["agent"].to_numpy()]
+    wide = _wide_with_attributes(answers, pop, agents)
     cells = cell_fidelity(wide, _real(pop), options, list(pop.attributes), max_order=1, n_boot=10, seed=seed)
     s = summarise_cells(cells)
     dist = wide[list(options)].stack().value_counts(normalize=True)
     return f"{s['tv']:.3f} (all {s['tv_all']:.3f}; {dist.index[0]} {dist.iloc[0]:.2f})"
+
+
+def redraw(model: PopulationModel, responses: pd.DataFrame, reweigh) -> pd.DataFrame:
+    """Each answer drawn again from its own random stream (as the model drew it) from
+    ``reweigh(response row, question, option probabilities)``: analysis scripts' what-if on the same draws."""
+    rows = []
+    for r in responses.itertuples():
+        q = model.question_by_id[r.question]
+        p = np.asarray(reweigh(r, q, np.array([r.probs[o] for o in q.option_labels], dtype=float)), dtype=float)
+        rng = model.answer_rng(r.agent, r.round, r.question)
+        rows.append({"agent": r.agent, "round": r.round, "question": r.question,
+                     "answer": q.option_labels[int(rng.choice(len(p), p=p / p.sum()))]})
+    return pd.DataFrame(rows)
 
 
 def _real(pop: Population) -> pd.DataFrame:

@@ -275,10 +275,9 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
         requests_per_call=sim.requests_per_call, chunk_agents=sim.chunk_agents, progress=verbose,
     )
     model.step()
-    by_id = {q.id: q for q in questions}
     answered = [r for r in model.responses().itertuples() if not pd.isna(rows.at[r.agent, f"q_{r.question}"])]
-    probs = [(tuple(by_id[r.question].option_labels), np.array([r.probs[o] for o in by_id[r.question].option_labels]))
-             for r in answered]
+    scales = [tuple(model.question_by_id[r.question].option_labels) for r in answered]
+    probs = [(scale, np.array([r.probs[o] for o in scale])) for scale, r in zip(scales, answered, strict=True)]
     try:
         bias = OptionBias.fit(probs, answer_shares(population.train, questions, population.train["weight"].to_numpy()))
     except ValueError as exc:
@@ -287,8 +286,8 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
     if bias.residual() > 1e-3:
         warnings.warn(f"simulation.option_bias: the offsets reach the real shares only to within "
                       f"{bias.residual():.3f}; see option_bias.json (before / after / target)", stacklevel=2)
-    atomic_write_json(path, bias.to_json())
-    return OptionBias.from_json(bias.to_json())  # exactly what a resumed run will read back
+    atomic_write_json(path, bias.to_json())  # full precision: a resumed run reads back these exact offsets
+    return bias
 
 
 def _load_parts(parts_dir: Path) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
 from popsim.config import QuestionSpec
 
@@ -87,14 +88,14 @@ class OptionBias:
             goal = goal / goal.sum()
             b = np.zeros(len(scale))
             for _ in range(max_iter):
-                mean = _softmax(logp + b).mean(0)
+                mean = softmax(logp + b, axis=-1).mean(0)
                 if np.abs(mean - goal).max() < tol:
                     break
                 b += np.log(goal) - np.log(mean)
                 b -= b.mean()
             offsets[scale], goals[scale] = b, goal
-            before[scale] = _softmax(logp).mean(0)
-            after[scale] = _softmax(logp + b).mean(0)
+            before[scale] = softmax(logp, axis=-1).mean(0)
+            after[scale] = softmax(logp + b, axis=-1).mean(0)
         return cls(offsets, goals, before, after)
 
     def residual(self) -> float:
@@ -111,7 +112,7 @@ class OptionBias:
         """``probs`` over ``options`` with this scale's offsets added to the log-probabilities."""
         if tuple(options) not in self.offsets:
             return probs
-        return _softmax(self.shift(options, np.log(np.clip(np.asarray(probs, dtype=float), 1e-9, None))))
+        return softmax(self.shift(options, np.log(np.clip(np.asarray(probs, dtype=float), 1e-9, None))), axis=-1)
 
     def to_json(self) -> list[dict]:
         """One entry per scale, full precision (a resumed run must shift exactly as the first one did)."""
@@ -129,8 +130,3 @@ class OptionBias:
 
         return cls(table("offsets"), table("target"), table("before"), table("after"))
 
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import fidelity as F  # noqa: E402
@@ -50,18 +49,11 @@ def content_free(model: PopulationModel, questions: list, per_agent: bool) -> di
     return out
 
 
-def resample(model: PopulationModel, responses: pd.DataFrame, cf: dict | None, per_agent: bool) -> pd.DataFrame:
-    rows = []
-    for r in responses.itertuples():
-        q = model.question_by_id[r.question]
-        p = np.array([r.probs[o] for o in q.option_labels])
-        if cf is not None:
-            p = p / cf[(r.agent if per_agent else -1, tuple(q.option_labels))]
-            p = p / p.sum()
-        rng = model.answer_rng(r.agent, r.round, r.question)
-        rows.append({"agent": r.agent, "round": r.round, "question": r.question,
-                     "answer": q.option_labels[int(rng.choice(len(p), p=p))]})
-    return pd.DataFrame(rows)
+def divide(cf: dict | None, per_agent: bool):
+    """Option probabilities divided by a content-free distribution (the agent's own, or the bare one)."""
+    def reweigh(r, q, p):
+        return p if cf is None else p / cf[(r.agent if per_agent else -1, tuple(q.option_labels))]
+    return reweigh
 
 
 def main() -> None:
@@ -78,7 +70,7 @@ def main() -> None:
                 responses = model.responses()
                 bare = bare or content_free(model, questions, False)
                 variants = {"raw": None, "bare": bare, "agent": content_free(model, questions, True)}
-                line = [f"{variant} " + F.attribute_tv(resample(model, responses, cf, variant == "agent"), pop,
+                line = [f"{variant} " + F.attribute_tv(F.redraw(model, responses, divide(cf, variant == "agent")), pop,
                                                        agents, options, args.seed)
                         for variant, cf in variants.items()]
                 if method == "mop":

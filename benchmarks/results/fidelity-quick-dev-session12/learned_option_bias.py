@@ -11,8 +11,8 @@ answers, so every LM method gets the same treatment. No real answer of a held-ou
     python benchmarks/results/fidelity-quick-dev-session12/learned_option_bias.py --seed 0 [--surveys gss]
 
 The logs beside it come from its first version (commit 74b66b9), which fitted the offsets with its own copy
-of the fixed-point loop; it now uses the library's ``OptionBias`` and fidelity.py's helpers (same fit and
-the same redraws, up to the fit's convergence tolerance).
+of the fixed-point loop; it now uses the library's ``OptionBias`` and fidelity.py's helpers, and reproduces
+them (checked: GSS seed 0 (b), MoP and uniform, the same figures to the last digit).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import fidelity as F  # noqa: E402
@@ -29,17 +28,9 @@ import fidelity as F  # noqa: E402
 from popsim.sim.calibration import OptionBias, answer_shares  # noqa: E402
 
 
-def redraw(model, responses: pd.DataFrame, bias: OptionBias | None) -> pd.DataFrame:
-    """Each answer drawn again from its own random stream, from the (shifted) option probabilities."""
-    rows = []
-    for r in responses.itertuples():
-        q = model.question_by_id[r.question]
-        p = np.array([r.probs[o] for o in q.option_labels], dtype=float)
-        p = p if bias is None else bias.adjust(q.option_labels, p)
-        rng = model.answer_rng(r.agent, r.round, r.question)
-        rows.append({"agent": r.agent, "round": r.round, "question": r.question,
-                     "answer": q.option_labels[int(rng.choice(len(p), p=p / p.sum()))]})
-    return pd.DataFrame(rows)
+def shifted(bias: OptionBias | None):
+    """Option probabilities with the learned offsets applied (unchanged without them)."""
+    return lambda r, q, p: p if bias is None else bias.adjust(q.option_labels, p)
 
 
 def main() -> None:
@@ -66,7 +57,8 @@ def main() -> None:
                          for r in on_seen.itertuples()]
                 bias = OptionBias.fit(probs, target)
                 asked_rows = responses[responses["question"].isin(asked)]
-                line = [f"{variant} " + F.attribute_tv(redraw(model, asked_rows, b), pop, agents, options, args.seed)
+                line = [f"{variant} "
+                        + F.attribute_tv(F.redraw(model, asked_rows, shifted(b)), pop, agents, options, args.seed)
                         for variant, b in (("raw", None), ("learned", bias))]
                 print(f"[{name}/{protocol}] {method:>12}: " + " | ".join(line) + "   bias: "
                       + "; ".join(str(np.round(b, 2).tolist()) for b in bias.offsets.values()), flush=True)
