@@ -82,7 +82,8 @@ SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 # calibrate_personas) won dev text on seed 0 and lost on seeds 1 and 2, and lost dev survey (b) on both datasets.
 TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.0, gate_init_scale=30.0,
                 pair_embedding="mean", calibrate_exemplars=False, persona_gate_init="uniform",
-                calibrate_personas=False, check_personas=False)
+                calibrate_personas=False, check_personas=False, learn_option_offsets=False,
+                offset_learning_rate=0.1)
 TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 SIZES = {
     "quick": {
@@ -91,7 +92,7 @@ SIZES = {
                      mauve_buckets=6, mauve_seeds=10, exemplar_turn=True),
         "survey": dict(TRAINING, max_rows=300, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
-                       max_order=1, n_boot=50, protocols="ab"),
+                       exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="ab"),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -99,7 +100,7 @@ SIZES = {
                      mauve_buckets=20, mauve_seeds=10, exemplar_turn=True),
         "survey": dict(TRAINING, max_rows=800, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
-                       max_order=2, n_boot=200, protocols="ab"),
+                       exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="ab"),
     },
 }
 
@@ -386,7 +387,7 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
     question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on."""
     records = survey_records(pop, question_ids=seen)
     pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=cfg["exemplar_questions"], seed=seed,
-                            question_ids=seen)
+                            question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False))
     style = PromptStyle.survey()
     if "instruction" in cfg:
         style = replace(style, instruction=cfg["instruction"])

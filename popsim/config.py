@@ -157,6 +157,10 @@ class MopConfig(_Strict):
     check_personas: bool = Field(
         False, description="Keep an LM persona summary only if it sits nearest its own cluster (sentence "
         "embedding vs cluster centroids), else describe the cluster by its distinctive words and attributes.")
+    learn_option_offsets: bool = Field(
+        False, description="Survey: learn one offset per (answer scale, option) on the LM's option scores jointly "
+        "with the gates, so they train against a debiased LM; simulation adds the same offsets to MoP's answers.")
+    offset_learning_rate: float = Field(0.1, gt=0, description="Adam learning rate of the option offsets.")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
     @model_validator(mode="after")

@@ -214,9 +214,15 @@ def survey_records(population: Population, *, question_ids: set[str] | None = No
 
 
 def survey_exemplars(
-    population: Population, n: int, *, n_questions: int = 6, seed: int = 0, question_ids: set[str] | None = None
+    population: Population, n: int, *, n_questions: int = 6, seed: int = 0, question_ids: set[str] | None = None,
+    cover_scales: bool = False,
 ) -> ExemplarPool:
-    """N train respondents as exemplars: x_j = profile, y_j = a transcript of some of their answers."""
+    """N train respondents as exemplars: x_j = profile, y_j = a transcript of some of their answers.
+
+    ``cover_scales``: the transcript first takes one answered question of each answer scale (option
+    wordings) the respondent answered, in random order, then fills up at random; so an agent asked a
+    question on any scale has seen its exemplar answer on that scale. ``False``: ``n_questions`` at random.
+    """
     rng = np.random.default_rng(seed)
     questions = _mc_questions(population, question_ids)
     train = population.train
@@ -227,13 +233,28 @@ def survey_exemplars(
         answered = [q for q in questions if not pd.isna(row[f"q_{q.id}"])]
         if not answered:
             continue
-        pick = rng.choice(len(answered), size=min(n_questions, len(answered)), replace=False)
+        if cover_scales:
+            pick = _scale_covering_pick(answered, n_questions, rng)
+        else:
+            pick = rng.choice(len(answered), size=min(n_questions, len(answered)), replace=False)
         lines = [question_line(answered[p]) + "\nA: " + str(row[f"q_{answered[p].id}"]) for p in sorted(pick)]
         inputs.append(profile_text(row, population.attributes))
         outputs.append("\n".join(lines))
         groups.append(row["id"])
         attrs.append({a: row[f"attr_{a}"] for a in population.attributes})
     return ExemplarPool(inputs, outputs, np.asarray(groups), pd.DataFrame(attrs))
+
+
+def _scale_covering_pick(questions: list[QuestionSpec], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n`` questions (fewer if fewer): one per answer scale first, then the rest at random."""
+    order = rng.permutation(len(questions))
+    first: dict[tuple[str, ...], int] = {}
+    for i in order:
+        first.setdefault(tuple(questions[i].option_labels), int(i))
+    covering = list(first.values())
+    rng.shuffle(covering)
+    rest = [int(i) for i in order if int(i) not in set(covering)]
+    return np.array((covering + rest)[:n])
 
 
 def review_records(scenario: Scenario) -> tuple[Records, Records]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -461,3 +462,76 @@ def test_persona_check_on_real_smollm_summaries_keeps_only_summaries_nearest_the
     for k in rejected:
         assert checked[k].source == "fallback" and checked[k].rejected == plain[k].text
     assert hits.sum() >= nearest_own(plain, labels).sum()
+
+
+SCALE = ("too little", "about right", "too much")
+SURVEY_CONTEXTS = [f"age: {20 + i % 50}\nQ: Is the country spending too much on item {i % 7}?" for i in range(60)]
+# the real answers lean on "too little"; the hash LM has its own fixed lean per prompt
+SURVEY_ANSWERS = ["too little" if i % 5 else "about right" for i in range(60)]
+
+
+def _fit_survey(encoder, **kw):
+    params = dict(n_personas=2, n_exemplars=12, epochs=4, batch_size=8, max_train_records=48, verbose=False,
+                  style=PromptStyle.survey(), val_fraction=0.0)
+    params.update(kw)
+    records = Records(SURVEY_CONTEXTS, SURVEY_ANSWERS, [SCALE] * 60)
+    return MixtureOfPersonas(HashLM(), encoder, **params).fit(records), records
+
+
+def test_offsets_added_to_option_scores_renormalise_the_likelihood():
+    cache = ScoreCache(HashLM())
+    prompts = ["Q: spending on roads?"] * 3
+    raw, _ = pair_log_likelihood(cache, prompts, list(SCALE), [SCALE] * 3, torch.ones(3))
+    b = torch.tensor([1.0, -0.5, 0.2], requires_grad=True)
+    shifted, _ = pair_log_likelihood(cache, prompts, list(SCALE), [SCALE] * 3, torch.ones(3), offsets=[b] * 3)
+    expected = torch.log_softmax(raw.detach() + b.detach(), 0)
+    torch.testing.assert_close(shifted.detach(), expected)
+    shifted[0].backward()
+    assert b.grad is not None and abs(float(b.grad.sum())) < 1e-6  # a constant shift changes nothing
+    free, _ = pair_log_likelihood(cache, ["Write a review."], ["fine film"], [None], torch.ones(1), offsets=[None])
+    plain, _ = pair_log_likelihood(cache, ["Write a review."], ["fine film"], [None], torch.ones(1))
+    torch.testing.assert_close(free, plain)  # free text has no options to shift
+
+
+def test_learned_option_offsets_move_the_likelihood_to_the_real_answers(encoder, tmp_path):
+    plain, records = _fit_survey(encoder)
+    joint, _ = _fit_survey(encoder, learn_option_offsets=True, offset_learning_rate=0.3)
+    assert plain.option_offsets_ == {}
+    offsets = joint.option_offsets_[SCALE]
+    assert abs(offsets.sum()) < 1e-6 and offsets[0] > offsets[2]  # towards the real "too little"
+    ll_plain, _ = plain.log_likelihood(records, n_samples=2)
+    ll_joint, _ = joint.log_likelihood(records, n_samples=2)
+    assert ll_joint.mean() > ll_plain.mean() + 0.1
+    joint.save(tmp_path / "m")
+    again = MixtureOfPersonas.load(tmp_path / "m", lm=HashLM(), encoder=encoder)
+    np.testing.assert_array_equal(again.option_offsets_[SCALE], offsets)
+    np.testing.assert_allclose(again.log_likelihood(records, n_samples=2)[0], ll_joint, rtol=1e-5)
+
+
+def test_simulation_adds_mops_learned_offsets_to_its_answers_only(encoder):
+    import copy
+
+    from popsim.config import QuestionSpec
+    from popsim.sim.calibration import OptionBias
+    from popsim.sim.model import PopulationModel
+
+    joint, _ = _fit_survey(encoder, learn_option_offsets=True, offset_learning_rate=0.3)
+    bare = copy.copy(joint)
+    bare.option_offset_params_ = {}  # the same gates, draws and answer streams, without the offsets
+    questions = [QuestionSpec(id=f"q{i}", text=f"Is the country spending too much on item {i}?", options=list(SCALE))
+                 for i in range(3)]
+    profiles = pd.DataFrame({"attr_age": [str(20 + i) for i in range(30)]})
+    texts = [f"age: {a}" for a in profiles["attr_age"]]
+
+    def too_little(mop, method: str, bias: OptionBias | None = None) -> float:
+        model = PopulationModel(questions=questions, lm=HashLM(), mop=mop, profiles=profiles, profile_texts=texts,
+                                method=method, progress=False, option_bias=bias)
+        model.step()
+        assert (model.mop_option_bias is not None) == (method == "mop" and mop is joint)
+        return float((model.responses()["answer"] == "too little").mean())
+
+    with_offsets, without = too_little(joint, "mop"), too_little(bare, "mop")
+    assert with_offsets > without + 0.2  # offsets pull answers to the real lean
+    assert too_little(joint, "uniform") == too_little(bare, "uniform")  # a baseline never gets them
+    # a post-hoc bias on top adds to MoP's own offsets
+    assert too_little(joint, "mop", OptionBias({SCALE: np.array([-300.0, 0.0, 0.0])})) == 0

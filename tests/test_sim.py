@@ -216,7 +216,8 @@ def test_every_mop_key_of_a_scenario_reaches_the_estimator():
                "mop.epochs": 2, "mop.learning_rate": 0.01, "mop.tau_learning_rate": 0.0, "mop.batch_size": 4,
                "mop.max_train_records": 50, "mop.balance": 0.5, "mop.stickiness": 2.0, "mop.gate_init_scale": 30.0,
                "mop.pair_embedding": "mean", "mop.calibrate_exemplars": True, "mop.persona_gate_init": "clusters",
-               "mop.calibrate_personas": True, "mop.check_personas": True, "seed": 11}
+               "mop.calibrate_personas": True, "mop.check_personas": True, "mop.learn_option_offsets": True,
+               "mop.offset_learning_rate": 0.5, "seed": 11}
     scenario = load_scenario(path, changed)
     params = runner.mop_estimator(scenario, None, None, verbose=False).get_params()
     for key, value in changed.items():
@@ -248,3 +249,29 @@ def test_a_setting_at_its_default_does_not_change_the_config_hash(tmp_path):
     assert runner.check_run_dir(explicit, run_dir) == run_dir  # resumes
     with pytest.raises(RunDirectoryError, match="different config"):
         runner.check_run_dir(changed, run_dir)
+
+
+def test_scale_covering_transcripts_show_every_answer_scale(tmp_path):
+    """`cover_scales`: each exemplar transcript answers one question of every scale before it fills up at random,
+    so an agent asked an agree / disagree item has seen its exemplar answer one (random picks often miss it)."""
+    from popsim.data import load_population, survey_exemplars
+
+    from .helpers import local_survey, survey_table
+
+    data = survey_table(120)
+    data["q3"] = np.random.default_rng(1).choice([1, 0, -1], len(data))
+
+    def three_questions(cfg: dict) -> None:
+        cfg["questions"][1]["options"] = {1: "agree", 0: "not sure", -1: "disagree"}
+        cfg["questions"].append({"id": "q3", "column": "q3", "text": "Should we spend on schools?",
+                                 "options": cfg["questions"][0]["options"]})
+
+    population = load_population(load_scenario(local_survey(tmp_path, three_questions, data=data)))
+
+    def share_showing_q2(cover: bool) -> float:
+        pool = survey_exemplars(population, 60, n_questions=2, seed=0, cover_scales=cover)
+        assert all(len(t.splitlines()) == 4 for t in pool.outputs)  # two questions, two answers each
+        return float(np.mean(["Should we spend on roads?" in t for t in pool.outputs]))
+
+    assert share_showing_q2(True) == 1.0
+    assert share_showing_q2(False) < 0.85

@@ -95,6 +95,16 @@ class MixtureOfPersonas:
             of the exemplar pool (its cluster's size; uniform for user personas): the same Bayes argument
             as ``calibrate_exemplars``, for the persona that "explains" a record. ``False``: no bias (the
             paper's gate).
+        learn_option_offsets: learn, jointly with the gates, one offset per (answer scale, option) added to
+            the LM's option log-probabilities before the likelihood is normalised over a question's
+            options (a scale is one tuple of option wordings; it is shared by every question that offers
+            those options, new ones included). A small LM prefers some option wordings whatever it is
+            asked; without offsets the gates can only correct that by favouring exemplars whose transcripts
+            pull the other way, with offsets they are trained against a debiased LM and the offsets are
+            kept (:attr:`option_offsets_`) for simulation to add to the same scales. ``False``: the
+            paper's likelihood, the LM's own option probabilities.
+        offset_learning_rate: Adam step size for the option offsets (one number per option, like tau_k, so
+            it needs a larger step than the projections' to move in the few steps a fit takes).
         check_personas: keep an LM persona summary only if its embedding is nearer its own K-means
             cluster's centroid than any other's, else use the cluster's fallback description (distinctive
             words and shared attributes); see :func:`synthesize_personas`. ``False``: every non-degenerate
@@ -136,6 +146,8 @@ class MixtureOfPersonas:
         persona_gate_init: str = "uniform",
         calibrate_personas: bool = False,
         check_personas: bool = False,
+        learn_option_offsets: bool = False,
+        offset_learning_rate: float = 0.1,
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
@@ -165,6 +177,8 @@ class MixtureOfPersonas:
         self.persona_gate_init = persona_gate_init
         self.calibrate_personas = calibrate_personas
         self.check_personas = check_personas
+        self.learn_option_offsets = learn_option_offsets
+        self.offset_learning_rate = offset_learning_rate
         self.cache_path = cache_path
         self.random_state = random_state
         self.verbose = verbose
@@ -175,7 +189,8 @@ class MixtureOfPersonas:
             "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
             "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
             "max_train_records", "balance", "stickiness", "mask_answered", "gate_init_scale", "pair_embedding",
-            "calibrate_exemplars", "persona_gate_init", "calibrate_personas", "check_personas", "cache_path",
+            "calibrate_exemplars", "persona_gate_init", "calibrate_personas", "check_personas", "learn_option_offsets",
+            "offset_learning_rate", "cache_path",
             "random_state", "verbose",
         ]
         return {n: getattr(self, n) for n in names}
@@ -195,7 +210,7 @@ class MixtureOfPersonas:
         checks = {
             "n_personas": self.n_personas >= 1, "n_exemplars": self.n_exemplars >= 1, "top_m": self.top_m >= 1,
             "dim": self.dim >= 1, "tau_init": self.tau_init > 0, "learning_rate": self.learning_rate > 0,
-            "tau_learning_rate": self.tau_learning_rate >= 0,
+            "tau_learning_rate": self.tau_learning_rate >= 0, "offset_learning_rate": self.offset_learning_rate > 0,
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
             "val_fraction": 0 <= self.val_fraction < 1, "stickiness": self.stickiness >= 1,
             "gate_init_scale": self.gate_init_scale >= 0,
@@ -256,10 +271,16 @@ class MixtureOfPersonas:
         if self.calibrate_personas:  # start training from the calibrated prior, and calibrate again after
             self.persona_bias_ = self._calibrated_persona_bias(all_records)
         self.cache_ = ScoreCache(self.lm, self.cache_path)
+        scales = sorted({tuple(o) for o in records.options if o is not None}) if self.learn_option_offsets else []
+        self.option_offset_params_ = {s: torch.zeros(len(s), requires_grad=True) for s in scales}
         projections = [p for name, p in self.gate_.named_parameters() if name != "log_tau"]
-        optimizer = torch.optim.Adam([{"params": projections, "lr": self.learning_rate},
-                                      {"params": [self.gate_.log_tau], "lr": self.tau_learning_rate}])
+        groups = [{"params": projections, "lr": self.learning_rate},
+                  {"params": [self.gate_.log_tau], "lr": self.tau_learning_rate}]
+        if scales:
+            groups.append({"params": list(self.option_offset_params_.values()), "lr": self.offset_learning_rate})
+        optimizer = torch.optim.Adam(groups)
         best, best_state, bad_epochs, history = float("inf"), None, 0, []
+        best_offsets: dict = {}
         held: dict[int, np.ndarray] = {}  # record -> its top-M pair indices at its last visit
         for epoch in range(self.epochs):
             t_epoch = time.perf_counter()
@@ -290,12 +311,16 @@ class MixtureOfPersonas:
             if val_loss < best - 1e-4:
                 best, bad_epochs = val_loss, 0
                 best_state = {k: v.detach().clone() for k, v in self.gate_.state_dict().items()}
+                best_offsets = {s: p.detach().clone() for s, p in self.option_offset_params_.items()}
             else:
                 bad_epochs += 1
                 if bad_epochs > self.patience:
                     break
         if best_state is not None:
             self.gate_.load_state_dict(best_state)
+            self.option_offset_params_ = best_offsets
+        # centred (a constant shift of a scale's offsets changes nothing) and frozen
+        self.option_offset_params_ = {s: (p - p.mean()).detach() for s, p in self.option_offset_params_.items()}
         self.gate_.eval()
         if self.calibrate_personas:
             self.persona_bias_ = self._calibrated_persona_bias(all_records)
@@ -358,7 +383,8 @@ class MixtureOfPersonas:
                 responses.append(records.responses[i])
                 options.append(records.options[i])
         tau = self.gate_.temperatures[ks.flatten()]
-        ll, n_tokens = pair_log_likelihood(self.cache_, prompts, responses, options, tau)
+        ll, n_tokens = pair_log_likelihood(self.cache_, prompts, responses, options, tau,
+                                           offsets=self._offsets_for(options))
         per_record = torch.logsumexp(top_logw + ll.view(len(batch), m), dim=1)
         w = torch.from_numpy(records.weights[batch]).float()
         nll = -(w * per_record).sum() / w.sum()
@@ -375,6 +401,18 @@ class MixtureOfPersonas:
         mean_ex = exemplar_marginal(log_pi, log_omega).mean(0)
         entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
         return nll - balance * units_per_record * entropy
+
+    def _offsets_for(self, options: Sequence[tuple[str, ...] | None]) -> list[torch.Tensor | None] | None:
+        """Each row's learned option offsets (``None`` for free text or a scale never trained on)."""
+        table = getattr(self, "option_offset_params_", {})
+        return [table.get(tuple(o)) if o is not None else None for o in options] if table else None
+
+    @property
+    def option_offsets_(self) -> dict[tuple[str, ...], np.ndarray]:
+        """Learned offsets per answer scale (``learn_option_offsets``; empty without): add them to the LM's
+        option log-probabilities of any question on that scale, as training did."""
+        self._check_fitted()
+        return {s: p.detach().double().numpy().copy() for s, p in getattr(self, "option_offset_params_", {}).items()}
 
     def _calibration_contexts(
         self, records: Records, max_contexts: int = 1024
@@ -523,9 +561,11 @@ class MixtureOfPersonas:
                 tau = np.full(n, self.tau_init)
             prompts += [self.prompt(int(k), int(j), c) for k, j, c in zip(ks, js, records.contexts, strict=True)]
             taus.append(tau)
+        options = records.options * n_samples
         ll, n_tok = pair_log_likelihood(
-            self.cache_for_eval(), prompts, records.responses * n_samples, records.options * n_samples,
+            self.cache_for_eval(), prompts, records.responses * n_samples, options,
             torch.from_numpy(np.concatenate(taus)).float(),
+            offsets=self._offsets_for(options) if method == "mop" else None,
         )
         ll = ll.detach().view(n_samples, n)
         return (torch.logsumexp(ll, dim=0) - np.log(n_samples)).numpy(), n_tok[:n].numpy()
@@ -549,9 +589,11 @@ class MixtureOfPersonas:
                 for j in range(n_j):
                     prompts.append(self.prompt(k, j, records.contexts[i]))
                     tau.append(taus[k])
+        options = [o for o in records.options for _ in range(n_k * n_j)]
         ll, n_tok = pair_log_likelihood(
             self.cache_for_eval(), prompts, [y for y in records.responses for _ in range(n_k * n_j)],
-            [o for o in records.options for _ in range(n_k * n_j)], torch.tensor(tau, dtype=torch.float32),
+            options, torch.tensor(tau, dtype=torch.float32),
+            offsets=self._offsets_for(options) if method == "mop" else None,
         )
         total = torch.logsumexp(log_w + ll.detach().view(n, n_k * n_j), dim=1)
         return total.numpy(), n_tok.view(n, n_k * n_j)[:, 0].numpy()
@@ -574,6 +616,9 @@ class MixtureOfPersonas:
         tensors["h_e"] = self.h_e_.contiguous()
         tensors["exemplar_bias"] = self.exemplar_bias_.contiguous()
         tensors["persona_bias"] = self.persona_bias_.contiguous()
+        scales = list(getattr(self, "option_offset_params_", {}))
+        for i, scale in enumerate(scales):
+            tensors[f"option_offsets.{i}"] = self.option_offset_params_[scale].contiguous()
         atomic_write_bytes(out / "gate.safetensors", save_safetensors(tensors))
         params = {k: v for k, v in self.get_params().items() if k not in {"lm", "encoder", "style", "cache_path"}}
         params["personas"] = list(self.personas) if self.personas is not None else None
@@ -582,6 +627,7 @@ class MixtureOfPersonas:
             "params": params,
             "style": vars(self.style_),
             "personas": [p.to_dict() for p in self.personas_],
+            "option_scales": [list(s) for s in scales],
             "exemplars": {"inputs": self.exemplars_.inputs, "outputs": self.exemplars_.outputs,
                           "groups": [str(g) for g in self.exemplars_.groups]},
             "lm": self.lm_name_,
@@ -623,6 +669,10 @@ class MixtureOfPersonas:
             # older files have no biases: the uncalibrated gate
             model.exemplar_bias_ = tensors.pop("exemplar_bias", torch.zeros(model.h_e_.shape[0]))
             model.persona_bias_ = tensors.pop("persona_bias", torch.zeros(model.h_g_.shape[0]))
+            scales = [tuple(s) for s in meta.get("option_scales", [])]  # older files: no offsets
+            model.option_offset_params_ = {s: tensors.pop(f"option_offsets.{i}") for i, s in enumerate(scales)}
+            if any(tuple(p.shape) != (len(s),) for s, p in model.option_offset_params_.items()):
+                raise ValueError("option offsets do not match their scales in mop.json")
             n_ex = len(model.exemplars_.inputs)
             if (model.h_g_.shape[0] != len(model.personas_) or model.h_e_.shape[0] != n_ex
                     or tuple(model.exemplar_bias_.shape) != (n_ex,)

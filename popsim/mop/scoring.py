@@ -100,11 +100,15 @@ def pair_log_likelihood(
     responses: Sequence[str],
     options: Sequence[tuple[str, ...] | None],
     temperature: torch.Tensor,
+    *,
+    offsets: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p_LM^tau(y | prompt) per row (differentiable in ``temperature``, shape (R,)), and y's token count.
 
     For a multiple-choice row the likelihood is normalised over the row's options (as simulation
-    samples answers); for free text it is the continuation's log-likelihood.
+    samples answers); for free text it is the continuation's log-likelihood. ``offsets`` (optional, one
+    per row: a tensor with one value per option, or ``None``) are added to a multiple-choice row's option
+    log-likelihoods before that normalisation (learned option offsets; differentiable in them too).
     """
     flat_prompts, flat_conts, row_of, is_target = [], [], [], []
     for r, (p, y, opts) in enumerate(zip(prompts, responses, options, strict=True)):
@@ -117,6 +121,10 @@ def pair_log_likelihood(
     sketches = cache.get(flat_prompts, flat_conts)
     row = torch.tensor(row_of)
     lp = sketch_logprob(sketches, temperature[row])
+    if offsets is not None:
+        per_row = [b if b is not None and opts is not None else torch.zeros(len(opts) if opts is not None else 1)
+                   for b, opts in zip(offsets, options, strict=True)]
+        lp = lp + torch.cat(per_row)
     target = torch.tensor(is_target)
     n = len(prompts)
     log_num = torch.full((n,), float("-inf")).index_put((row[target],), lp[target], accumulate=False)

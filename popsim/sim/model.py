@@ -81,7 +81,9 @@ class PopulationModel(mesa.Model):
         active: ids of the agents this model answers for (one Ray shard); the others only hold answers,
             e.g. neighbours in another shard. ``None``: all agents.
         option_bias: learned offsets added to the LM's option log-probabilities before an answer is drawn
-            (:class:`~popsim.sim.calibration.OptionBias`); ``None``: the LM's own probabilities.
+            (:class:`~popsim.sim.calibration.OptionBias`); ``None``: the LM's own probabilities. With
+            ``method="mop"`` and a MoP fitted with ``learn_option_offsets``, its offsets are added first
+            (:attr:`mop_option_bias`: the gates were trained against them), then these.
     """
 
     def __init__(
@@ -123,6 +125,8 @@ class PopulationModel(mesa.Model):
         self.progress = progress
         self.active = None if active is None else frozenset(int(i) for i in active)
         self.option_bias = option_bias
+        offsets = mop.option_offsets_ if method == "mop" and mop is not None else {}
+        self.mop_option_bias = OptionBias(offsets) if offsets else None
         self.round = 0
         self.lm_calls = 0
         gate_texts = [t or "a member of the population" for t in profile_texts]
@@ -217,7 +221,9 @@ class PopulationModel(mesa.Model):
             logps = self.lm.option_logprobs([r.prompt for r in batch], [list(r.options) for r in batch],
                                             temperature=[r.temperature for r in batch])
             for r, lp in zip(batch, logps, strict=True):
-                probs.append(_stable_probs(lp if self.option_bias is None else self.option_bias.shift(r.options, lp)))
+                for bias in (self.mop_option_bias, self.option_bias):
+                    lp = lp if bias is None else bias.shift(r.options, lp)
+                probs.append(_stable_probs(lp))
         for r, k in zip(choice, keys, strict=True):
             agent = self.by_id[r.agent]
             text = agent.answer(self.round, r.question, probs[k], None)
