@@ -56,6 +56,7 @@ from popsim.lm.hf import HFLanguageModel
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle, Records
 from popsim.mop.personas import synthesize_personas
+from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel, assign_mixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -470,6 +471,29 @@ def redraw(model: PopulationModel, responses: pd.DataFrame, reweigh) -> pd.DataF
         rows.append({"agent": r.agent, "round": r.round, "question": r.question,
                      "answer": q.option_labels[int(rng.choice(len(p), p=p / p.sum()))]})
     return pd.DataFrame(rows)
+
+
+def raw_and_posthoc_tv(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int,
+                       seen: set[str], asked: set[str]) -> tuple[str, str, OptionBias]:
+    """Analysis scripts: simulate ``method`` on ``questions``, fit post-hoc option offsets to its answers on the
+    ``seen`` items (against the training respondents' weighted shares there), and score its answers to the
+    ``asked`` items raw and with the offsets, on the same answer streams: (raw, post-hoc, offsets)."""
+    target = answer_shares(pop.train, [q for q in questions if q.id in seen], pop.train["weight"].to_numpy())
+    options = {q.id: q.option_labels for q in questions if q.id in asked}
+    model = population_model(pop, agents, questions, method, mop, lm, seed)
+    model.step()
+    responses = model.responses()
+    probs = [(tuple(q.option_labels), np.array([r.probs[o] for o in q.option_labels]))
+             for r in responses[responses["question"].isin(seen)].itertuples()
+             for q in [model.question_by_id[r.question]]]
+    bias = OptionBias.fit(probs, target)
+    asked_rows = responses[responses["question"].isin(asked)]
+
+    def scored(offsets: OptionBias | None) -> str:
+        reweigh = (lambda r, q, p: p) if offsets is None else (lambda r, q, p: offsets.adjust(q.option_labels, p))
+        return attribute_tv(redraw(model, asked_rows, reweigh), pop, agents, options, seed)
+
+    return scored(None), scored(bias), bias
 
 
 def _real(pop: Population) -> pd.DataFrame:

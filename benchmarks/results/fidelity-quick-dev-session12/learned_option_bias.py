@@ -25,12 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import fidelity as F  # noqa: E402
 
-from popsim.sim.calibration import OptionBias, answer_shares  # noqa: E402
-
-
-def shifted(bias: OptionBias | None):
-    """Option probabilities with the learned offsets applied (unchanged without them)."""
-    return lambda r, q, p: p if bias is None else bias.adjust(q.option_labels, p)
+from popsim.sim.calibration import answer_shares  # noqa: E402
 
 
 def main() -> None:
@@ -41,26 +36,15 @@ def main() -> None:
             everything = [q for q in pop.questions if q.id in seen | asked]
             seen_qs = [q for q in everything if q.id in seen]
             asked_qs = [q for q in everything if q.id in asked]
-            options = {q.id: q.option_labels for q in asked_qs}
             target = answer_shares(pop.train, seen_qs, pop.train["weight"].to_numpy())
             uncovered = sorted({tuple(q.option_labels) for q in asked_qs} - set(target))
             print(f"[{name}/{protocol}] real seen-item shares: "
                   + "; ".join(f"{dict(zip(s, np.round(t, 2)))}" for s, t in target.items())
                   + (f"; scales with no seen item (left raw): {uncovered}" if uncovered else ""), flush=True)
             for method in F.SURVEY_METHODS:
-                model = F.population_model(pop, agents, everything, method, mop, lm, args.seed)
-                model.step()
-                responses = model.responses()
-                on_seen = responses[responses["question"].isin(seen)]
-                probs = [(tuple(model.question_by_id[r.question].option_labels),
-                          np.array([r.probs[o] for o in model.question_by_id[r.question].option_labels]))
-                         for r in on_seen.itertuples()]
-                bias = OptionBias.fit(probs, target)
-                asked_rows = responses[responses["question"].isin(asked)]
-                line = [f"{variant} "
-                        + F.attribute_tv(F.redraw(model, asked_rows, shifted(b)), pop, agents, options, args.seed)
-                        for variant, b in (("raw", None), ("learned", bias))]
-                print(f"[{name}/{protocol}] {method:>12}: " + " | ".join(line) + "   bias: "
+                raw, learned, bias = F.raw_and_posthoc_tv(pop, agents, everything, method, mop, lm, args.seed, seen,
+                                                          asked)
+                print(f"[{name}/{protocol}] {method:>12}: raw {raw} | learned {learned}   bias: "
                       + "; ".join(str(np.round(b, 2).tolist()) for b in bias.offsets.values()), flush=True)
 
 

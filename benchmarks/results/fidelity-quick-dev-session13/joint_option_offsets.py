@@ -25,13 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import fidelity as F  # noqa: E402
 
-from popsim.sim.calibration import OptionBias, answer_shares  # noqa: E402
-
 LR = float(os.environ.get("OFFSET_LR", "0.1"))
-
-
-def shifted(bias: OptionBias | None):
-    return lambda r, q, p: p if bias is None else bias.adjust(q.option_labels, p)
 
 
 def fmt(offsets) -> str:
@@ -51,24 +45,11 @@ def main() -> None:
                   f"taus plain {np.round(mop.temperatures_, 2).tolist()} joint "
                   f"{np.round(joint.temperatures_, 2).tolist()}", flush=True)
             everything = [q for q in pop.questions if q.id in seen | asked]
-            seen_qs = [q for q in everything if q.id in seen]
-            options = {q.id: q.option_labels for q in everything if q.id in asked}
-            target = answer_shares(pop.train, seen_qs, pop.train["weight"].to_numpy())
             for label, method, model_mop in (("mop", "mop", mop), ("mop-joint", "mop", joint),
                                               ("uniform", "uniform", mop)):
-                model = F.population_model(pop, agents, everything, method, model_mop, lm, args.seed)
-                model.step()
-                responses = model.responses()
-                on_seen = responses[responses["question"].isin(seen)]
-                probs = [(tuple(model.question_by_id[r.question].option_labels),
-                          np.array([r.probs[o] for o in model.question_by_id[r.question].option_labels]))
-                         for r in on_seen.itertuples()]
-                bias = OptionBias.fit(probs, target)
-                asked_rows = responses[responses["question"].isin(asked)]
-                line = [f"{variant} "
-                        + F.attribute_tv(F.redraw(model, asked_rows, shifted(b)), pop, agents, options, args.seed)
-                        for variant, b in (("raw", None), ("post-hoc", bias))]
-                print(f"{tag} {label:>10}: " + " | ".join(line) + f"   post-hoc offsets: {fmt(bias.offsets)}",
+                raw, posthoc, bias = F.raw_and_posthoc_tv(pop, agents, everything, method, model_mop, lm, args.seed,
+                                                          seen, asked)
+                print(f"{tag} {label:>10}: raw {raw} | post-hoc {posthoc}   post-hoc offsets: {fmt(bias.offsets)}",
                       flush=True)
 
 
