@@ -122,9 +122,9 @@ def pair_log_likelihood(
     row = torch.tensor(row_of)
     lp = sketch_logprob(sketches, temperature[row])
     if offsets is not None:
-        per_row = [b if b is not None and opts is not None else torch.zeros(len(opts) if opts is not None else 1)
-                   for b, opts in zip(offsets, options, strict=True)]
-        lp = lp + torch.cat(per_row)
+        # one value per flattened continuation: a row's options, or its single free-text continuation
+        lp = lp + torch.cat([b if b is not None else torch.zeros(len(opts) if opts is not None else 1)
+                             for b, opts in zip(offsets, options, strict=True)])
     target = torch.tensor(is_target)
     n = len(prompts)
     log_num = torch.full((n,), float("-inf")).index_put((row[target],), lp[target], accumulate=False)
