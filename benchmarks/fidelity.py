@@ -16,7 +16,7 @@
    (b) new questions: a third of the items held out entirely (never in fitting records or exemplar
    transcripts); agents answer only those.
 
-    python benchmarks/fidelity.py --quick            # <= 20 min on 2 CPU cores with native bf16; ~1 h in fp32
+    python benchmarks/fidelity.py --quick            # 15-25 min on 2 CPU cores with native bf16; ~1 h in fp32
     python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 40 min, survey part 63)
     python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
     python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
@@ -67,11 +67,12 @@ TEXT_BASELINES = ["no-persona", "persona-only", "uniform"]
 SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
 SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
-# Sizes. quick: 15-17 minutes on 2 CPU cores with native bf16 (AMD EPYC AVX-512 BF16: 16.8 with cold survey
-# caches, 15.6 warm; Xeon AMX 14.7), 63 in fp32 (AMD EPYC, no AVX-512; before the per-dataset text jobs);
+# Sizes. quick: 15-17 minutes on 2 fast CPU cores with native bf16 (AMD EPYC AVX-512 BF16 at 734 bf16
+# GFLOP/s: 16.8 with cold survey caches, 15.6 warm; Xeon AMX 14.7), 24.5 on a slower one of the same kind (413
+# GFLOP/s, `lm_throughput.py --quick`), 63 in fp32 (AMD EPYC, no AVX-512; before the per-dataset text jobs);
 # full: larger K, N, samples (surveys: 800 respondents each, 240 held out; 1500 was estimated at ~3 h on 2
 # cores from a small run of the full settings, and was never run). TRAINING holds the MoP training settings
-# both modes share (tuned on --dev, see benchmarks/README.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
+# both modes share (tuned on --dev, see benchmarks/TUNING.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
 # likelihood-optimal temperature (~1.1 on IMDB / SST-2 dev) samples worse texts than 0.9 (dev sweep, MoP,
 # mean of the two: FID 0.727 at 0.9 vs 0.768 at 1.05, MAUVE 0.912 vs 0.893; SST-2's MAUVE alone prefers
 # 1.05), so text learns only the gates; surveys learn tau (it rises from 0.6). Text calibrates the exemplar
@@ -728,7 +729,7 @@ def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes: 15-17 min on 2 bf16 CPU cores (16.8 with cold survey caches), ~1 h in fp32")
+                        help="small sizes: 15-25 min on 2 bf16 CPU cores (by their speed), ~1 h in fp32")
     parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
     parser.add_argument("--only", choices=["text", "survey"], help="run one part")
     parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
