@@ -220,8 +220,9 @@ def survey_exemplars(
     """N train respondents as exemplars: x_j = profile, y_j = a transcript of some of their answers.
 
     ``cover_scales``: the transcript first takes one answered question of each answer scale (option
-    wordings) the respondent answered, in random order, then fills up at random; so an agent asked a
-    question on any scale has seen its exemplar answer on that scale. ``False``: ``n_questions`` at random.
+    wordings) the respondent answered, then fills up at random; so, when ``n_questions`` is at least the
+    number of scales, an agent asked a question on any scale has seen its exemplar answer on that scale.
+    ``False``: ``n_questions`` at random. Either way the transcript lists its questions in survey order.
     """
     rng = np.random.default_rng(seed)
     questions = _mc_questions(population, question_ids)
@@ -253,7 +254,8 @@ def _scale_covering_pick(questions: list[QuestionSpec], n: int, rng: np.random.G
         first.setdefault(tuple(questions[i].option_labels), int(i))
     covering = list(first.values())
     rng.shuffle(covering)
-    rest = [int(i) for i in order if int(i) not in set(covering)]
+    covered = set(covering)
+    rest = [int(i) for i in order if int(i) not in covered]
     return np.array((covering + rest)[:n])
 
 

@@ -491,6 +491,9 @@ def test_offsets_added_to_option_scores_renormalise_the_likelihood():
     free, _ = pair_log_likelihood(cache, ["Write a review."], ["fine film"], [None], torch.ones(1), offsets=[None])
     plain, _ = pair_log_likelihood(cache, ["Write a review."], ["fine film"], [None], torch.ones(1))
     torch.testing.assert_close(free, plain)  # free text has no options to shift
+    for bad, opts in ((torch.zeros(1), [None]), (torch.zeros(2), [SCALE])):  # offsets a row cannot take
+        with pytest.raises(ValueError, match=r"offsets\[0\]"):
+            pair_log_likelihood(cache, ["Q?"], [SCALE[0]], opts, torch.ones(1), offsets=[bad])
 
 
 def test_learned_option_offsets_move_the_likelihood_to_the_real_answers(encoder, tmp_path):

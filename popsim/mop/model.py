@@ -271,7 +271,8 @@ class MixtureOfPersonas:
         if self.calibrate_personas:  # start training from the calibrated prior, and calibrate again after
             self.persona_bias_ = self._calibrated_persona_bias(all_records)
         self.cache_ = ScoreCache(self.lm, self.cache_path)
-        scales = sorted({tuple(o) for o in records.options if o is not None}) if self.learn_option_offsets else []
+        # every scale of the data, not only of the subsample scored in training: one left out keeps 0 offsets
+        scales = sorted({o for o in all_records.options if o is not None}) if self.learn_option_offsets else []
         self.option_offset_params_ = {s: torch.zeros(len(s), requires_grad=True) for s in scales}
         projections = [p for name, p in self.gate_.named_parameters() if name != "log_tau"]
         groups = [{"params": projections, "lr": self.learning_rate},
@@ -280,7 +281,7 @@ class MixtureOfPersonas:
             groups.append({"params": list(self.option_offset_params_.values()), "lr": self.offset_learning_rate})
         optimizer = torch.optim.Adam(groups)
         best, best_state, bad_epochs, history = float("inf"), None, 0, []
-        best_offsets: dict = {}
+        best_offsets: dict[tuple[str, ...], torch.Tensor] = {}  # read only when best_state is set, with it
         held: dict[int, np.ndarray] = {}  # record -> its top-M pair indices at its last visit
         for epoch in range(self.epochs):
             t_epoch = time.perf_counter()
@@ -402,9 +403,16 @@ class MixtureOfPersonas:
         entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
         return nll - balance * units_per_record * entropy
 
-    def _offsets_for(self, options: Sequence[tuple[str, ...] | None]) -> list[torch.Tensor | None] | None:
-        """Each row's learned option offsets (``None`` for free text or a scale never trained on)."""
-        table = getattr(self, "option_offset_params_", {})
+    def _offset_table(self) -> dict[tuple[str, ...], torch.Tensor]:
+        """Learned offsets per answer scale; empty without ``learn_option_offsets`` (or for older saves)."""
+        return getattr(self, "option_offset_params_", {})
+
+    def _offsets_for(
+        self, options: Sequence[tuple[str, ...] | None], method: str = "mop"
+    ) -> list[torch.Tensor | None] | None:
+        """Each row's learned option offsets for ``method`` (only MoP has them; ``None`` for free text or a
+        scale never trained on)."""
+        table = self._offset_table() if method == "mop" else {}
         return [table.get(tuple(o)) if o is not None else None for o in options] if table else None
 
     @property
@@ -412,7 +420,7 @@ class MixtureOfPersonas:
         """Learned offsets per answer scale (``learn_option_offsets``; empty without): add them to the LM's
         option log-probabilities of any question on that scale, as training did."""
         self._check_fitted()
-        return {s: p.detach().double().numpy().copy() for s, p in getattr(self, "option_offset_params_", {}).items()}
+        return {s: p.detach().double().numpy().copy() for s, p in self._offset_table().items()}
 
     def _calibration_contexts(
         self, records: Records, max_contexts: int = 1024
@@ -565,7 +573,7 @@ class MixtureOfPersonas:
         ll, n_tok = pair_log_likelihood(
             self.cache_for_eval(), prompts, records.responses * n_samples, options,
             torch.from_numpy(np.concatenate(taus)).float(),
-            offsets=self._offsets_for(options) if method == "mop" else None,
+            offsets=self._offsets_for(options, method),
         )
         ll = ll.detach().view(n_samples, n)
         return (torch.logsumexp(ll, dim=0) - np.log(n_samples)).numpy(), n_tok[:n].numpy()
@@ -593,7 +601,7 @@ class MixtureOfPersonas:
         ll, n_tok = pair_log_likelihood(
             self.cache_for_eval(), prompts, [y for y in records.responses for _ in range(n_k * n_j)],
             options, torch.tensor(tau, dtype=torch.float32),
-            offsets=self._offsets_for(options) if method == "mop" else None,
+            offsets=self._offsets_for(options, method),
         )
         total = torch.logsumexp(log_w + ll.detach().view(n, n_k * n_j), dim=1)
         return total.numpy(), n_tok.view(n, n_k * n_j)[:, 0].numpy()
@@ -616,7 +624,7 @@ class MixtureOfPersonas:
         tensors["h_e"] = self.h_e_.contiguous()
         tensors["exemplar_bias"] = self.exemplar_bias_.contiguous()
         tensors["persona_bias"] = self.persona_bias_.contiguous()
-        scales = list(getattr(self, "option_offset_params_", {}))
+        scales = list(self._offset_table())
         for i, scale in enumerate(scales):
             tensors[f"option_offsets.{i}"] = self.option_offset_params_[scale].contiguous()
         atomic_write_bytes(out / "gate.safetensors", save_safetensors(tensors))
