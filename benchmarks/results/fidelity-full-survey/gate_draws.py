@@ -22,7 +22,8 @@ def fit_nonvoters_a():
     """The protocol (a) non-voters fit of `fidelity.py --only survey` (full sizes, seed 0), with what a
     diagnosis needs: (cfg, pop, lm, mop, agents, the agents' gate texts)."""
     torch.set_num_threads(2)
-    cfg = dict(F.SIZES["full"]["survey"])
+    # plain MoP: the run these logs diagnose predates the learned option offsets (now on in TRAINING)
+    cfg = dict(F.SIZES["full"]["survey"], learn_option_offsets=False)
     pop = F.load_survey("nonvoters", cfg, 0, Path("/tmp/gate-draws"), False)
     lm, encoder = F.models("survey")
     mop = F.fit_survey_mop(pop, {q.id for q in pop.questions}, cfg, lm, encoder, 0)
