@@ -17,7 +17,7 @@
    transcripts); agents answer only those.
 
     python benchmarks/fidelity.py --quick            # 15-25 min on 2 CPU cores with native bf16; ~1 h in fp32
-    python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 40 min, survey part 63)
+    python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 33-42 min, survey part 63-85)
     python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
     python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
 

@@ -281,7 +281,6 @@ class MixtureOfPersonas:
             groups.append({"params": list(self.option_offset_params_.values()), "lr": self.offset_learning_rate})
         optimizer = torch.optim.Adam(groups)
         best, best_state, bad_epochs, history = float("inf"), None, 0, []
-        best_offsets: dict[tuple[str, ...], torch.Tensor] = {}  # read only when best_state is set, with it
         held: dict[int, np.ndarray] = {}  # record -> its top-M pair indices at its last visit
         for epoch in range(self.epochs):
             t_epoch = time.perf_counter()
@@ -311,15 +310,15 @@ class MixtureOfPersonas:
                             "cache_hits": self.cache_.hits, "cache_misses": self.cache_.misses})
             if val_loss < best - 1e-4:
                 best, bad_epochs = val_loss, 0
-                best_state = {k: v.detach().clone() for k, v in self.gate_.state_dict().items()}
-                best_offsets = {s: p.detach().clone() for s, p in self.option_offset_params_.items()}
+                best_state = ({k: v.detach().clone() for k, v in self.gate_.state_dict().items()},
+                              {s: p.detach().clone() for s, p in self.option_offset_params_.items()})
             else:
                 bad_epochs += 1
                 if bad_epochs > self.patience:
                     break
-        if best_state is not None:
-            self.gate_.load_state_dict(best_state)
-            self.option_offset_params_ = best_offsets
+        if best_state is not None:  # (gate state, option offsets) of the best validation epoch
+            self.gate_.load_state_dict(best_state[0])
+            self.option_offset_params_ = best_state[1]
         # centred (a constant shift of a scale's offsets changes nothing) and frozen
         self.option_offset_params_ = {s: (p - p.mean()).detach() for s, p in self.option_offset_params_.items()}
         self.gate_.eval()

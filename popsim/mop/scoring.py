@@ -123,11 +123,12 @@ def pair_log_likelihood(
     lp = sketch_logprob(sketches, temperature[row])
     if offsets is not None:
         # one value per flattened continuation: a row's options, or its single free-text continuation
+        pieces = []
         for r, (b, opts) in enumerate(zip(offsets, options, strict=True)):
             if b is not None and (opts is None or len(b) != len(opts)):
                 raise ValueError(f"offsets[{r}] must be None or have one value per option of row {r}")
-        lp = lp + torch.cat([b if b is not None else torch.zeros(len(opts) if opts is not None else 1)
-                             for b, opts in zip(offsets, options, strict=True)])
+            pieces.append(b if b is not None else torch.zeros(len(opts) if opts is not None else 1))
+        lp = lp + torch.cat(pieces)
     target = torch.tensor(is_target)
     n = len(prompts)
     log_num = torch.full((n,), float("-inf")).index_put((row[target],), lp[target], accumulate=False)
