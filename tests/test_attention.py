@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from popsim.lm.attention import ATTENTION_NAME, short_sequence_attention
+import popsim.lm.hf as hf
+from popsim.lm.attention import ATTENTION_NAME, short_sequence_attention, tile_layout
 from popsim.lm.hf import HFLanguageModel
 
 HEADS, KV_HEADS, DIM = 6, 2, 16
@@ -98,3 +100,84 @@ def test_scoring_batch_size_does_not_change_scores(tiny_lm_dir):
     torch.testing.assert_close(small.score(prompts, answers), big.score(prompts, answers), atol=1e-5, rtol=0)
     default = HFLanguageModel(str(tiny_lm_dir), dtype="fp32")
     assert default.score_batch_tokens == (2048 if default.device.type == "cpu" else default.batch_tokens)
+
+
+def _branching_tree_mask(lengths: tuple[int, int, int], width: int = 192) -> torch.Tensor:
+    """(1, 1, width, width): a prefix and two branches that do not see each other, then padding rows."""
+    seg = torch.tensor([0] * lengths[0] + [1] * lengths[1] + [2] * lengths[2])
+    visible = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    allowed = torch.eye(width, dtype=torch.bool)
+    n = len(seg)
+    allowed[:n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & torch.ones(n, n, dtype=torch.bool).tril()
+    return allowed.view(1, 1, width, width)
+
+
+def test_tile_layout_lists_the_key_tiles_each_query_tile_needs():
+    # two trees: the last query tile of each needs the first key tile and its own only
+    mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((64, 64, 64))])
+    tiles, tile_mask = tile_layout(mask[:, 0])
+    assert tiles.tolist() == [[[0, 0], [0, 1], [0, 2]], [[0, 0], [0, 1], [0, 2]]]  # tile 0 pads its 2nd slot
+    assert not tile_mask[:, 0, :, 64:].any()  # the padding slot is masked out
+    # every allowed entry of the dense mask is kept in the tile mask, and nothing else
+    assert int(tile_mask.sum()) == int(mask.sum())
+    assert tile_layout(torch.ones(1, 128, 128, dtype=torch.bool).tril()) is None  # no tile to skip
+    assert tile_layout(mask[:, 0, :100, :100]) is None  # not whole tiles
+
+
+def test_tiled_tree_attention_equals_sdpa():
+    mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((40, 88, 60))])
+    tiles, tile_mask = tile_layout(mask[:, 0])
+    assert tiles.shape == (2, 3, 2)
+    compiled = torch.compile(short_sequence_attention, dynamic=True)
+    q, k, v = _inputs(2, mask.shape[-1], torch.float32, seed=2)
+    out, _ = compiled(MODULE, q, k, v, mask, scaling=DIM**-0.5, tree_tiles=tiles, tree_tile_mask=tile_mask)
+    torch.testing.assert_close(out, _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_tiled_prefix_trees_score_as_every_prompt_in_full(tiny_lm_dir, monkeypatch):
+    """Compiled fp32 scoring with tiled trees (one 2048-token tree per agent) equals scoring each
+    (prompt, option) in full: agents with a long shared prefix and many questions."""
+    lm = HFLanguageModel(str(tiny_lm_dir), dtype="fp32", compile="on")
+    if not lm.tiled_trees:
+        pytest.skip("torch.compile unavailable here")
+    assert lm.max_tree_tokens == 2048
+    prompts, options = [], []
+    for agent in range(2):
+        prefix = f"Respondent {agent}: " + "a careful reader who answers every question honestly. " * 12
+        for q in range(10):
+            prompts.append(prefix + f"Q{q}: how important is item {q}? A:")
+            options.append([" very", " somewhat", " not so", " not at all important"])
+    layouts = []
+    real_layout = hf.tile_layout
+
+    def spy(mask):
+        layouts.append(real_layout(mask))
+        return layouts[-1]
+
+    monkeypatch.setattr(hf, "tile_layout", spy)
+    tree = lm.option_logprobs(prompts, options)
+    assert any(layout is not None for layout in layouts)  # tiles were skipped
+    lm.prefix_sharing = False
+    full = lm.option_logprobs(prompts, options)
+    for a, b in zip(tree, full, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_real_smollm_tiled_trees_equal_dense_trees(smollm_bf16):
+    """On the default bf16 CPU path SmolLM2 scores a survey agent as one tiled tree; the scores equal those
+    of dense 512-token trees (the same arithmetic on the tiles that hold any allowed key)."""
+    if not smollm_bf16.tiled_trees:
+        pytest.skip("the tiled path needs compiled CPU scoring")
+    prefix = "Survey interview transcript.\n" + "Q: Are we spending too much on parks?\nA: about right\n" * 8
+    prompts = [prefix + f"Q: Are we spending too much, too little or about right on item {i}?\nA:" for i in range(14)]
+    options = [[" too little", " about right", " too much"]] * len(prompts)
+    tiled = smollm_bf16.option_logprobs(prompts, options)
+    old = smollm_bf16.max_tree_tokens
+    try:
+        smollm_bf16.max_tree_tokens, smollm_bf16.tree_tiles = 512, False
+        dense = smollm_bf16.option_logprobs(prompts, options)
+    finally:
+        smollm_bf16.max_tree_tokens, smollm_bf16.tree_tiles = old, True
+    for a, b in zip(tiled, dense, strict=True):
+        np.testing.assert_allclose(a, b, atol=0.05)
+    assert not all(np.allclose(a, tiled[0]) for a in tiled[1:])

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from popsim.exceptions import ModelLoadError
-from popsim.lm.attention import ATTENTION_NAME, register_attention
+from popsim.lm.attention import ATTENTION_NAME, TILE, register_attention, tile_layout
 from popsim.lm.base import (
     LanguageModel,
     Prompt,
@@ -74,10 +74,14 @@ class HFLanguageModel(LanguageModel):
         prefix_sharing: score through the prefix tree (shared prefixes and repeated prompts encoded
             once); off encodes every (prompt, continuation) pair in full (for benchmarks).
         min_shared_prefix: tokens two prompts must share to be encoded as one prefix.
-        max_tree_tokens: longest packed prefix tree. Attention kernels compute the whole (width x width)
-            tree mask, so wide trees waste attention FLOPs: on 2 CPU cores 512 scored 64 ~110-token
-            prompts (4 groups of 16 sharing ~55 tokens) 1.7x faster than 1024 and 336-token survey
-            prompts (6 questions x 5 options per agent) within 5% of it.
+        max_tree_tokens: longest packed prefix tree; a group of prompts that does not fit is split and
+            its shared prefix encoded once per part. ``None``: 2048 where compiled scoring skips the
+            empty tiles of the tree mask (bf16 on CPU, see :func:`popsim.lm.attention.tile_layout`), so
+            a survey agent's prompts are one tree; else 512, because dense attention kernels compute the
+            whole (width x width) mask (on 2 CPU cores 512 scored 64 ~110-token prompts 1.7x faster
+            than 1024).
+        tree_tiles: let compiled CPU scoring skip the empty 64 x 64 tiles of a tree mask (exact; off
+            computes every tile, for benchmarks).
         compile: ``auto`` (compile the decoder layers and the norm and MLP blocks where eager elementwise
             kernels are the bottleneck: bf16/fp16 on CPU; see :mod:`popsim.lm.compile`), ``on`` or ``off``.
     """
@@ -92,7 +96,8 @@ class HFLanguageModel(LanguageModel):
         score_batch_tokens: int | None = None,
         prefix_sharing: bool = True,
         min_shared_prefix: int = 8,
-        max_tree_tokens: int = 512,
+        max_tree_tokens: int | None = None,
+        tree_tiles: bool = True,
         compile: str = "auto",
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,7 +129,6 @@ class HFLanguageModel(LanguageModel):
         self.score_batch_tokens = score_batch_tokens
         self.prefix_sharing = prefix_sharing
         self.min_shared_prefix = min_shared_prefix
-        self.max_tree_tokens = max_tree_tokens
         self._pad_id = self.tokenizer.pad_token_id
         if self._pad_id is None:
             self._pad_id = self.tokenizer.eos_token_id or 0
@@ -137,20 +141,36 @@ class HFLanguageModel(LanguageModel):
         # transformers 5.x renamed the KV-cache argument; older model code still takes past_key_values
         takes_cache = "cache" in inspect.signature(self._body.forward).parameters
         self._cache_kwarg = "cache" if takes_cache else "past_key_values"
+        self.tree_tiles = tree_tiles
         self.compiled_blocks = 0
         if should_compile(compile, self.device, self.dtype):
             register_attention(self.model)
             self.compiled_blocks = compile_elementwise_blocks(self.model, self._warm_up)
+        if max_tree_tokens is None:
+            max_tree_tokens = 2048 if self.tiled_trees else 512
+        self.max_tree_tokens = max_tree_tokens
 
     @property
     def short_attention(self) -> bool:
         """Whether compiled scoring passes use :func:`popsim.lm.attention.short_sequence_attention`."""
         return self.model.config._attn_implementation == ATTENTION_NAME
 
+    @property
+    def tiled_trees(self) -> bool:
+        """Whether prefix-tree passes skip the empty tiles of their mask (compiled short attention)."""
+        return self.tree_tiles and self.short_attention and self.compiled_blocks > 0
+
     def _warm_up(self) -> None:
         with torch.inference_mode():
             # two rows: compiled graphs specialise on a batch of one, and most batches have more
             self._body(input_ids=torch.tensor([[self._pad_id] * 4] * 2, device=self.device), use_cache=False)
+            if self.short_attention:  # and a tiled tree pass: a prefix tile with two branch tiles after it
+                tree = PackedTree()
+                tree.add_segment([self._pad_id] * TILE, 0, -1)
+                tree.add_segment([self._pad_id] * TILE, TILE, 0)
+                tree.add_segment([self._pad_id] * TILE, TILE, 0)
+                tree.predict.append((len(tree) - 1, self._pad_id, 0))
+                self._packed_batch([tree, tree], tiled=True)
 
     # ------------------------------------------------------------------ text <-> tokens
     def _collect_eos_ids(self) -> set[int]:
@@ -284,8 +304,11 @@ class HFLanguageModel(LanguageModel):
         return allowed
 
     @torch.inference_mode()
-    def _packed_batch(self, trees: list[PackedTree]):
+    def _packed_batch(self, trees: list[PackedTree], tiled: bool | None = None):
+        tiled = self.tiled_trees if tiled is None else tiled
         width = max(len(t) for t in trees)
+        if tiled:
+            width = -(-width // TILE) * TILE  # whole tiles; padding rows see only themselves
         ids = torch.full((len(trees), width), self._pad_id, dtype=torch.long)
         positions = torch.zeros((len(trees), width), dtype=torch.long)
         sel_b, sel_t, targets, owner = [], [], [], []
@@ -297,9 +320,12 @@ class HFLanguageModel(LanguageModel):
                 sel_t.append(index)
                 targets.append(target)
                 owner.append(pair)
+        mask = self._tree_mask(trees, width)
+        layout = tile_layout(mask[:, 0]) if tiled else None
+        tiles = {} if layout is None else {"tree_tiles": layout[0], "tree_tile_mask": layout[1]}
         hidden = self._body(
-            input_ids=ids.to(self.device), attention_mask=self._tree_mask(trees, width),
-            position_ids=positions.to(self.device), use_cache=False,
+            input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions.to(self.device),
+            use_cache=False, **tiles,
         ).last_hidden_state
         logits = self._project(hidden[torch.tensor(sel_b, device=self.device), torch.tensor(sel_t, device=self.device)])
         return torch.tensor(owner, dtype=torch.long), logits.cpu(), torch.tensor(targets, dtype=torch.long)
