@@ -112,31 +112,30 @@ def _branching_tree_mask(lengths: tuple[int, int, int], width: int = 192) -> tor
     return allowed.view(1, 1, width, width)
 
 
-def test_tile_layout_lists_the_key_tiles_each_query_tile_needs():
-    # two trees: the last query tile of each needs the first key tile and its own only
+def test_tile_layout_splits_a_tree_mask_into_strip_and_band():
+    # two trees whose branches never see each other: key tile 0 is the strip, each query tile's own the band
     mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((64, 64, 64))])
-    tiles, tile_mask = tile_layout(mask[:, 0])
-    assert tiles.tolist() == [[[0, 0], [0, 1], [0, 2]], [[0, 0], [0, 1], [0, 2]]]  # tile 0 pads its 2nd slot
-    assert not tile_mask[:, 0, :, 64:].any()  # the padding slot is masked out
-    # every allowed entry of the dense mask is kept in the tile mask, and nothing else
-    assert int(tile_mask.sum()) == int(mask.sum())
-    assert tile_layout(torch.ones(1, 128, 128, dtype=torch.bool).tril()) is None  # no tile to skip
+    strip_mask, band_mask = tile_layout(mask[:, 0])
+    assert strip_mask.shape == (2, 3, 64, 64) and band_mask.shape == (2, 3, 64, 64)
+    assert int(strip_mask.sum()) + int(band_mask.sum()) == int(mask.sum())  # each allowed entry exactly once
+    assert not band_mask[:, 0].any()  # query tile 0 lies in the strip: its band slot is masked out
+    assert tile_layout(torch.ones(1, 128, 128, dtype=torch.bool).tril()) is None  # nothing to skip
     assert tile_layout(mask[:, 0, :100, :100]) is None  # not whole tiles
 
 
-def test_tiled_tree_attention_equals_sdpa():
+def test_strip_band_attention_equals_sdpa():
     mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((40, 88, 60))])
-    tiles, tile_mask = tile_layout(mask[:, 0])
-    assert tiles.shape == (2, 3, 2)
+    strip_mask, band_mask = tile_layout(mask[:, 0])
+    assert strip_mask.shape[-1] + band_mask.shape[-1] < mask.shape[-1]
     compiled = torch.compile(short_sequence_attention, dynamic=True)
     q, k, v = _inputs(2, mask.shape[-1], torch.float32, seed=2)
-    out, _ = compiled(MODULE, q, k, v, mask, scaling=DIM**-0.5, tree_tiles=tiles, tree_tile_mask=tile_mask)
+    out, _ = compiled(MODULE, q, k, v, mask, scaling=DIM**-0.5, tree_strip_mask=strip_mask, tree_band_mask=band_mask)
     torch.testing.assert_close(out, _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
 
 
 def test_tiled_prefix_trees_score_as_every_prompt_in_full(tiny_lm_dir, monkeypatch):
-    """Compiled fp32 scoring with tiled trees (one 2048-token tree per agent) equals scoring each
-    (prompt, option) in full: agents with a long shared prefix and many questions."""
+    """Compiled fp32 scoring with tiled trees (one 2048-token tree per agent, strip + band attention)
+    equals scoring each (prompt, option) in full: agents with a long shared prefix and many questions."""
     lm = HFLanguageModel(str(tiny_lm_dir), dtype="fp32", compile="on")
     if not lm.tiled_trees:
         pytest.skip("torch.compile unavailable here")
@@ -156,7 +155,7 @@ def test_tiled_prefix_trees_score_as_every_prompt_in_full(tiny_lm_dir, monkeypat
 
     monkeypatch.setattr(hf, "tile_layout", spy)
     tree = lm.option_logprobs(prompts, options)
-    assert any(layout is not None for layout in layouts)  # tiles were skipped
+    assert any(layout is not None for layout in layouts)  # key tiles were skipped
     lm.prefix_sharing = False
     full = lm.option_logprobs(prompts, options)
     for a, b in zip(tree, full, strict=True):
@@ -164,8 +163,8 @@ def test_tiled_prefix_trees_score_as_every_prompt_in_full(tiny_lm_dir, monkeypat
 
 
 def test_real_smollm_tiled_trees_equal_dense_trees(smollm_bf16):
-    """On the default bf16 CPU path SmolLM2 scores a survey agent as one tiled tree; the scores equal those
-    of dense 512-token trees (the same arithmetic on the tiles that hold any allowed key)."""
+    """On the default bf16 CPU path SmolLM2 scores a survey agent as one tiled tree; the scores agree with
+    those of dense 512-token trees within bf16 rounding."""
     if not smollm_bf16.tiled_trees:
         pytest.skip("the tiled path needs compiled CPU scoring")
     prefix = "Survey interview transcript.\n" + "Q: Are we spending too much on parks?\nA: about right\n" * 8

@@ -9,14 +9,17 @@ axis (no ``repeat_kv`` copies), and Inductor fuses the upcast, scaling, masking,
 one loop between the two matmuls: 12 ms against 20 ms for the flash kernel on a 32 x 134-token bf16
 batch of SmolLM2's 9 heads (2 cores).
 
-Prefix trees (:mod:`popsim.lm.prefix_tree`) are mostly empty masks: an agent's ~250-token prefix followed
+Prefix trees (:mod:`popsim.lm.prefix_tree`) are mostly empty masks: an agent's ~300-token prefix followed
 by 16 questions of ~60 tokens, each of which sees the prefix and itself only. A dense pass over such a
 tree computes every (query, key) score, so trees were capped at 512 tokens and long prefixes were encoded
-again in every tree. With :func:`tile_layout` the caller passes, per 64-query tile, the key tiles that
-hold any allowed entry; attention then multiplies each query tile with those key tiles only (gathered
-eagerly, then one batched matmul), which is exact (a skipped tile is fully masked) and lets a whole agent
-be one tree. A non-voters MoP population step (30 agents x 16 questions, 4 options, one core) took 72 s
-against 113 s with dense 512-token trees; agents with 8 questions break even (``benchmarks/prefix_reuse.py``).
+again in every tree. :func:`tile_layout` splits the mask, over 64 x 64 tiles, into a key *strip* (the first
+tiles, the prefix) that every query reads and a diagonal *band* of key tiles ending at each query tile (its
+question); attention then runs as one large matmul against the strip, one against an unfolded view of the
+band, and one softmax over both (:func:`_strip_band_attention`). It is exact - the parts cover every
+allowed entry once - and lets a whole agent be one tree: a non-voters MoP population step (30 agents x 16
+questions x 4 options, one core) took 60 s against 113 s with dense 512-token trees. An earlier version
+gathered each query tile's key tiles instead; the gather made its attention cost 65-73 ms per layer call on
+2 x 1024 tokens against 32 ms for the strip and band (dense 512-token trees: ~35 ms per 2048 tokens).
 
 Everywhere else (eager calls, generation's KV-cached steps, masks or options it does not handle) it
 defers to transformers' SDPA path unchanged, so registering it changes no results outside compiled
@@ -67,14 +70,14 @@ def short_sequence_attention(
     """A transformers attention function: (batch, heads, q, d) inputs, (batch, q, heads, d) output.
 
     ``attention_mask`` is SDPA's: ``None`` (causal) or a boolean (batch, 1, q, kv) mask, True = attend.
-    ``tree_tiles`` / ``tree_tile_mask`` (from :func:`tile_layout`, passed through the model's forward
-    kwargs) restrict each query tile to the key tiles it needs.
+    ``tree_strip_mask`` / ``tree_band_mask`` (from :func:`tile_layout`, passed through the model's forward
+    kwargs) restrict each query tile to a shared key strip and its own band of key tiles.
     """
-    tiles, tile_mask = kwargs.pop("tree_tiles", None), kwargs.pop("tree_tile_mask", None)
+    strip_mask, band_mask = kwargs.pop("tree_strip_mask", None), kwargs.pop("tree_band_mask", None)
     if not _handles(query, key, attention_mask, dropout, kwargs):
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if tiles is not None and query.shape[2] == key.shape[2]:
-        return _tiled_attention(query, key, value, tiles, tile_mask, scaling)
+    if strip_mask is not None and query.shape[2] == key.shape[2]:
+        return _strip_band_attention(query, key, value, strip_mask, band_mask, scaling)
     batch, heads, q_len, dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
@@ -95,67 +98,76 @@ def short_sequence_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-@torch.compiler.disable
-def _gather_tiles(key: torch.Tensor, value: torch.Tensor, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query tile's key and value tiles, (batch, kv_heads, n_tiles, per_tile * TILE, dim) each.
+def _strip_band_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix_mask: torch.Tensor,
+                          band_mask: torch.Tensor, scaling: float | None) -> tuple[torch.Tensor, None]:
+    """Attention over a key strip shared by every query plus a diagonal band of key tiles per query tile.
 
-    Run eagerly: Inductor fused the gather with the rotary embedding into a kernel that took longer than
-    the eager gather plus the rest of attention (105 vs 65 ms per call on 2 x 1024 tokens, 7 of 16 tiles).
+    (batch, heads, q, d) -> (batch, q, heads, d). The strip is one large matmul for all queries; the band is
+    an unfolded (strided) view of the keys, ``band`` tiles wide, ending at each query tile. The two parts'
+    softmaxes are merged through a shared maximum, so the result is softmax over their union.
     """
-    batch, kv_heads, _, dim = key.shape
-    n_tiles, per_tile = tiles.shape[1], tiles.shape[2]
-    index = tiles.reshape(batch, 1, n_tiles * per_tile, 1).expand(batch, kv_heads, n_tiles * per_tile, TILE * dim)
-    shape = (batch, kv_heads, n_tiles, per_tile * TILE, dim)
-    return (key.reshape(batch, kv_heads, n_tiles, TILE * dim).gather(2, index).view(shape),
-            value.reshape(batch, kv_heads, n_tiles, TILE * dim).gather(2, index).view(shape))
-
-
-def _tiled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tiles: torch.Tensor,
-                     tile_mask: torch.Tensor, scaling: float | None) -> tuple[torch.Tensor, None]:
-    """Attention over the key tiles each query tile needs: (batch, heads, q, d) -> (batch, q, heads, d)."""
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    n_tiles = tiles.shape[1]
+    n_tiles, strip, band = prefix_mask.shape[1], prefix_mask.shape[3], band_mask.shape[3]
     scale = dim**-0.5 if scaling is None else scaling
-    keys, values = _gather_tiles(key, value, tiles)
+    floor = torch.finfo(torch.float32).min
     # query heads sharing a kv head stacked within each tile: (batch, kv_heads, n_tiles, group * TILE, dim)
     folded = query.view(batch, kv_heads, group, n_tiles, TILE, dim).transpose(2, 3)
     folded = folded.reshape(batch, kv_heads, n_tiles, group * TILE, dim)
-    scores = torch.matmul(folded, keys.transpose(-1, -2)).view(batch, kv_heads, n_tiles, group, TILE, -1)
-    bias = torch.where(tile_mask, 0.0, torch.finfo(torch.float32).min).unsqueeze(1).unsqueeze(3)
-    scores = scores.float() * scale + bias
-    probs = scores.softmax(dim=-1).to(value.dtype).view(batch, kv_heads, n_tiles, group * TILE, -1)
-    out = torch.matmul(probs, values).view(batch, kv_heads, n_tiles, group, TILE, dim)
-    out = out.transpose(2, 3).reshape(batch, heads, q_len, dim)
+    strip_scores = torch.matmul(folded.reshape(batch, kv_heads, -1, dim), key[:, :, :strip].transpose(-1, -2))
+    strip_scores = strip_scores.view(batch, kv_heads, n_tiles, group, TILE, strip).float() * scale
+    strip_scores = strip_scores + torch.where(prefix_mask, 0.0, floor).unsqueeze(1).unsqueeze(3)
+    pad = (0, 0, band - TILE, 0)  # band - TILE keys before position 0, so tile 0's band starts in range
+    band_keys = torch.nn.functional.pad(key, pad).unfold(2, band, TILE)  # (batch, kv_heads, n_tiles, dim, band)
+    band_values = torch.nn.functional.pad(value, pad).unfold(2, band, TILE).transpose(-1, -2)
+    band_scores = torch.matmul(folded, band_keys).view(batch, kv_heads, n_tiles, group, TILE, band).float() * scale
+    band_scores = band_scores + torch.where(band_mask, 0.0, floor).unsqueeze(1).unsqueeze(3)
+    top = torch.maximum(strip_scores.amax(-1, keepdim=True), band_scores.amax(-1, keepdim=True))
+    strip_weights, band_weights = (strip_scores - top).exp(), (band_scores - top).exp()
+    total = strip_weights.sum(-1, keepdim=True) + band_weights.sum(-1, keepdim=True)
+    out = torch.matmul(strip_weights.to(value.dtype).view(batch, kv_heads, -1, strip), value[:, :, :strip])
+    out = out.view(batch, kv_heads, n_tiles, group, TILE, dim).float()
+    band_out = torch.matmul(band_weights.to(value.dtype).view(batch, kv_heads, n_tiles, group * TILE, band),
+                            band_values)
+    out = (out + band_out.view(batch, kv_heads, n_tiles, group, TILE, dim).float()) / total
+    out = out.to(value.dtype).transpose(2, 3).reshape(batch, heads, q_len, dim)
     return out.transpose(1, 2).contiguous(), None
 
 
 def tile_layout(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Which key tiles each query tile of a (batch, width, width) boolean mask needs.
+    """Split a (batch, width, width) boolean mask into a key strip every query reads and a diagonal band.
 
-    Returns ``(tiles, tile_mask)``: ``tiles`` (batch, n_tiles, per_tile) key-tile indices, ``tile_mask``
-    (batch, n_tiles, TILE, per_tile * TILE) the mask entries of those tiles (padding slots all False).
-    ``None`` when ``width`` is not a multiple of :data:`TILE` or no query tile can skip a key tile.
-    Every row must allow at least one key (its own diagonal), so no softmax row is empty.
+    Over 64 x 64 tiles, picks the strip of the first ``p`` key tiles and the band of ``b`` key tiles ending
+    at each query tile (tiles before the strip's end excluded) that together cover every allowed entry with
+    the fewest key tiles per query tile. Returns ``(strip_mask, band_mask)``: (batch, n_tiles, TILE,
+    p * TILE) and (batch, n_tiles, TILE, b * TILE), the mask entries of both parts; ``None`` when the width
+    is not whole tiles or the split would read as many key tiles as the dense mask. Every row must allow a
+    key (its own diagonal), so no softmax row is empty.
     """
     batch, width, _ = allowed.shape
     if width % TILE:
         return None
     n_tiles = width // TILE
     blocks = allowed.view(batch, n_tiles, TILE, n_tiles, TILE)
-    used = blocks.any(dim=4).any(dim=2)  # (batch, query tile, key tile)
-    counts = used.sum(dim=2)
-    per_tile = int(counts.max())
-    if per_tile == n_tiles:
+    used = blocks.any(dim=4).any(dim=2).any(dim=0)  # (query tile, key tile), over the whole batch
+    tile = torch.arange(n_tiles, device=allowed.device)
+    best = (n_tiles, 0, 0)
+    for strip in range(1, n_tiles):
+        after = used & (tile >= strip)  # key tiles the band has to cover
+        first = torch.where(after, tile, n_tiles).amin(dim=1)
+        reach = (tile - first)[after.any(dim=1)]
+        band = int(reach.max()) + 1 if reach.numel() else 1
+        if strip + band < best[0]:
+            best = (strip + band, strip, band)
+    _, strip, band = best
+    if not strip:
         return None
-    # the used key tiles first, in order (a stable sort on "unused"), then padding slots
-    tiles = torch.sort((~used).to(torch.int8), dim=2, stable=True).indices[:, :, :per_tile]
-    valid = torch.arange(per_tile, device=allowed.device) < counts.unsqueeze(2)
-    tiles = torch.where(valid, tiles, 0)
-    index = tiles.view(batch, n_tiles, 1, per_tile, 1).expand(batch, n_tiles, TILE, per_tile, TILE)
-    tile_mask = blocks.gather(3, index) & valid.view(batch, n_tiles, 1, per_tile, 1)
-    return tiles, tile_mask.reshape(batch, n_tiles, TILE, per_tile * TILE)
+    strip_mask = allowed[:, :, : strip * TILE].reshape(batch, n_tiles, TILE, strip * TILE)
+    keys = tile.unsqueeze(1) - band + 1 + torch.arange(band, device=allowed.device)  # (query tile, slot)
+    band_mask = blocks[:, tile.unsqueeze(1), :, keys.clamp(min=0), :]  # (query tile, slot, batch, TILE, TILE)
+    band_mask = band_mask.permute(2, 0, 3, 1, 4) & (keys >= strip).view(1, n_tiles, 1, band, 1)
+    return strip_mask, band_mask.reshape(batch, n_tiles, TILE, band * TILE)
 
 
 def register_attention(model: torch.nn.Module) -> bool:

@@ -80,8 +80,9 @@ class HFLanguageModel(LanguageModel):
             a survey agent's prompts are one tree; else 512, because dense attention kernels compute the
             whole (width x width) mask (on 2 CPU cores 512 scored 64 ~110-token prompts 1.7x faster
             than 1024).
-        tree_tiles: let compiled CPU scoring skip the empty 64 x 64 tiles of a tree mask (exact; off
-            computes every tile, for benchmarks).
+        tree_tiles: let compiled CPU scoring read only a shared key strip and a diagonal band of 64 x 64
+            tiles of a tree mask (exact, see :func:`popsim.lm.attention.tile_layout`; off computes every
+            tile, for benchmarks).
         compile: ``auto`` (compile the decoder layers and the norm and MLP blocks where eager elementwise
             kernels are the bottleneck: bf16/fp16 on CPU; see :mod:`popsim.lm.compile`), ``on`` or ``off``.
     """
@@ -164,11 +165,11 @@ class HFLanguageModel(LanguageModel):
         with torch.inference_mode():
             # two rows: compiled graphs specialise on a batch of one, and most batches have more
             self._body(input_ids=torch.tensor([[self._pad_id] * 4] * 2, device=self.device), use_cache=False)
-            if self.short_attention:  # and a tiled tree pass: a prefix tile with two branch tiles after it
-                tree = PackedTree()
-                tree.add_segment([self._pad_id] * TILE, 0, -1)
-                tree.add_segment([self._pad_id] * TILE, TILE, 0)
-                tree.add_segment([self._pad_id] * TILE, TILE, 0)
+            if self.short_attention:  # and a tiled tree pass: a 3-tile prefix, branches of 1 and 2 tiles
+                tree = PackedTree()  # (strip and band of different widths: graphs do not assume them equal)
+                tree.add_segment([self._pad_id] * 3 * TILE, 0, -1)
+                tree.add_segment([self._pad_id] * TILE, 3 * TILE, 0)
+                tree.add_segment([self._pad_id] * 2 * TILE, 3 * TILE, 0)
                 tree.predict.append((len(tree) - 1, self._pad_id, 0))
                 self._packed_batch([tree, tree], tiled=True)
 
@@ -322,7 +323,7 @@ class HFLanguageModel(LanguageModel):
                 owner.append(pair)
         mask = self._tree_mask(trees, width)
         layout = tile_layout(mask[:, 0]) if tiled else None
-        tiles = {} if layout is None else {"tree_tiles": layout[0], "tree_tile_mask": layout[1]}
+        tiles = {} if layout is None else {"tree_strip_mask": layout[0], "tree_band_mask": layout[1]}
         hidden = self._body(
             input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions.to(self.device),
             use_cache=False, **tiles,
