@@ -16,7 +16,7 @@
    (b) new questions: a third of the items held out entirely (never in fitting records or exemplar
    transcripts); agents answer only those.
 
-    python benchmarks/fidelity.py --quick            # 15-25 min on 2 CPU cores with native bf16; ~1 h in fp32
+    python benchmarks/fidelity.py --quick            # 15-19 min on 2 CPU cores with native bf16; ~1 h in fp32
     python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 33-42 min, survey part 63-85)
     python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
     python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
@@ -68,8 +68,9 @@ SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
 SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
 
 # Sizes. quick: 15-17 minutes on 2 fast CPU cores with native bf16 (AMD EPYC AVX-512 BF16 at 734 bf16
-# GFLOP/s: 16.8 with cold survey caches, 15.6 warm; Xeon AMX 14.7), 24.5 on a slower one of the same kind (413
-# GFLOP/s, `lm_throughput.py --quick`), 63 in fp32 (AMD EPYC, no AVX-512; before the per-dataset text jobs);
+# GFLOP/s: 16.8 with cold survey caches, 15.6 warm; Xeon AMX 14.7; all before tiled tree attention), 18.8
+# on a slower one of the same kind (413 GFLOP/s, `lm_throughput.py --quick`; 24.5 before tiling), 63 in
+# fp32 (AMD EPYC, no AVX-512; before the per-dataset text jobs);
 # full: larger K, N, samples (surveys: 800 respondents each, 240 held out; 1500 was estimated at ~3 h on 2
 # cores from a small run of the full settings, and was never run). TRAINING holds the MoP training settings
 # both modes share (tuned on --dev, see benchmarks/TUNING.md). Text keeps tau_k at tau_init (TEXT_TRAINING): the
@@ -729,7 +730,7 @@ def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes: 15-25 min on 2 bf16 CPU cores (by their speed), ~1 h in fp32")
+                        help="small sizes: 15-19 min on 2 bf16 CPU cores (by their speed), ~1 h in fp32")
     parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
     parser.add_argument("--only", choices=["text", "survey"], help="run one part")
     parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")

@@ -10,8 +10,8 @@ loaded SmolLM2 in the same dtype; only ``prefix_sharing`` differs:
 * ``full``: every (prompt + option) is encoded from scratch, in token-budget batches sorted by length
   (what a plain batched scorer does);
 * ``dense trees`` (compiled CPU scoring only): the prefix tree as before 2026-12-04, at most 512 tokens per
-  tree and every tile of the tree mask computed, against the default tiled trees (one tree per agent, empty
-  64 x 64 tiles of the mask skipped).
+  tree and every tile of the tree mask computed, against the default tiled trees (one tree per agent,
+  attention over a key strip and a diagonal band of tiles, :func:`popsim.lm.attention.tile_layout`).
 
 The sides' log-probabilities are compared (max absolute difference) so the speed-up is for the same
 numbers. Repetitions are interleaved and the figure is the median of per-repetition ratios. Last line::
