@@ -112,6 +112,22 @@ def _branching_tree_mask(lengths: tuple[int, int, int], width: int = 192) -> tor
     return allowed.view(1, 1, width, width)
 
 
+def _tree_of(prefix: int, branches: list[int], width: int) -> torch.Tensor:
+    """(1, 1, width, width): a prefix, then branches that each see the prefix and themselves, then padding."""
+    seg = torch.tensor([0] * prefix + [b + 1 for b, n in enumerate(branches) for _ in range(n)])
+    visible = torch.eye(len(branches) + 1, dtype=torch.bool)
+    visible[:, 0] = True
+    allowed = torch.eye(width, dtype=torch.bool)
+    n = len(seg)
+    allowed[:n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & torch.ones(n, n, dtype=torch.bool).tril()
+    return allowed.view(1, 1, width, width)
+
+
+def _wide_trees() -> torch.Tensor:
+    """Two trees with different prefixes (150 and 200 tokens) and branches of up to two tiles."""
+    return torch.cat([_tree_of(150, [100, 90, 70], 448), _tree_of(200, [120, 60, 40], 448)])
+
+
 def test_tile_layout_splits_a_tree_mask_into_strip_and_band():
     # two trees whose branches never see each other: key tile 0 is the strip, each query tile's own the band
     mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((64, 64, 64))])
@@ -119,12 +135,24 @@ def test_tile_layout_splits_a_tree_mask_into_strip_and_band():
     assert strip_mask.shape == (2, 3, 64, 64) and band_mask.shape == (2, 3, 64, 64)
     assert int(strip_mask.sum()) + int(band_mask.sum()) == int(mask.sum())  # each allowed entry exactly once
     assert not band_mask[:, 0].any()  # query tile 0 lies in the strip: its band slot is masked out
-    assert tile_layout(torch.ones(1, 128, 128, dtype=torch.bool).tril()) is None  # nothing to skip
+    wide = _wide_trees()[:, 0]
+    strip_mask, band_mask = tile_layout(wide)
+    assert strip_mask.shape[-1] >= 128 and band_mask.shape[-1] >= 128  # several tiles in both parts
+    assert strip_mask.shape[-1] + band_mask.shape[-1] < wide.shape[-1]
+    assert int(strip_mask.sum()) + int(band_mask.sum()) == int(wide.sum())
+    assert tile_layout(torch.ones(1, 256, 256, dtype=torch.bool).tril()) is None  # causal: nothing to skip
     assert tile_layout(mask[:, 0, :100, :100]) is None  # not whole tiles
+    later = wide.clone()
+    later[0, 10, 300] = True  # a query reading a later tile: the band cannot hold it
+    assert tile_layout(later) is None
 
 
-def test_strip_band_attention_equals_sdpa():
-    mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((40, 88, 60))])
+@pytest.mark.parametrize("case", ["one-tile parts", "wide parts"])
+def test_strip_band_attention_equals_sdpa(case):
+    if case == "one-tile parts":
+        mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((40, 88, 60))])
+    else:
+        mask = _wide_trees()
     strip_mask, band_mask = tile_layout(mask[:, 0])
     assert strip_mask.shape[-1] + band_mask.shape[-1] < mask.shape[-1]
     compiled = torch.compile(short_sequence_attention, dynamic=True)
@@ -137,9 +165,9 @@ def test_tiled_prefix_trees_score_as_every_prompt_in_full(tiny_lm_dir, monkeypat
     """Compiled fp32 scoring with tiled trees (one 2048-token tree per agent, strip + band attention)
     equals scoring each (prompt, option) in full: agents with a long shared prefix and many questions."""
     lm = HFLanguageModel(str(tiny_lm_dir), dtype="fp32", compile="on")
-    if not lm.tiled_trees:
-        pytest.skip("torch.compile unavailable here")
-    assert lm.max_tree_tokens == 2048
+    if lm.device.type != "cpu" or lm.compiled_blocks == 0:
+        pytest.skip("tiling needs compiled CPU scoring (no compiler here)")
+    assert lm.tiled_trees and lm.max_tree_tokens == 2048  # its own compile did not fail
     prompts, options = [], []
     for agent in range(2):
         prefix = f"Respondent {agent}: " + "a careful reader who answers every question honestly. " * 12
@@ -163,10 +191,11 @@ def test_tiled_prefix_trees_score_as_every_prompt_in_full(tiny_lm_dir, monkeypat
 
 
 def test_real_smollm_tiled_trees_equal_dense_trees(smollm_bf16):
-    """On the default bf16 CPU path SmolLM2 scores a survey agent as one tiled tree; the scores agree with
-    those of dense 512-token trees within bf16 rounding."""
-    if not smollm_bf16.tiled_trees:
+    """On the default bf16 CPU path SmolLM2 scores a survey agent as one tiled tree; its option distributions
+    agree with those of dense 512-token trees within bf16 rounding (TV < 0.02, same top option)."""
+    if smollm_bf16.device.type != "cpu" or smollm_bf16.compiled_blocks == 0:
         pytest.skip("the tiled path needs compiled CPU scoring")
+    assert smollm_bf16.tiled_trees
     prefix = "Survey interview transcript.\n" + "Q: Are we spending too much on parks?\nA: about right\n" * 8
     prompts = [prefix + f"Q: Are we spending too much, too little or about right on item {i}?\nA:" for i in range(14)]
     options = [[" too little", " about right", " too much"]] * len(prompts)
@@ -177,6 +206,6 @@ def test_real_smollm_tiled_trees_equal_dense_trees(smollm_bf16):
         dense = smollm_bf16.option_logprobs(prompts, options)
     finally:
         smollm_bf16.max_tree_tokens, smollm_bf16.tree_tiles = old, True
-    for a, b in zip(tiled, dense, strict=True):
-        np.testing.assert_allclose(a, b, atol=0.05)
+    for a, b in zip(tiled, dense, strict=True):  # bf16 moves rare options' log-probs, not the distribution
+        assert 0.5 * np.abs(np.exp(a) - np.exp(b)).sum() < 0.02 and a.argmax() == b.argmax()
     assert not all(np.allclose(a, tiled[0]) for a in tiled[1:])

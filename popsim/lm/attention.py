@@ -15,9 +15,10 @@ tree computes every (query, key) score, so trees were capped at 512 tokens and l
 again in every tree. :func:`tile_layout` splits the mask, over 64 x 64 tiles, into a key *strip* (the first
 tiles, the prefix) that every query reads and a diagonal *band* of key tiles ending at each query tile (its
 question); attention then runs as one large matmul against the strip, one against an unfolded view of the
-band, and one softmax over both (:func:`_strip_band_attention`). It is exact - the parts cover every
-allowed entry once - and lets a whole agent be one tree: a non-voters MoP population step (30 agents x 16
-questions x 4 options, one core) took 60 s against 113 s with dense 512-token trees. An earlier version
+band, and one softmax over both (:func:`_strip_band_attention`). It is exact - for masks that are causal
+by tile, as tree masks are, the parts cover every allowed entry once - and lets a whole agent be one
+tree: a non-voters MoP population step (30 agents x 16 questions x 4 options, one core) took 60 s
+against 113 s with dense 512-token trees. An earlier version
 gathered each query tile's key tiles instead; the gather made its attention cost 65-73 ms per layer call on
 2 x 1024 tokens against 32 ms for the strip and band (dense 512-token trees: ~35 ms per 2048 tokens).
 
@@ -142,8 +143,9 @@ def tile_layout(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | No
     at each query tile (tiles before the strip's end excluded) that together cover every allowed entry with
     the fewest key tiles per query tile. Returns ``(strip_mask, band_mask)``: (batch, n_tiles, TILE,
     p * TILE) and (batch, n_tiles, TILE, b * TILE), the mask entries of both parts; ``None`` when the width
-    is not whole tiles or the split would read as many key tiles as the dense mask. Every row must allow a
-    key (its own diagonal), so no softmax row is empty.
+    is not whole tiles, a query tile reads a later key tile (masks must be causal by tile, as tree masks
+    are), or the split would read as many key tiles as the dense mask. Every row must allow a key (its own
+    diagonal), so no softmax row is empty.
     """
     batch, width, _ = allowed.shape
     if width % TILE:
@@ -151,6 +153,8 @@ def tile_layout(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | No
     n_tiles = width // TILE
     blocks = allowed.view(batch, n_tiles, TILE, n_tiles, TILE)
     used = blocks.any(dim=4).any(dim=2).any(dim=0)  # (query tile, key tile), over the whole batch
+    if used.triu(1).any():  # a query tile reads a later key tile: the band (which ends at its own) cannot
+        return None
     tile = torch.arange(n_tiles, device=allowed.device)
     best = (n_tiles, 0, 0)
     for strip in range(1, n_tiles):

@@ -44,9 +44,18 @@ def should_compile(setting: str, device: torch.device, dtype: torch.dtype) -> bo
     return device.type == "cpu" and dtype in {torch.bfloat16, torch.float16}
 
 
+# Graph variants one compiled layer forward may hold before dynamo runs it eagerly: mask kinds (causal,
+# padded, dense tree, strip + band) x batch of one or more, x every model loaded in the process (a test
+# session loads several). torch's default of 8 was reached in the test suite.
+_RECOMPILE_LIMIT = 64
+
+
 @functools.cache
 def _compiled_forward(layer_class: type) -> Callable[..., Any]:
     """One compiled forward per layer class, shared by all its instances (dynamo guards on shapes, not ids)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _RECOMPILE_LIMIT)
     return torch.compile(layer_class.forward, dynamic=True)
 
 
@@ -70,7 +79,8 @@ def compile_elementwise_blocks(model: torch.nn.Module, warm_up: Callable[[], obj
     """Compile the norm/MLP blocks and the decoder layers' cache-free path in place; returns how many
     modules were compiled.
 
-    ``warm_up`` runs one small cache-free forward so compile errors (e.g. no C++ compiler) surface here:
+    ``warm_up`` runs one small cache-free forward so compile errors (e.g. no C++ compiler) surface here
+    (the caller compiles its tiled tree pass afterwards, separately: see ``HFLanguageModel``):
     then every module goes back to eager with a warning, and results are what they would have been
     without compiling.
     """

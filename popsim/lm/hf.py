@@ -19,6 +19,7 @@ Speed notes (LM passes are nearly all of popsim's cost):
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -75,14 +76,14 @@ class HFLanguageModel(LanguageModel):
             once); off encodes every (prompt, continuation) pair in full (for benchmarks).
         min_shared_prefix: tokens two prompts must share to be encoded as one prefix.
         max_tree_tokens: longest packed prefix tree; a group of prompts that does not fit is split and
-            its shared prefix encoded once per part. ``None``: 2048 where compiled scoring skips the
-            empty tiles of the tree mask (bf16 on CPU, see :func:`popsim.lm.attention.tile_layout`), so
-            a survey agent's prompts are one tree; else 512, because dense attention kernels compute the
-            whole (width x width) mask (on 2 CPU cores 512 scored 64 ~110-token prompts 1.7x faster
-            than 1024).
+            its shared prefix encoded once per part. ``None``: 2048 (at most ``score_batch_tokens``) where
+            compiled CPU scoring tiles the tree mask (``compile`` active on CPU, by default in bf16; see
+            :func:`popsim.lm.attention.tile_layout`), so a survey agent's prompts are one tree; else 512,
+            because dense attention kernels compute the whole (width x width) mask (on 2 CPU cores 512
+            scored 64 ~110-token prompts 1.7x faster than 1024).
         tree_tiles: let compiled CPU scoring read only a shared key strip and a diagonal band of 64 x 64
-            tiles of a tree mask (exact, see :func:`popsim.lm.attention.tile_layout`; off computes every
-            tile, for benchmarks).
+            tiles of a tree mask (exact, see :func:`popsim.lm.attention.tile_layout`; compiled at load for
+            batches of one and two trees; off computes every tile, for benchmarks).
         compile: ``auto`` (compile the decoder layers and the norm and MLP blocks where eager elementwise
             kernels are the bottleneck: bf16/fp16 on CPU; see :mod:`popsim.lm.compile`), ``on`` or ``off``.
     """
@@ -147,8 +148,10 @@ class HFLanguageModel(LanguageModel):
         if should_compile(compile, self.device, self.dtype):
             register_attention(self.model)
             self.compiled_blocks = compile_elementwise_blocks(self.model, self._warm_up)
-        if max_tree_tokens is None:
-            max_tree_tokens = 2048 if self.tiled_trees else 512
+        if self.tiled_trees:
+            self._warm_up_tiles()
+        if max_tree_tokens is None:  # never wider than a scoring batch, which holds at least one tree
+            max_tree_tokens = min(2048, self.score_batch_tokens) if self.tiled_trees else 512
         self.max_tree_tokens = max_tree_tokens
 
     @property
@@ -158,20 +161,30 @@ class HFLanguageModel(LanguageModel):
 
     @property
     def tiled_trees(self) -> bool:
-        """Whether prefix-tree passes skip the empty tiles of their mask (compiled short attention)."""
-        return self.tree_tiles and self.short_attention and self.compiled_blocks > 0
+        """Whether prefix-tree passes read only the strip and band of their mask (compiled CPU scoring)."""
+        return (self.tree_tiles and self.short_attention and self.compiled_blocks > 0
+                and self.device.type == "cpu")
 
     def _warm_up(self) -> None:
         with torch.inference_mode():
-            # two rows: compiled graphs specialise on a batch of one, and most batches have more
+            # two rows: compiled graphs specialise on a batch of one
             self._body(input_ids=torch.tensor([[self._pad_id] * 4] * 2, device=self.device), use_cache=False)
-            if self.short_attention:  # and a tiled tree pass: a 3-tile prefix, branches of 1 and 2 tiles
-                tree = PackedTree()  # (strip and band of different widths: graphs do not assume them equal)
-                tree.add_segment([self._pad_id] * 3 * TILE, 0, -1)
-                tree.add_segment([self._pad_id] * TILE, 3 * TILE, 0)
-                tree.add_segment([self._pad_id] * 2 * TILE, 3 * TILE, 0)
-                tree.predict.append((len(tree) - 1, self._pad_id, 0))
-                self._packed_batch([tree, tree], tiled=True)
+
+    def _warm_up_tiles(self) -> None:
+        """Compile the tiled tree pass now, for batches of one tree and of two (survey agents' trees come as
+        both); if it fails, trees stay dense and everything else stays compiled."""
+        tree = PackedTree()  # a 3-tile prefix and branches of 1 and 2 tiles: strip and band of different
+        tree.add_segment([self._pad_id] * 3 * TILE, 0, -1)  # widths, so graphs do not assume them equal
+        tree.add_segment([self._pad_id] * TILE, 3 * TILE, 0)
+        tree.add_segment([self._pad_id] * 2 * TILE, 3 * TILE, 0)
+        tree.predict.append((len(tree) - 1, self._pad_id, 0))
+        try:
+            self._packed_batch([tree, tree])
+            self._packed_batch([tree])
+        except Exception as exc:  # noqa: BLE001 - any failure means "dense trees"
+            self.tree_tiles = False
+            warnings.warn(f"tiled tree attention unavailable ({type(exc).__name__}: {exc}); scoring uses dense "
+                          "512-token trees", RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ text <-> tokens
     def _collect_eos_ids(self) -> set[int]:
@@ -305,8 +318,8 @@ class HFLanguageModel(LanguageModel):
         return allowed
 
     @torch.inference_mode()
-    def _packed_batch(self, trees: list[PackedTree], tiled: bool | None = None):
-        tiled = self.tiled_trees if tiled is None else tiled
+    def _packed_batch(self, trees: list[PackedTree]):
+        tiled = self.tiled_trees
         width = max(len(t) for t in trees)
         if tiled:
             width = -(-width // TILE) * TILE  # whole tiles; padding rows see only themselves
