@@ -32,16 +32,20 @@ def _padded_mask(lengths: list[int], width: int) -> torch.Tensor:
     return (causal & keys[:, None, :]).unsqueeze(1)
 
 
-def _tree_mask(width: int) -> torch.Tensor:
-    """A prefix shared by two branches, plus padding rows that see only themselves."""
+def _tree_of(prefix: int, branches: list[int], width: int) -> torch.Tensor:
+    """(1, 1, width, width): a prefix, then branches that each see the prefix and themselves, then padding."""
+    seg = torch.tensor([0] * prefix + [b + 1 for b, n in enumerate(branches) for _ in range(n)])
+    visible = torch.eye(len(branches) + 1, dtype=torch.bool)
+    visible[:, 0] = True
     allowed = torch.eye(width, dtype=torch.bool)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    prefix, branch = 5, 4
-    seg = torch.tensor([0] * prefix + [1] * branch + [2] * branch)
-    visible = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
     n = len(seg)
-    allowed[:n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & causal[:n, :n]
-    return allowed.expand(2, width, width).unsqueeze(1)
+    allowed[:n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & torch.ones(n, n, dtype=torch.bool).tril()
+    return allowed.view(1, 1, width, width)
+
+
+def _tree_mask(width: int) -> torch.Tensor:
+    """Two rows of a 5-token prefix shared by two 4-token branches, plus padding rows."""
+    return _tree_of(5, [4, 4], width).expand(2, 1, width, width)
 
 
 def _reference(q, k, v, mask):
@@ -102,27 +106,6 @@ def test_scoring_batch_size_does_not_change_scores(tiny_lm_dir):
     assert default.score_batch_tokens == (2048 if default.device.type == "cpu" else default.batch_tokens)
 
 
-def _branching_tree_mask(lengths: tuple[int, int, int], width: int = 192) -> torch.Tensor:
-    """(1, 1, width, width): a prefix and two branches that do not see each other, then padding rows."""
-    seg = torch.tensor([0] * lengths[0] + [1] * lengths[1] + [2] * lengths[2])
-    visible = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
-    allowed = torch.eye(width, dtype=torch.bool)
-    n = len(seg)
-    allowed[:n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & torch.ones(n, n, dtype=torch.bool).tril()
-    return allowed.view(1, 1, width, width)
-
-
-def _tree_of(prefix: int, branches: list[int], width: int) -> torch.Tensor:
-    """(1, 1, width, width): a prefix, then branches that each see the prefix and themselves, then padding."""
-    seg = torch.tensor([0] * prefix + [b + 1 for b, n in enumerate(branches) for _ in range(n)])
-    visible = torch.eye(len(branches) + 1, dtype=torch.bool)
-    visible[:, 0] = True
-    allowed = torch.eye(width, dtype=torch.bool)
-    n = len(seg)
-    allowed[:n, :n] = visible[seg.unsqueeze(1), seg.unsqueeze(0)] & torch.ones(n, n, dtype=torch.bool).tril()
-    return allowed.view(1, 1, width, width)
-
-
 def _wide_trees() -> torch.Tensor:
     """Two trees with different prefixes (150 and 200 tokens) and branches of up to two tiles."""
     return torch.cat([_tree_of(150, [100, 90, 70], 448), _tree_of(200, [120, 60, 40], 448)])
@@ -130,7 +113,7 @@ def _wide_trees() -> torch.Tensor:
 
 def test_tile_layout_splits_a_tree_mask_into_strip_and_band():
     # two trees whose branches never see each other: key tile 0 is the strip, each query tile's own the band
-    mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((64, 64, 64))])
+    mask = torch.cat([_tree_of(60, [68, 50], 192), _tree_of(64, [64, 64], 192)])
     strip_mask, band_mask = tile_layout(mask[:, 0])
     assert strip_mask.shape == (2, 3, 64, 64) and band_mask.shape == (2, 3, 64, 64)
     assert int(strip_mask.sum()) + int(band_mask.sum()) == int(mask.sum())  # each allowed entry exactly once
@@ -150,7 +133,7 @@ def test_tile_layout_splits_a_tree_mask_into_strip_and_band():
 @pytest.mark.parametrize("case", ["one-tile parts", "wide parts"])
 def test_strip_band_attention_equals_sdpa(case):
     if case == "one-tile parts":
-        mask = torch.cat([_branching_tree_mask((60, 68, 50)), _branching_tree_mask((40, 88, 60))])
+        mask = torch.cat([_tree_of(60, [68, 50], 192), _tree_of(40, [88, 60], 192)])
     else:
         mask = _wide_trees()
     strip_mask, band_mask = tile_layout(mask[:, 0])
