@@ -49,7 +49,16 @@ from popsim.baselines import hot_deck
 from popsim.config import Scenario, load_scenario
 from popsim.data import Population, load_population, profile_text, survey_exemplars, survey_records
 from popsim.embed import SentenceEncoder
-from popsim.eval.metrics import conditional_fid, distinct_n, downstream_scores, fid, kl_cosine, mauve_score
+from popsim.eval.metrics import (
+    conditional_fid,
+    distinct_n,
+    downstream_scores,
+    fid,
+    kl_cosine,
+    mauve_score,
+    total_variation,
+    weighted_distribution,
+)
 from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table
 from popsim.lm.base import Chat
 from popsim.lm.hf import HFLanguageModel
@@ -504,6 +513,20 @@ def _real(pop: Population) -> pd.DataFrame:
     return pop.test.rename(columns={c: c.removeprefix("q_") for c in pop.test.columns if c.startswith("q_")})
 
 
+def question_shares(synth: pd.DataFrame, real: pd.DataFrame, options: dict[str, list]) -> pd.DataFrame:
+    """Whole-population answer shares per question and option, real (weighted) beside simulated, with each
+    question's TV: where a method's summary TV comes from (which items, which options)."""
+    weights = real["weight"].to_numpy(float) if "weight" in real.columns else None
+    rows = []
+    for q, opts in options.items():
+        pr = weighted_distribution(real[q].to_numpy(object), opts, weights)
+        ps = weighted_distribution(synth[q].to_numpy(object), opts)
+        tv = total_variation(pr, ps)
+        rows += [{"question": q, "option": o, "real_share": a, "synth_share": b, "question_tv": tv}
+                 for o, a, b in zip(opts, pr, ps, strict=True)]
+    return pd.DataFrame(rows)
+
+
 def summarise_cells(cells: pd.DataFrame) -> dict:
     ok = cells[~cells["suppressed"]]
     first = ok[ok["order"] <= 1]
@@ -522,7 +545,7 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
     agents = agent_rows(pop, seed)
     real = _real(pop)
     attrs = list(pop.attributes)
-    summaries, all_cells = [], []
+    summaries, all_cells, all_shares = [], [], []
     log(f"[{name}] train {len(pop.train)} respondents, held-out {len(pop.test)}, agents {len(agents)}; "
         f"unseen items (b): {sorted(unseen_b)}")
     for protocol, seen, asked in (("a", set(qmap), set(qmap)), ("b", seen_b, unseen_b)):
@@ -551,6 +574,11 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             cells.insert(0, "protocol", protocol)
             cells.insert(0, "dataset", name)
             all_cells.append(cells)
+            shares = question_shares(synth, real, options)
+            shares.insert(0, "method", method)
+            shares.insert(0, "protocol", protocol)
+            shares.insert(0, "dataset", name)
+            all_shares.append(shares)
             s = summarise_cells(cells)
             dist = synth[list(options)].stack().value_counts(normalize=True)
             s.update({"dataset": name, "protocol": protocol, "method": method,
@@ -564,7 +592,7 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
     curve = noise_floor_curve(real, {q.id: q.option_labels for q in pop.questions}, [20, 50, 100, 200],
                               n_rep=50, seed=seed)
     curve.insert(0, "dataset", name)
-    return pd.DataFrame(summaries), cells, curve
+    return pd.DataFrame(summaries), cells, curve, pd.concat(all_shares, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -698,7 +726,7 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
                         ignore_index=True)
     else:
         parts = [survey_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names]
-        res = tuple(pd.concat([p[i] for p in parts], ignore_index=True) for i in range(3))
+        res = tuple(pd.concat([p[i] for p in parts], ignore_index=True) for i in range(4))
     log(f"{part} part ({','.join(names)}) done in {time.perf_counter() - t0:.0f} s (CPU {time.process_time():.0f} s)")
     return res, lines, time.perf_counter() - t0
 
@@ -781,8 +809,9 @@ def main() -> None:
         text = pd.concat(texts, ignore_index=True)
         text.to_csv(out / "text.csv", index=False)
     if surveys:
-        summary, cells, curve = (pd.concat([r[i] for r in surveys], ignore_index=True) for i in range(3))
+        summary, cells, curve, shares = (pd.concat([r[i] for r in surveys], ignore_index=True) for i in range(4))
         summary.to_csv(out / "survey_summary.csv", index=False)
+        shares.to_csv(out / "survey_questions.csv", index=False)
         cells.to_csv(out / "survey_cells.csv", index=False)
         curve.to_csv(out / "noise_curve.csv", index=False)
     seconds = time.perf_counter() - t0
