@@ -19,15 +19,19 @@ import fidelity as fb  # noqa: E402
 
 from popsim.eval.metrics import conditional_fid, fid  # noqa: E402
 
+WAYS = ("any label", "same label", "other label")
 
-def main() -> None:
-    for fit in fb.dev_text_fits("sst2,imdb"):
+
+def run(arms, render=lambda chat, variant: chat, default_text: str = "sst2,imdb") -> None:
+    """Generate and score one text set per arm ``(way, variant)``: exemplars drawn uniformly among the
+    labels ``way`` allows, each prompt passed through ``render(chat, variant)`` (as built by default)."""
+    for fit in fb.dev_text_fits(default_text):
         name, cfg, seed, lm, encoder, mop = fit.name, fit.cfg, fit.seed, fit.lm, fit.encoder, fit.mop
         pool_labels, real, gen_ctx = fit.pool_labels, fit.real, fit.gen_ctx
         contexts, labels = list(gen_ctx["context"]), np.asarray(gen_ctx["label"])
         real_emb, real_lab = encoder.encode(list(real["text"])), list(real["label"])
         seeds = [seed * 100_003 + i for i in range(len(contexts))]
-        for way in ("any label", "same label", "other label"):
+        for way, variant in arms:
             rng = np.random.default_rng(seed)
             ks = rng.integers(len(mop.personas_), size=len(contexts))
             js = []
@@ -35,11 +39,17 @@ def main() -> None:
                 allowed = {"any label": np.arange(len(pool_labels)), "same label": np.flatnonzero(pool_labels == lab),
                            "other label": np.flatnonzero(pool_labels != lab)}[way]
                 js.append(int(rng.choice(allowed)))
-            prompts = [mop.prompt(int(k), j, c) for k, j, c in zip(ks, js, contexts, strict=True)]
+            prompts = [render(mop.prompt(int(k), j, c), variant) for k, j, c in zip(ks, js, contexts, strict=True)]
             texts = lm.generate(prompts, max_new_tokens=cfg["max_new_tokens"], temperature=cfg["tau_init"], seed=seeds)
             emb = encoder.encode([" ".join(t.split()) or "." for t in texts])
-            print(f"[{name}] {way:>11}: FID {fid(real_emb, emb):.3f} MAUVE {fb._mauve(real_emb, emb, cfg):.3f} "
-                  f"per-label FID {conditional_fid(real_emb, real_lab, emb, list(labels)):.3f}", flush=True)
+            arm = way if variant is None else f"{way}, {variant}"
+            print(f"[{name}] {arm:>11}: FID {fid(real_emb, emb):.3f} MAUVE {fb._mauve(real_emb, emb, cfg):.3f} "
+                  f"per-label FID {conditional_fid(real_emb, real_lab, emb, list(labels)):.3f} words "
+                  f"{np.mean([len(t.split()) for t in texts]):.1f}", flush=True)
+
+
+def main() -> None:
+    run([(way, None) for way in WAYS])
 
 
 if __name__ == "__main__":
