@@ -513,6 +513,11 @@ def _real(pop: Population) -> pd.DataFrame:
     return pop.test.rename(columns={c: c.removeprefix("q_") for c in pop.test.columns if c.startswith("q_")})
 
 
+def _keyed(frame: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with ``keys`` as its first columns (which dataset, protocol and method its rows describe)."""
+    return pd.concat([pd.DataFrame(keys, index=frame.index), frame], axis=1)
+
+
 def question_shares(synth: pd.DataFrame, real: pd.DataFrame, options: dict[str, list]) -> pd.DataFrame:
     """Whole-population answer shares per question and option, real (weighted) beside simulated, with each
     question's TV: where a method's summary TV comes from (which items, which options)."""
@@ -568,17 +573,11 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             synths["hot-deck"] = hot_deck(donors, agents[attr_cols], [f"attr_{a}" for a in SURVEYS[name]],
                                           list(qmap), np.random.default_rng([seed, 5]))
         for method, synth in synths.items():
-            cells = cell_fidelity(synth, real, options, attrs, max_order=cfg["max_order"], n_boot=cfg["n_boot"],
-                                  seed=seed)
-            cells.insert(0, "method", method)
-            cells.insert(0, "protocol", protocol)
-            cells.insert(0, "dataset", name)
+            keys = {"dataset": name, "protocol": protocol, "method": method}
+            cells = _keyed(cell_fidelity(synth, real, options, attrs, max_order=cfg["max_order"],
+                                         n_boot=cfg["n_boot"], seed=seed), keys)
             all_cells.append(cells)
-            shares = question_shares(synth, real, options)
-            shares.insert(0, "method", method)
-            shares.insert(0, "protocol", protocol)
-            shares.insert(0, "dataset", name)
-            all_shares.append(shares)
+            all_shares.append(_keyed(question_shares(synth, real, options), keys))
             s = summarise_cells(cells)
             dist = synth[list(options)].stack().value_counts(normalize=True)
             s.update({"dataset": name, "protocol": protocol, "method": method,
