@@ -4,7 +4,8 @@
 
 For the quick text setting's dev generation contexts, exemplars are drawn uniformly from the pool three
 ways: any label (the uniform mixture), the context's own label, the other label(s). Personas uniform,
-tau 0.9, the same per-text seeds. Prints pooled FID / MAUVE and per-label FID of each set.
+tau 0.9, the same per-text seeds. Prints pooled FID / MAUVE, per-label FID and mean words of each set
+(mean words since the sixteenth session, whose `exemplar_request.py` reuses `run`).
 """
 
 from __future__ import annotations
