@@ -30,6 +30,7 @@ from popsim.data import load_population, survey_exemplars, survey_records
 from popsim.embed import SentenceEncoder
 from popsim.lm.hf import HFLanguageModel
 from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.runner import mop_estimator
 
 MODEL = "smollm2-135m-instruct"
 
@@ -45,21 +46,20 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; load average {load_average()}")
 
     scenario = survey_scenario()
-    m = scenario.mop
-    stickiness = args.stickiness or m.stickiness
+    base = mop_estimator(scenario, None, None)  # the scenario's settings, preset resolved at fit
     population = load_population(scenario)
     records = survey_records(population)
-    pool = survey_exemplars(population, m.n_exemplars, n_questions=m.exemplar_questions, seed=scenario.seed)
+    pool = survey_exemplars(population, base.n_exemplars, n_questions=scenario.mop.exemplar_questions,
+                            seed=scenario.seed)
     lm = HFLanguageModel(MODEL)
     encoder = SentenceEncoder()
     with tempfile.TemporaryDirectory() as tmp:
         def fit(epochs: int) -> MixtureOfPersonas:
-            model = MixtureOfPersonas(
-                lm, encoder, n_personas=m.n_personas, n_exemplars=m.n_exemplars, top_m=m.top_m, dim=m.dim,
-                tau_init=m.tau_init, style=PromptStyle.survey(), learning_rate=m.learning_rate,
-                tau_learning_rate=m.tau_learning_rate, epochs=epochs,
-                batch_size=m.batch_size, max_train_records=n_records, balance=m.balance, stickiness=stickiness,
-                patience=epochs, random_state=scenario.seed, cache_path=Path(tmp) / "scores.sqlite", verbose=True)
+            model = mop_estimator(scenario, lm, encoder).set_params(
+                epochs=epochs, max_train_records=n_records, patience=epochs,
+                cache_path=Path(tmp) / "scores.sqlite", style=PromptStyle.survey())
+            if args.stickiness:
+                model.set_params(stickiness=args.stickiness)
             return model.fit(records, pool)
 
         model = fit(2)
@@ -68,7 +68,7 @@ def main() -> None:
         lookups = hits + second["cache_misses"] - first["cache_misses"]
         refit = fit(2)
     print(f"lm dtype {lm.dtype}; {model.fit_info_['n_train']} training records, K={len(model.personas_)}, "
-          f"N={len(model.exemplars_)}, top-M={m.top_m}, stickiness={stickiness}")
+          f"N={len(model.exemplars_)}, top-M={model.top_m}, stickiness={model.settings_['stickiness']}")
     print(f"epoch 1: {first['seconds']:7.2f} s   ({first['cache_misses']} LM scores computed)")
     print(f"epoch 2: {second['seconds']:7.2f} s   ({second['cache_misses'] - first['cache_misses']} computed, "
           f"{hits} of {lookups} from the cache)")

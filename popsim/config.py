@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from popsim.exceptions import ScenarioError
+from popsim.mop.presets import resolve_preset
 
 __all__ = [
     "Scenario", "DataConfig", "AttributeSpec", "QuestionSpec", "ReviewsSpec", "MopConfig", "SimulationConfig",
@@ -117,60 +118,77 @@ class ReviewsSpec(_Strict):
 
 
 class MopConfig(_Strict):
-    """Mixture-of-Personas hyper-parameters (paper: K=100, N=1000, M=4, d=128, tau 0.6)."""
+    """Mixture-of-Personas settings (paper: K=100, N=1000, M=4, d=128, tau 0.6).
 
-    n_personas: int = Field(8, gt=0, description="K personas synthesised by K-means + LM summaries.")
+    Every key is the :class:`~popsim.mop.MixtureOfPersonas` parameter of the same name (but
+    ``exemplar_questions``); a key left out takes the estimator's default, or its preset's value (preset).
+    """
+
+    preset: Literal["tuned", "paper"] = Field(
+        "tuned", description="tuned: the settings that won on the fidelity benchmark's dev data (the default); "
+        "paper: the paper's plain choices (random gate start, bare top-M likelihood, no calibration). Any key "
+        "below overrides the preset.")
+    n_personas: int | None = Field(None, gt=0, description="K personas synthesised by K-means + LM summaries.")
     personas: list[str] | None = Field(None, description="Use these persona descriptions instead.")
-    n_exemplars: int = Field(200, gt=0, description="N exemplars in the pool.")
-    top_m: int = Field(4, gt=0, description="(persona, exemplar) pairs per record in the objective.")
-    dim: int = Field(128, gt=0, description="Gate projection dimension d.")
-    tau_init: float = Field(0.6, gt=0, description="Initial temperature per persona.")
-    epochs: int = Field(4, gt=0, description="Maximum training epochs (early stopping on validation).")
-    learning_rate: float = Field(0.003, gt=0, description="Adam learning rate of the gate projections.")
-    tau_learning_rate: float = Field(
-        0.003, ge=0, description="Adam learning rate of the per-persona log-temperatures; 0 keeps them at tau_init.")
-    batch_size: int = Field(32, gt=0, description="Records per training step.")
-    max_train_records: int = Field(256, gt=0, description="Records scored in training (LM cost).")
-    balance: float = Field(
-        1.0, ge=0, description="Load-balancing bonus keeping personas/exemplars in use, per multiple-choice answer "
-        "or per token of a free-text response (0 = paper).")
-    stickiness: float = Field(
-        4.0, ge=1, description="A record's top-M pairs stay unless a new pair's gate weight is this many times "
-        "larger (1 = plain top-M each step); fewer swaps, fewer fresh LM scores.")
-    gate_init_scale: float = Field(
-        0.0, ge=0, description="Exemplar gate starts as scale x embedding similarity (nearest-neighbour "
-        "retrieval) and the persona gate uniform, then both train; 0 = random initialisation.")
-    pair_embedding: Literal["mean", "joint"] = Field(
-        "joint", description="h(x_j, y_j) of an exemplar: mean = normalised h(x_j) + h(y_j) (the context/profile "
-        "keeps its weight beside a long response); joint = h of the joined text.")
-    calibrate_exemplars: bool = Field(
-        False, description="After training, bias the exemplar gate so every pool member is drawn equally often "
+    n_exemplars: int | None = Field(None, gt=0, description="N exemplars in the pool.")
+    top_m: int | None = Field(None, gt=0, description="(persona, exemplar) pairs per record in the objective.")
+    dim: int | None = Field(None, gt=0, description="Gate projection dimension d.")
+    tau_init: float | None = Field(None, gt=0, description="Initial temperature per persona (preset).")
+    epochs: int | None = Field(None, gt=0, description="Maximum training epochs (early stopping on validation).")
+    learning_rate: float | None = Field(None, gt=0, description="Adam learning rate of the gate projections.")
+    tau_learning_rate: float | None = Field(
+        None, ge=0, description="Adam learning rate of the per-persona log-temperatures; 0 keeps them at tau_init "
+        "(preset).")
+    batch_size: int | None = Field(None, gt=0, description="Records per training step.")
+    max_train_records: int | None = Field(None, gt=0, description="Records scored in training (LM cost).")
+    balance: float | None = Field(
+        None, ge=0, description="Load-balancing bonus keeping personas/exemplars in use, per multiple-choice answer "
+        "or per token of a free-text response; 0 = the paper's objective (preset).")
+    stickiness: float | None = Field(
+        None, ge=1, description="A record's top-M pairs stay unless a new pair's gate weight is this many times "
+        "larger (1 = plain top-M each step); fewer swaps, fewer fresh LM scores (preset).")
+    gate_init_scale: float | None = Field(
+        None, ge=0, description="Exemplar gate starts as scale x embedding similarity (nearest-neighbour "
+        "retrieval) and the persona gate uniform, then both train; 0 = random initialisation (preset).")
+    pair_embedding: Literal["mean", "joint"] | None = Field(
+        None, description="h(x_j, y_j) of an exemplar: mean = normalised h(x_j) + h(y_j) (the context/profile "
+        "keeps its weight beside a long response); joint = h of the joined text (preset).")
+    calibrate_exemplars: bool | None = Field(
+        None, description="After training, bias the exemplar gate so every pool member is drawn equally often "
         "over the training contexts (a calibrated prior; how much more one context prefers an exemplar than "
-        "another does is kept).")
-    persona_gate_init: Literal["uniform", "clusters"] = Field(
-        "uniform", description="How the persona gate starts: uniform (W_g = 0), or clusters: pi(x) as a soft "
+        "another does is kept) (preset).")
+    persona_gate_init: Literal["uniform", "clusters"] | None = Field(
+        None, description="How the persona gate starts: uniform (W_g = 0), or clusters: pi(x) as a soft "
         "assignment of x to the personas' K-means clusters (needs gate_init_scale > 0; pair it with "
-        "calibrate_personas).")
-    calibrate_personas: bool = Field(
-        False, description="Bias the persona gate (before and after training) so that over the training "
-        "contexts each persona is drawn as often as its cluster's share of the pool.")
-    check_personas: bool = Field(
-        False, description="Keep an LM persona summary only if it sits nearest its own cluster (sentence "
-        "embedding vs cluster centroids), else describe the cluster by its distinctive words and attributes.")
-    learn_option_offsets: bool = Field(
-        False, description="Survey: learn one offset per (answer scale, option) on the LM's option scores jointly "
-        "with the gates, so they train against a debiased LM; simulation adds the same offsets to MoP's answers.")
-    offset_learning_rate: float = Field(0.1, gt=0, description="Adam learning rate of the option offsets.")
+        "calibrate_personas) (preset).")
+    calibrate_personas: bool | None = Field(
+        None, description="Bias the persona gate (before and after training) so that over the training "
+        "contexts each persona is drawn as often as its cluster's share of the pool (preset).")
+    check_personas: bool | None = Field(
+        None, description="Keep an LM persona summary only if it sits nearest its own cluster (sentence "
+        "embedding vs cluster centroids), else describe the cluster by its distinctive words and attributes "
+        "(preset).")
+    learn_option_offsets: bool | None = Field(
+        None, description="Survey: learn one offset per (answer scale, option) on the LM's option scores jointly "
+        "with the gates, so they train against a debiased LM; simulation adds the same offsets to MoP's answers "
+        "(preset).")
+    offset_learning_rate: float | None = Field(None, gt=0, description="Adam learning rate of the option offsets.")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
+
+    def estimator_params(self) -> dict[str, Any]:
+        """The keys set in the scenario, as estimator parameters (unset ones keep the estimator's default)."""
+        return self.model_dump(exclude={"exemplar_questions"}, exclude_none=True)
 
     @model_validator(mode="after")
     def _personas_fit_in_pool(self) -> MopConfig:
-        if self.personas is None and self.n_personas > self.n_exemplars:
+        if self.personas is None and self.n_personas and self.n_exemplars and self.n_personas > self.n_exemplars:
             raise ValueError(f"n_personas ({self.n_personas}) is more than n_exemplars ({self.n_exemplars}), the "
                              "texts clustered into personas; lower n_personas or raise n_exemplars")
-        if self.persona_gate_init == "clusters" and self.gate_init_scale <= 0:
-            raise ValueError("persona_gate_init 'clusters' needs gate_init_scale > 0 (e.g. 30); set it, or use "
-                             "persona_gate_init 'uniform'")
+        for free_text in (False, True):
+            settings = resolve_preset(self.preset, free_text=free_text, overrides=self.model_dump())
+            if settings["persona_gate_init"] == "clusters" and settings["gate_init_scale"] <= 0:
+                raise ValueError("persona_gate_init 'clusters' needs gate_init_scale > 0 (e.g. 30); set it, or "
+                                 "use persona_gate_init 'uniform'")
         return self
 
 

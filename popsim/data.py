@@ -15,7 +15,7 @@ import pandas as pd
 
 from popsim.config import QuestionSpec, Scenario, _code
 from popsim.exceptions import DataError
-from popsim.mop.records import ExemplarPool, Records
+from popsim.records import ExemplarPool, Records
 
 __all__ = ["load_table", "Population", "load_population", "profile_text", "survey_records", "survey_exemplars",
            "review_records"]

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -104,8 +105,12 @@ def test_learned_bias_moves_a_run_to_the_real_shares_and_is_reused_on_resume(tmp
     killed = small_survey(tmp_path / "killed", agents=40, simulation__option_bias="learned",
                           simulation__calibration_agents=48)
     cmd = [sys.executable, "-m", "popsim", "run", str(killed), "--quiet"]
-    out = subprocess.run(cmd, capture_output=True, env={**os.environ, "POPSIM_TEST_KILL_AFTER_PARTS": "1"})
-    assert out.returncode == -signal.SIGKILL
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts, deadline = tmp_path / "killed" / "run" / "parts", time.monotonic() + 300
+    while not list(parts.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)  # from outside, once the first chunk of answers is on disk
+    assert proc.wait() == -signal.SIGKILL and not (tmp_path / "killed" / "run" / "responses.parquet").exists()
     saved_killed = tmp_path / "killed" / "run" / "option_bias.json"
     stamp = saved_killed.stat().st_mtime_ns
     assert subprocess.run(cmd, capture_output=True).returncode == 0
@@ -192,6 +197,7 @@ def test_real_smollm_mop_learns_option_offsets_and_simulates_with_them(tmp_path,
 
     from popsim.data import load_population, profile_text, survey_exemplars, survey_records
     from popsim.mop import MixtureOfPersonas
+    from popsim.mop.objective import PairObjective
 
     population = load_population(load_scenario(small_survey(tmp_path, lm="smollm2-135m-instruct")))
     records = survey_records(population)
@@ -205,7 +211,7 @@ def test_real_smollm_mop_learns_option_offsets_and_simulates_with_them(tmp_path,
     bare.option_offset_params_ = {}  # the same gates, pairs and answer streams, without the offsets
     h_x = torch.from_numpy(encoder.encode(records.gate_inputs))
     with torch.no_grad():  # the training objective (top-M pairs) over the records it was fitted on
-        trained, without = (float(m._batch_loss(records, np.arange(len(records)), h_x)) for m in (mop, bare))
+        trained, without = (float(PairObjective(m, records, h_x).loss(np.arange(len(records)))) for m in (mop, bare))
     assert trained < without - 0.01
     mop.save(tmp_path / "mop")
     mop = MixtureOfPersonas.load(tmp_path / "mop", lm=smollm, encoder=encoder)

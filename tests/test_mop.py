@@ -11,6 +11,7 @@ from popsim.exceptions import DataError, NotFittedError, RunDirectoryError
 from popsim.lm.testing import HashLM
 from popsim.mop import MixtureOfPersonas, PromptStyle, Records, build_prompt
 from popsim.mop.gating import exemplar_marginal
+from popsim.mop.objective import PairObjective, own_exemplar_mask
 from popsim.mop.prompts import INSTRUCTION
 from popsim.mop.scoring import ScoreCache, pair_log_likelihood
 
@@ -19,8 +20,9 @@ REVIEWS = [("great fun film with fine acting" if i % 3 else "boring slow plot an
 
 
 def _fit(encoder, **kw):
+    # the paper's preset with the load balancing and sticky pairs these tests were written against
     params = dict(n_personas=3, n_exemplars=20, epochs=2, batch_size=8, max_train_records=40, verbose=False,
-                  style=PromptStyle.reviews())
+                  style=PromptStyle.reviews(), preset="paper", balance=1.0, stickiness=4.0)
     params.update(kw)
     return MixtureOfPersonas(HashLM(), encoder, **params).fit(Records(CONTEXTS, REVIEWS))
 
@@ -31,12 +33,12 @@ def test_objective_gradients_reach_projections_and_used_temperatures(encoder):
     h_x = torch.from_numpy(encoder.encode(records.contexts))
     model.gate_.zero_grad()
     batch = np.arange(8)
-    loss = model._batch_loss(records, batch, h_x)
+    loss = PairObjective(model, records, h_x).loss(batch)
     loss.backward()
     for name in ("W_x", "W_g", "W_e"):
         grad = getattr(model.gate_, name).weight.grad
         assert grad is not None and grad.abs().sum() > 0, name
-    mask = model._own_exemplar_mask(records.groups[batch])
+    mask = own_exemplar_mask(records.groups[batch], model.exemplars_.groups)
     log_pi, log_omega = model.gate_(h_x[batch], model.h_g_, model.h_e_, mask)
     top = (log_pi.unsqueeze(2) + log_omega).flatten(1).topk(model.top_m, dim=1).indices
     used = set((top // model.h_e_.shape[0]).flatten().tolist())
@@ -50,7 +52,7 @@ def test_own_exemplar_never_enters_top_m(encoder):
     records = Records(CONTEXTS, REVIEWS)
     h_x = torch.from_numpy(encoder.encode(records.contexts))
     batch = np.arange(len(records))
-    mask = model._own_exemplar_mask(records.groups[batch])
+    mask = own_exemplar_mask(records.groups[batch], model.exemplars_.groups)
     log_pi, log_omega = model.gate_(h_x, model.h_g_, model.h_e_, mask)
     top = (log_pi.unsqueeze(2) + log_omega).flatten(1).topk(model.top_m, dim=1).indices
     js = top % model.h_e_.shape[0]
@@ -103,8 +105,9 @@ def _exemplar_shares(model, records):
     """P(exemplar j | x), own exemplar masked, for every training context: (n, N) and the log-weights."""
     h_x = torch.from_numpy(model.encoder.encode(records.gate_inputs))
     with torch.no_grad():
-        log_pi, log_omega = model.gate_(h_x, model.h_g_, model.h_e_, model._own_exemplar_mask(records.groups),
-                                        model.exemplar_bias_, persona_bias=model.persona_bias_)
+        mask = own_exemplar_mask(records.groups, model.exemplars_.groups)
+        log_pi, log_omega = model.gate_(h_x, model.h_g_, model.h_e_, mask, model.exemplar_bias_,
+                                        persona_bias=model.persona_bias_)
     return exemplar_marginal(log_pi, log_omega), log_omega
 
 
@@ -168,7 +171,7 @@ def test_persona_gate_from_clusters_routes_contexts_to_their_cluster_at_the_clus
     older = _load_without(tmp_path / "mop", "persona_bias", encoder)  # written before persona calibration
     assert older.persona_bias_.shape == (3,) and not older.persona_bias_.any()
     with pytest.raises(DataError, match="gate_init_scale"):
-        MixtureOfPersonas(HashLM(), encoder, persona_gate_init="clusters").fit(records)
+        MixtureOfPersonas(HashLM(), encoder, persona_gate_init="clusters", gate_init_scale=0.0).fit(records)
     with pytest.raises(DataError, match="persona_gate_init"):
         MixtureOfPersonas(HashLM(), encoder, persona_gate_init="kmeans").fit(records)
 
@@ -274,11 +277,14 @@ def test_sticky_selection_keeps_held_pairs_until_a_rival_is_clearly_better(encod
     joint = torch.log(torch.tensor([[0.30, 0.25, 0.20, 0.15, 0.10], [0.30, 0.25, 0.20, 0.15, 0.10]]))
     held = {0: np.array([3, 4]), 1: np.array([3, 4])}
     joint[1, 0] = np.log(0.35)  # row 1's best rival beats even the boosted held pairs
-    picked = model._select_pairs(joint, np.array([0, 1]), 2, held)
+    objective = PairObjective(model, Records(CONTEXTS, REVIEWS), torch.empty(0))
+    objective.held = held
+    picked = objective.select_pairs(joint, np.array([0, 1]), 2, remember=True)
     assert sorted(picked[0].tolist()) == [0, 3]  # held 3 (2 x 0.15) ties 0.30; held 4 (2 x 0.10) loses to 0
     assert sorted(picked[1].tolist()) == [0, 3]
     assert sorted(held[0].tolist()) == [0, 3]
-    plain = model.set_params(stickiness=1.0)._select_pairs(joint, np.array([0, 1]), 2, held)
+    model.settings_["stickiness"] = 1.0
+    plain = objective.select_pairs(joint, np.array([0, 1]), 2, remember=True)
     assert sorted(plain[0].tolist()) == [0, 1]
 
 
@@ -308,7 +314,7 @@ def test_similarity_init_makes_gate_logits_scaled_similarities():
 
 def test_pair_embedding_mean_keeps_the_context_in_view(encoder):
     from popsim.mop.model import embed_pairs
-    from popsim.mop.records import ExemplarPool
+    from popsim.records import ExemplarPool
 
     pool = ExemplarPool(["a movie you rate 2/10", "a movie you rate 9/10"],
                         ["long slow film " * 30, "long slow film " * 30], np.array(["a", "b"]))
@@ -352,14 +358,15 @@ def test_temperatures_learn_at_their_own_rate(encoder):
 def test_tau_learning_rate_zero_keeps_the_temperatures_and_still_trains_the_gates(encoder):
     """tau_learning_rate=0: temperatures stay at tau_init exactly; the projections still move."""
     model = _fit(encoder, epochs=2, patience=5, tau_learning_rate=0.0, learning_rate=0.05)
-    np.testing.assert_array_equal(model.temperatures_, np.full(len(model.personas_), 0.6, dtype=np.float32))
+    start = torch.full((len(model.personas_),), float(np.log(0.6))).exp().numpy()  # exp(log 0.6) in float32
+    np.testing.assert_array_equal(model.temperatures_, start)
     fresh = _fit(encoder, epochs=1, patience=5, tau_learning_rate=0.0, learning_rate=1e-12)
     assert not torch.allclose(model.gate_.W_x.weight, fresh.gate_.W_x.weight)
 
 
 def test_mask_answered_keeps_exemplars_that_answer_the_asked_question_out_of_training(encoder):
     """New-question training: a pair may not score a record by copying another respondent's answer to it."""
-    from popsim.mop.records import ExemplarPool
+    from popsim.records import ExemplarPool
 
     questions = [f"Q: How much do you like topic {t}?" for t in "ABCD"]
     contexts = [f"About you: person {i}.\n{questions[i % 4]}" for i in range(40)]
@@ -373,14 +380,14 @@ def test_mask_answered_keeps_exemplars_that_answer_the_asked_question_out_of_tra
                                       mask_answered=flag, verbose=False, style=PromptStyle.survey()).fit(records, pool)
               for flag in (False, True)}
     rows = np.arange(len(records))
-    mask = fitted[True]._pair_mask(records, rows).numpy()
+    mask = PairObjective(fitted[True], records, torch.empty(0)).pair_mask(rows).numpy()
     for i in rows:
         q = i % 4
         if q == 0:  # every exemplar answers A: the row keeps them all rather than none
             assert not mask[i].any()
         else:
             assert mask[i].tolist() == [j % 3 == q - 1 for j in range(6)]
-    assert not fitted[False]._pair_mask(records, rows).any()
+    assert not PairObjective(fitted[False], records, torch.empty(0)).pair_mask(rows).any()
     assert all(np.isfinite(h["train_loss"]) for h in fitted[True].history_)
 
 
@@ -472,7 +479,7 @@ SURVEY_ANSWERS = ["too little" if i % 5 else "about right" for i in range(60)]
 
 def _fit_survey(encoder, **kw):
     params = dict(n_personas=2, n_exemplars=12, epochs=4, batch_size=8, max_train_records=48, verbose=False,
-                  style=PromptStyle.survey(), val_fraction=0.0)
+                  style=PromptStyle.survey(), val_fraction=0.0, preset="paper", balance=1.0, stickiness=4.0)
     params.update(kw)
     records = Records(SURVEY_CONTEXTS, SURVEY_ANSWERS, [SCALE] * 60)
     return MixtureOfPersonas(HashLM(), encoder, **params).fit(records), records
@@ -538,3 +545,55 @@ def test_simulation_adds_mops_learned_offsets_to_its_answers_only(encoder):
     assert too_little(joint, "uniform") == too_little(bare, "uniform")  # a baseline never gets them
     # a post-hoc bias on top adds to MoP's own offsets
     assert too_little(joint, "mop", OptionBias({SCALE: np.array([-300.0, 0.0, 0.0])})) == 0
+
+
+class _PromptRecorder(HashLM):
+    """HashLM that keeps the text of every prompt it scores (what training really sent to the LM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: list[str] = []
+
+    def score_sketches(self, prompts, continuations):
+        self.scored += [self.render(p) for p in prompts]
+        return super().score_sketches(prompts, continuations)
+
+
+def test_training_never_scores_a_record_with_its_own_exemplar(encoder):
+    """Through fit's own pair selection: every record is in the pool, and the retrieval-started gate ranks a
+    record's own exemplar first (identical text), so only the mask keeps it out of the scored prompts."""
+    n = 24
+    contexts = [f"<<c{i:03d}>> a film about {'dogs' if i % 2 else 'ships'}" for i in range(n)]
+    reviews = [f"<<r{i:03d}>> {'loved the dogs' if i % 2 else 'sea was dull'}" for i in range(n)]
+    lm = _PromptRecorder()
+    MixtureOfPersonas(lm, encoder, n_personas=2, n_exemplars=n, epochs=2, batch_size=8, max_train_records=n,
+                      val_fraction=0.0, top_m=4, gate_init_scale=30.0, verbose=False,
+                      style=PromptStyle.reviews()).fit(Records(contexts, reviews))
+    training = [t for t in lm.scored if t.count("<<c") == 2]  # exemplar + context: the pair prompts
+    assert len(training) >= n
+    for text in training:
+        own = text.rsplit("<<c", 1)[1][:3]  # the context comes last
+        assert f"<<r{own}>>" not in text, text
+
+
+def test_a_record_with_no_usable_exemplar_is_a_clear_error_not_nan(encoder):
+    from popsim.records import ExemplarPool
+
+    records = Records(CONTEXTS[:10], REVIEWS[:10], groups=np.array(["same person"] * 10))
+    pool = ExemplarPool(CONTEXTS[:4], REVIEWS[:4], np.array(["same person"] * 4))
+    with pytest.raises(DataError, match="no usable exemplar"):
+        MixtureOfPersonas(HashLM(), encoder, n_personas=2, epochs=1, verbose=False,
+                          style=PromptStyle.reviews()).fit(records, pool)
+
+
+def test_a_pool_given_without_groups_masks_no_stranger(encoder):
+    """Records default to groups "0".."n-1"; a pool without groups must not share those ids (record 0 would
+    lose pool member 0 though they are different people), and the user is told nothing can be masked."""
+    from popsim.records import ExemplarPool
+
+    records = Records(CONTEXTS[:20], REVIEWS[:20])
+    pool = ExemplarPool([f"another film {j}" for j in range(6)], REVIEWS[20:26])
+    with pytest.warns(UserWarning, match="no groups"):
+        model = MixtureOfPersonas(HashLM(), encoder, n_personas=2, epochs=1, verbose=False,
+                                  style=PromptStyle.reviews()).fit(records, pool)
+    assert not own_exemplar_mask(records.groups, model.exemplars_.groups).any()

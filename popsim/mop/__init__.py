@@ -1,13 +1,25 @@
-"""Mixture of Personas: prompts, personas, gates, training and the estimator."""
+"""Mixture of Personas: prompts, personas, gates, training and the estimator.
 
-from popsim.mop.gating import MixtureGate
-from popsim.mop.model import MixtureOfPersonas
-from popsim.mop.personas import Persona, synthesize_personas, user_personas
-from popsim.mop.prompts import PromptStyle, build_prompt
-from popsim.mop.records import ExemplarPool, Records
-from popsim.mop.scoring import ScoreCache, pair_log_likelihood
+Names load on first use, so that plain-data parts (``popsim.mop.presets``, read by the scenario schema)
+import without torch.
+"""
 
-__all__ = [
-    "MixtureGate", "MixtureOfPersonas", "Persona", "synthesize_personas", "user_personas", "PromptStyle",
-    "build_prompt", "ExemplarPool", "Records", "ScoreCache", "pair_log_likelihood",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "MixtureGate": "gating", "MixtureOfPersonas": "model", "Persona": "personas",
+    "synthesize_personas": "personas", "user_personas": "personas", "PromptStyle": "prompts",
+    "build_prompt": "prompts", "ScoreCache": "scoring",
+    "pair_log_likelihood": "scoring", "PRESETS": "presets",
+}
+
+__all__ = [*_HOMES, "Records", "ExemplarPool"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Records", "ExemplarPool"):  # the data they hold is built below MoP, in popsim.data
+        return getattr(import_module("popsim.records"), name)
+    if name not in _HOMES:
+        raise AttributeError(f"module 'popsim.mop' has no attribute {name!r}")
+    return getattr(import_module(f"popsim.mop.{_HOMES[name]}"), name)

@@ -5,35 +5,39 @@
 ``fit`` synthesises personas (or takes the user's), embeds records and exemplars with the frozen encoder,
 and trains the gates and temperatures by maximum likelihood over the top-M (k, j) pairs per record,
 the record's own exemplar masked out, with the LM frozen. ``sample`` draws persona, exemplar and
-temperature for a population of contexts. ``save``/``load`` use safetensors + JSON (never pickle).
+temperature for a population of contexts. The objective (:mod:`~popsim.mop.objective`), the calibrated
+priors (:mod:`~popsim.mop.calibration`), held-out likelihood (:mod:`~popsim.mop.likelihood`) and
+persistence (:mod:`~popsim.mop.persistence`, safetensors + JSON, never pickle) live in their own modules.
 """
 
 from __future__ import annotations
 
-import json
-import platform
+import inspect
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from popsim.embed import SentenceEncoder
-from popsim.exceptions import DataError, NotFittedError, RunDirectoryError
+from popsim.exceptions import DataError, NotFittedError
 from popsim.lm.base import LanguageModel, Prompt
-from popsim.mop.gating import MixtureGate, exemplar_marginal
-from popsim.mop.personas import Persona, synthesize_personas, user_personas
+from popsim.mop import calibration
+from popsim.mop.gating import MixtureGate
+from popsim.mop.likelihood import held_out_log_likelihood
+from popsim.mop.objective import PairObjective
+from popsim.mop.persistence import load_model, save_model
+from popsim.mop.personas import synthesize_personas, user_personas
+from popsim.mop.presets import PRESET_KEYS, PRESETS, resolve_preset
 from popsim.mop.prompts import PromptStyle, build_prompt
-from popsim.mop.records import ExemplarPool, Records
-from popsim.mop.scoring import ScoreCache, pair_log_likelihood
+from popsim.mop.scoring import ScoreCache
+from popsim.records import ExemplarPool, Records
 
-__all__ = ["MixtureOfPersonas"]
-
-_FORMAT_VERSION = 1
+__all__ = ["MixtureOfPersonas", "embed_pairs"]
 
 
 class MixtureOfPersonas:
@@ -47,6 +51,10 @@ class MixtureOfPersonas:
         top_m: pairs (k, j) per record in the objective (paper: 4).
         dim: projection dimension d (paper: 128).
         tau_init: initial per-persona temperature (paper: 0.6).
+        preset: ``tuned`` (the default: what won on the fidelity benchmark's dev splits) or ``paper`` (the
+            paper's plain choices); see :mod:`popsim.mop.presets`. Every parameter that defaults to ``None``
+            below takes the preset's value at ``fit`` (for multiple-choice or free-text records); the
+            values used are in :attr:`settings_`.
         personas: user-supplied persona descriptions instead of synthesis.
         style: how prompts are worded (:class:`PromptStyle`).
         learning_rate, epochs, batch_size, patience, val_fraction: Adam training schedule with
@@ -123,81 +131,52 @@ class MixtureOfPersonas:
         lm: LanguageModel | None = None,
         encoder: SentenceEncoder | None = None,
         *,
-        n_personas: int = 20,
-        n_exemplars: int = 500,
+        preset: str = "tuned",
+        n_personas: int = 8,
+        n_exemplars: int = 200,
         top_m: int = 4,
         dim: int = 128,
-        tau_init: float = 0.6,
+        tau_init: float | None = None,
         personas: Sequence[str] | None = None,
         style: PromptStyle | None = None,
         learning_rate: float = 0.003,
-        tau_learning_rate: float = 0.003,
-        epochs: int = 8,
+        tau_learning_rate: float | None = None,
+        epochs: int = 4,
         batch_size: int = 32,
         patience: int = 2,
         val_fraction: float = 0.15,
-        max_train_records: int | None = 2000,
-        balance: float = 1.0,
-        stickiness: float = 4.0,
+        max_train_records: int | None = 256,
+        balance: float | None = None,
+        stickiness: float | None = None,
         mask_answered: bool = False,
-        gate_init_scale: float = 0.0,
-        pair_embedding: str = "joint",
-        calibrate_exemplars: bool = False,
-        persona_gate_init: str = "uniform",
-        calibrate_personas: bool = False,
-        check_personas: bool = False,
-        learn_option_offsets: bool = False,
+        gate_init_scale: float | None = None,
+        pair_embedding: str | None = None,
+        calibrate_exemplars: bool | None = None,
+        persona_gate_init: str | None = None,
+        calibrate_personas: bool | None = None,
+        check_personas: bool | None = None,
+        learn_option_offsets: bool | None = None,
         offset_learning_rate: float = 0.1,
         cache_path: str | Path | None = None,
         random_state: int = 0,
         verbose: bool = True,
     ) -> None:
-        self.lm = lm
-        self.encoder = encoder
-        self.n_personas = n_personas
-        self.n_exemplars = n_exemplars
-        self.top_m = top_m
-        self.dim = dim
-        self.tau_init = tau_init
-        self.personas = personas
-        self.style = style
-        self.learning_rate = learning_rate
-        self.tau_learning_rate = tau_learning_rate
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.patience = patience
-        self.val_fraction = val_fraction
-        self.max_train_records = max_train_records
-        self.balance = balance
-        self.stickiness = stickiness
-        self.mask_answered = mask_answered
-        self.gate_init_scale = gate_init_scale
-        self.pair_embedding = pair_embedding
-        self.calibrate_exemplars = calibrate_exemplars
-        self.persona_gate_init = persona_gate_init
-        self.calibrate_personas = calibrate_personas
-        self.check_personas = check_personas
-        self.learn_option_offsets = learn_option_offsets
-        self.offset_learning_rate = offset_learning_rate
-        self.cache_path = cache_path
-        self.random_state = random_state
-        self.verbose = verbose
+        # sklearn's contract: store every hyper-parameter as given, validate and resolve in fit
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
 
     # ------------------------------------------------------------------ sklearn plumbing
-    def get_params(self, deep: bool = False) -> dict:
-        names = [
-            "lm", "encoder", "n_personas", "n_exemplars", "top_m", "dim", "tau_init", "personas", "style",
-            "learning_rate", "tau_learning_rate", "epochs", "batch_size", "patience", "val_fraction",
-            "max_train_records", "balance", "stickiness", "mask_answered", "gate_init_scale", "pair_embedding",
-            "calibrate_exemplars", "persona_gate_init", "calibrate_personas", "check_personas", "learn_option_offsets",
-            "offset_learning_rate", "cache_path",
-            "random_state", "verbose",
-        ]
-        return {n: getattr(self, n) for n in names}
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
-    def set_params(self, **params) -> MixtureOfPersonas:
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> MixtureOfPersonas:
         for key, value in params.items():
-            if key not in self.get_params():
+            if key not in self._param_names():
                 raise ValueError(f"MixtureOfPersonas has no parameter {key!r}")
             setattr(self, key, value)
         return self
@@ -206,21 +185,27 @@ class MixtureOfPersonas:
         if not hasattr(self, "gate_"):
             raise NotFittedError("this MixtureOfPersonas is not fitted yet; call fit(records) or load(dir)")
 
-    def _validate(self) -> None:
+    def resolved_settings(self, *, free_text: bool) -> dict[str, Any]:
+        """The preset's settings for these records' kind, with every parameter the user set on top."""
+        if self.preset not in PRESETS:
+            raise DataError(f"mop.preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        return resolve_preset(self.preset, free_text=free_text, overrides={k: getattr(self, k) for k in PRESET_KEYS})
+
+    def _validate(self, s: dict[str, Any]) -> None:
         checks = {
             "n_personas": self.n_personas >= 1, "n_exemplars": self.n_exemplars >= 1, "top_m": self.top_m >= 1,
-            "dim": self.dim >= 1, "tau_init": self.tau_init > 0, "learning_rate": self.learning_rate > 0,
-            "tau_learning_rate": self.tau_learning_rate >= 0, "offset_learning_rate": self.offset_learning_rate > 0,
+            "dim": self.dim >= 1, "tau_init": s["tau_init"] > 0, "learning_rate": self.learning_rate > 0,
+            "tau_learning_rate": s["tau_learning_rate"] >= 0, "offset_learning_rate": self.offset_learning_rate > 0,
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "val_fraction": 0 <= self.val_fraction < 1, "stickiness": self.stickiness >= 1,
-            "gate_init_scale": self.gate_init_scale >= 0,
-            "pair_embedding": self.pair_embedding in {"mean", "joint"},
-            "persona_gate_init": self.persona_gate_init in {"uniform", "clusters"},
+            "val_fraction": 0 <= self.val_fraction < 1, "stickiness": s["stickiness"] >= 1,
+            "gate_init_scale": s["gate_init_scale"] >= 0, "balance": s["balance"] >= 0,
+            "pair_embedding": s["pair_embedding"] in {"mean", "joint"},
+            "persona_gate_init": s["persona_gate_init"] in {"uniform", "clusters"},
         }
         for name, ok in checks.items():
             if not ok:
-                raise DataError(f"mop.{name} is out of range; got {getattr(self, name)!r}")
-        if self.persona_gate_init == "clusters" and self.gate_init_scale <= 0:
+                raise DataError(f"mop.{name} is out of range; got {s.get(name, getattr(self, name, None))!r}")
+        if s["persona_gate_init"] == "clusters" and s["gate_init_scale"] <= 0:
             raise DataError("mop.persona_gate_init 'clusters' needs mop.gate_init_scale > 0 (it starts from the "
                             "similarity-initialised projections); set both, or persona_gate_init 'uniform'")
         if self.lm is None or self.encoder is None:
@@ -229,59 +214,95 @@ class MixtureOfPersonas:
     # ------------------------------------------------------------------ fit
     def fit(self, records: Records, exemplars: ExemplarPool | None = None) -> MixtureOfPersonas:
         """Fit personas, exemplar pool, gates and temperatures to ``records``; returns self."""
-        self._validate()
         t0 = time.perf_counter()
+        self.settings_ = self.resolved_settings(free_text=all(o is None for o in records.options))
+        self._validate(self.settings_)
         rng = np.random.default_rng(self.random_state)
-        style = self.style or PromptStyle()
+        self.style_ = self.style or PromptStyle()
+        self._build_pool_and_personas(records, exemplars)
+        train_set = self._training_subset(records, rng)
+        train_idx, val_idx = self._split(train_set, rng)
+        h_x = torch.from_numpy(self.encoder.encode(train_set.gate_inputs))
+        self._start_gates(h_x, records)
+        self.cache_ = ScoreCache(self.lm, self.cache_path)
+        self._init_option_offsets(records)
+        objective = PairObjective(self, train_set, h_x)
+        best = self._train(objective, self._optimizer(), train_idx, val_idx, rng)
+        self._finish(records)
+        self.fit_info_ = {
+            "seconds": time.perf_counter() - t0, "n_records": len(train_set), "n_train": len(train_idx),
+            "n_val": len(val_idx), "best_val_loss": best, "cache_hits": self.cache_.hits,
+            "cache_misses": self.cache_.misses, "cache_hit_rate": self.cache_.hit_rate,
+        }
+        self.lm_name_, self.encoder_name_ = self.lm.name, self.encoder.name
+        return self
+
+    def _build_pool_and_personas(self, records: Records, exemplars: ExemplarPool | None) -> None:
+        """The exemplar pool, its pair embeddings, and the personas (synthesised from the pool, or the user's)."""
         pool = exemplars or ExemplarPool.from_records(records, self.n_exemplars, seed=self.random_state)
-        encoder = self.encoder
-        h_e = embed_pairs(encoder, pool, self.pair_embedding)
+        if exemplars is not None and not exemplars.has_groups:
+            warnings.warn("the exemplar pool has no groups, so no record's own exemplar can be masked; pass "
+                          "ExemplarPool(..., groups=[respondent id per exemplar]) if its members are records",
+                          stacklevel=3)
+        h_e = embed_pairs(self.encoder, pool, self.settings_["pair_embedding"])
         if self.personas is not None:
-            personas = user_personas(self.personas)
-            labels = None
+            personas, labels = user_personas(self.personas), None
         else:
             personas, labels = synthesize_personas(
                 pool.texts, h_e, n_personas=self.n_personas, lm=self.lm, attributes=pool.attributes,
-                seed=self.random_state, check_encoder=encoder if self.check_personas else None,
+                seed=self.random_state, check_encoder=self.encoder if self.settings_["check_personas"] else None,
             )
-        h_g = encoder.encode([p.text for p in personas])
-        self.personas_ = personas
-        self.exemplars_ = pool
-        self.persona_labels_ = labels
-        self.style_ = style
-        self.h_g_ = torch.from_numpy(h_g)
+        self.personas_, self.exemplars_, self.persona_labels_ = personas, pool, labels
+        self.h_g_ = torch.from_numpy(self.encoder.encode([p.text for p in personas]))
         self.h_e_ = torch.from_numpy(h_e)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.random_state)
-            self.gate_ = MixtureGate(h_e.shape[1], len(personas), dim=self.dim, tau_init=self.tau_init)
 
-        all_records = records
+    def _training_subset(self, records: Records, rng: np.random.Generator) -> Records:
+        """At most ``max_train_records`` records (LM scoring is the cost), a seeded sample."""
         if self.max_train_records and len(records) > self.max_train_records:
-            records = records.subset(np.sort(rng.choice(len(records), self.max_train_records, replace=False)))
+            return records.subset(np.sort(rng.choice(len(records), self.max_train_records, replace=False)))
+        return records
+
+    def _split(self, records: Records, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, validation rows) for early stopping; no validation below 10 records."""
         order = rng.permutation(len(records))
         n_val = int(round(self.val_fraction * len(records))) if len(records) >= 10 else 0
-        val_idx, train_idx = order[:n_val], order[n_val:]
-        h_x = torch.from_numpy(encoder.encode(records.gate_inputs))
-        if self.gate_init_scale > 0:
-            self.gate_.init_similarity(torch.cat([h_x, self.h_e_, self.h_g_]), self.gate_init_scale)
-            if self.persona_gate_init == "clusters":
-                self.gate_.init_persona_targets(self.h_g_, self._persona_centroids())
-        self.persona_bias_ = torch.zeros(len(personas))
-        self.exemplar_bias_ = torch.zeros(len(pool))
-        if self.calibrate_personas:  # start training from the calibrated prior, and calibrate again after
-            self.persona_bias_ = self._calibrated_persona_bias(all_records)
-        self.cache_ = ScoreCache(self.lm, self.cache_path)
-        # every scale of the data, not only of the subsample scored in training: one left out keeps 0 offsets
-        scales = sorted({o for o in all_records.options if o is not None}) if self.learn_option_offsets else []
+        return order[n_val:], order[:n_val]
+
+    def _start_gates(self, h_x: torch.Tensor, records: Records) -> None:
+        """The gate at its starting point: random, retrieval or cluster-started, with calibrated priors."""
+        s = self.settings_
+        with torch.random.fork_rng():
+            torch.manual_seed(self.random_state)
+            self.gate_ = MixtureGate(self.h_e_.shape[1], len(self.personas_), dim=self.dim, tau_init=s["tau_init"])
+        if s["gate_init_scale"] > 0:
+            self.gate_.init_similarity(torch.cat([h_x, self.h_e_, self.h_g_]), s["gate_init_scale"])
+            if s["persona_gate_init"] == "clusters":
+                self.gate_.init_persona_targets(self.h_g_, calibration.persona_centroids(self))
+        self.persona_bias_ = torch.zeros(len(self.personas_))
+        self.exemplar_bias_ = torch.zeros(len(self.exemplars_))
+        if s["calibrate_personas"]:  # start training from the calibrated prior, and calibrate again after
+            self.persona_bias_ = calibration.calibrated_persona_bias(self, records)
+
+    def _init_option_offsets(self, records: Records) -> None:
+        """Zero offsets for every answer scale of the data (not only of the subsample scored in training:
+        a scale left out would keep no offsets)."""
+        learn = self.settings_["learn_option_offsets"]
+        scales = sorted({o for o in records.options if o is not None}) if learn else []
         self.option_offset_params_ = {s: torch.zeros(len(s), requires_grad=True) for s in scales}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """Adam with one step size for the projections, one for the temperatures, one for the offsets."""
         projections = [p for name, p in self.gate_.named_parameters() if name != "log_tau"]
         groups = [{"params": projections, "lr": self.learning_rate},
-                  {"params": [self.gate_.log_tau], "lr": self.tau_learning_rate}]
-        if scales:
+                  {"params": [self.gate_.log_tau], "lr": self.settings_["tau_learning_rate"]}]
+        if self.option_offset_params_:
             groups.append({"params": list(self.option_offset_params_.values()), "lr": self.offset_learning_rate})
-        optimizer = torch.optim.Adam(groups)
-        best, best_state, bad_epochs, history = float("inf"), None, 0, []
-        held: dict[int, np.ndarray] = {}  # record -> its top-M pair indices at its last visit
+        return torch.optim.Adam(groups)
+
+    def _train(self, objective: PairObjective, optimizer: torch.optim.Optimizer, train_idx: np.ndarray,
+               val_idx: np.ndarray, rng: np.random.Generator) -> float:
+        """Epochs of Adam steps with early stopping on the validation loss; keeps the best epoch's state."""
+        best, best_state, bad_epochs, self.history_ = float("inf"), None, 0, []
         for epoch in range(self.epochs):
             t_epoch = time.perf_counter()
             self.gate_.train()
@@ -290,24 +311,17 @@ class MixtureOfPersonas:
             train_loss = 0.0
             bar = tqdm(batches, desc=f"MoP epoch {epoch + 1}/{self.epochs}", disable=not self.verbose, leave=False)
             for batch in bar:
-                loss = self._batch_loss(records, batch, h_x, balance=self.balance, held=held)
+                loss = objective.loss(batch, balance=self.settings_["balance"])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 train_loss += float(loss.detach()) * len(batch)
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", cache=f"{self.cache_.hit_rate:.0%}")
             train_loss /= max(len(train_idx), 1)
-            val_loss = train_loss
-            if n_val:
-                with torch.no_grad():
-                    val_loss = sum(
-                        float(self._batch_loss(records, val_idx[i : i + 256], h_x, held=held))
-                        * len(val_idx[i : i + 256])
-                        for i in range(0, n_val, 256)
-                    ) / n_val
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                            "seconds": time.perf_counter() - t_epoch, "cache_hit_rate": self.cache_.hit_rate,
-                            "cache_hits": self.cache_.hits, "cache_misses": self.cache_.misses})
+            val_loss = objective.mean_loss(val_idx) if len(val_idx) else train_loss
+            self.history_.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                                  "seconds": time.perf_counter() - t_epoch, "cache_hit_rate": self.cache_.hit_rate,
+                                  "cache_hits": self.cache_.hits, "cache_misses": self.cache_.misses})
             if val_loss < best - 1e-4:
                 best, bad_epochs = val_loss, 0
                 best_state = ({k: v.detach().clone() for k, v in self.gate_.state_dict().items()},
@@ -319,23 +333,18 @@ class MixtureOfPersonas:
         if best_state is not None:  # (gate state, option offsets) of the best validation epoch
             self.gate_.load_state_dict(best_state[0])
             self.option_offset_params_ = best_state[1]
-        # centred (a constant shift of a scale's offsets changes nothing) and frozen
+        return best
+
+    def _finish(self, records: Records) -> None:
+        """Freeze: centred offsets (a constant shift of a scale's offsets changes nothing), calibrated priors."""
         self.option_offset_params_ = {s: (p - p.mean()).detach() for s, p in self.option_offset_params_.items()}
         self.gate_.eval()
-        if self.calibrate_personas:
-            self.persona_bias_ = self._calibrated_persona_bias(all_records)
-        if self.calibrate_exemplars:
-            self.exemplar_bias_ = self._calibrated_exemplar_bias(all_records)
-        self.history_ = history
-        self.fit_info_ = {
-            "seconds": time.perf_counter() - t0, "n_records": len(records), "n_train": len(train_idx),
-            "n_val": int(n_val), "best_val_loss": best, "cache_hits": self.cache_.hits,
-            "cache_misses": self.cache_.misses, "cache_hit_rate": self.cache_.hit_rate,
-        }
-        self.lm_name_ = self.lm.name
-        self.encoder_name_ = encoder.name
-        return self
+        if self.settings_["calibrate_personas"]:
+            self.persona_bias_ = calibration.calibrated_persona_bias(self, records)
+        if self.settings_["calibrate_exemplars"]:
+            self.exemplar_bias_ = calibration.calibrated_exemplar_bias(self, records)
 
+    # ------------------------------------------------------------------ prompts and offsets
     def prompt(self, k: int | None, j: int | None, context: str) -> Prompt:
         """The prompt for persona k, exemplar j and context (``None`` leaves the part out)."""
         self._check_fitted()
@@ -343,75 +352,12 @@ class MixtureOfPersonas:
         exemplar = None if j is None else (self.exemplars_.inputs[j], self.exemplars_.outputs[j])
         return build_prompt(persona, exemplar, context, self.style_)
 
-    def _own_exemplar_mask(self, groups: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(groups)[:, None] == self.exemplars_.groups[None, :])
-
-    def _pair_mask(self, records: Records, rows: np.ndarray) -> torch.Tensor:
-        """Exemplars a record may not use: its own and, with ``mask_answered``, any that answer its question."""
-        mask = self._own_exemplar_mask(records.groups[rows])
-        if self.mask_answered:
-            answered = [set(y.splitlines()) for y in self.exemplars_.outputs]
-            asked = [records.contexts[i].rstrip().splitlines()[-1] for i in rows]
-            by_question = mask | torch.tensor([[q in lines for lines in answered] for q in asked], dtype=torch.bool)
-            mask = torch.where(by_question.all(1, keepdim=True), mask, by_question)  # keep a row usable
-        return mask
-
-    def _batch_loss(
-        self, records: Records, batch: np.ndarray, h_x: torch.Tensor, *, balance: float = 0.0,
-        held: dict[int, np.ndarray] | None = None,
-    ) -> torch.Tensor:
-        """-weighted mean over the batch of log sum_{(k,j) in top-M} pi_k Omega_kj p_LM^{tau_k}(y | ...).
-
-        ``held`` maps a record to its pairs at its last visit; they get a ``stickiness`` head start in
-        the top-M selection and the dict is updated with the new selection.
-
-        With ``balance`` > 0, minus ``balance`` times the entropies of the batch-average persona
-        distribution and exemplar marginal (load balancing; see the class docstring).
-        """
-        mask = self._pair_mask(records, batch)
-        log_pi, log_omega = self.gate_(h_x[batch], self.h_g_, self.h_e_, mask, persona_bias=self.persona_bias_)
-        joint = (log_pi.unsqueeze(2) + log_omega).flatten(1)  # (B, K*N)
-        m = min(self.top_m, joint.shape[1])
-        top_idx = self._select_pairs(joint.detach(), batch, m, held)
-        top_logw = joint.gather(1, top_idx)
-        n_ex = self.h_e_.shape[0]
-        ks, js = (top_idx // n_ex), (top_idx % n_ex)
-        prompts, responses, options = [], [], []
-        for row, i in enumerate(batch):
-            for k, j in zip(ks[row].tolist(), js[row].tolist(), strict=True):
-                prompts.append(self.prompt(k, j, records.contexts[i]))
-                responses.append(records.responses[i])
-                options.append(records.options[i])
-        tau = self.gate_.temperatures[ks.flatten()]
-        ll, n_tokens = pair_log_likelihood(self.cache_, prompts, responses, options, tau,
-                                           offsets=self._offsets_for(options))
-        per_record = torch.logsumexp(top_logw + ll.view(len(batch), m), dim=1)
-        w = torch.from_numpy(records.weights[batch]).float()
-        nll = -(w * per_record).sum() / w.sum()
-        if balance <= 0:
-            return nll
-        # per scored unit: the bonus must weigh the same against a 40-token review's log-likelihood as against
-        # one multiple-choice decision (unscaled, one Adam step collapsed review gates onto one exemplar)
-        free_text = torch.tensor([records.options[i] is None for i in batch for _ in range(m)])
-        units = torch.ones(len(free_text))
-        if len(n_tokens) == len(free_text):  # one scored target per row
-            units = torch.where(free_text, n_tokens, units)
-        units_per_record = float(units.mean())
-        mean_pi = log_pi.exp().mean(0)
-        mean_ex = exemplar_marginal(log_pi, log_omega).mean(0)
-        entropy = -(mean_pi * mean_pi.clamp_min(1e-12).log()).sum() - (mean_ex * mean_ex.clamp_min(1e-12).log()).sum()
-        return nll - balance * units_per_record * entropy
-
-    def _offset_table(self) -> dict[tuple[str, ...], torch.Tensor]:
-        """Learned offsets per answer scale; empty without ``learn_option_offsets`` (or for older saves)."""
-        return getattr(self, "option_offset_params_", {})
-
-    def _offsets_for(
+    def offsets_for(
         self, options: Sequence[tuple[str, ...] | None], method: str = "mop"
     ) -> list[torch.Tensor | None] | None:
         """Each row's learned option offsets for ``method`` (only MoP has them; ``None`` for free text or a
         scale never trained on)."""
-        table = self._offset_table() if method == "mop" else {}
+        table = getattr(self, "option_offset_params_", {}) if method == "mop" else {}
         return [table.get(tuple(o)) if o is not None else None for o in options] if table else None
 
     @property
@@ -419,96 +365,21 @@ class MixtureOfPersonas:
         """Learned offsets per answer scale (``learn_option_offsets``; empty without): add them to the LM's
         option log-probabilities of any question on that scale, as training did."""
         self._check_fitted()
-        return {s: p.detach().double().numpy().copy() for s, p in self._offset_table().items()}
-
-    def _calibration_contexts(
-        self, records: Records, max_contexts: int = 1024
-    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """(rows, h(x), normalised weights) of up to ``max_contexts`` records (a seeded sample of its own,
-        so calibrating leaves the training's random stream alone)."""
-        rows = np.arange(len(records))
-        if len(rows) > max_contexts:
-            rng = np.random.default_rng([self.random_state, 17])
-            rows = np.sort(rng.choice(rows, max_contexts, replace=False))
-        h_x = torch.from_numpy(self.encoder.encode([records.gate_inputs[i] for i in rows]))
-        w = torch.from_numpy(records.weights[rows]).float()
-        return rows, h_x, w / w.sum()
-
-    def _persona_prior(self) -> torch.Tensor:
-        """Each persona's share of the exemplar pool (its K-means cluster's size); uniform for user personas."""
-        n_k = len(self.personas_)
-        if self.persona_labels_ is None:
-            return torch.full((n_k,), 1.0 / n_k)
-        counts = np.bincount(np.asarray(self.persona_labels_), minlength=n_k).astype(np.float32)
-        return torch.from_numpy(counts / counts.sum())
-
-    def _persona_centroids(self) -> torch.Tensor:
-        """c_k: the mean pair embedding of persona k's exemplars (its description's embedding for user personas)."""
-        if self.persona_labels_ is None:
-            return self.h_g_.float()
-        labels = torch.from_numpy(np.asarray(self.persona_labels_))
-        return torch.stack([self.h_e_[labels == k].float().mean(0) for k in range(len(self.personas_))])
-
-    @torch.no_grad()
-    def _calibrated_persona_bias(self, records: Records) -> torch.Tensor:
-        """Per-persona logit biases b with sum_x w_x softmax_k(x~ . g~_k + b_k) = the persona's prior share."""
-        _, h_x, w = self._calibration_contexts(records)
-        logits = self.gate_.persona_logits(h_x, self.h_g_)
-        return _sinkhorn_bias(lambda bias: (w[:, None] * (logits + bias).softmax(-1)).sum(0),
-                              1 / self._persona_prior().clamp_min(1e-12))
-
-    @torch.no_grad()
-    def _calibrated_exemplar_bias(self, records: Records, *, chunk: int = 128) -> torch.Tensor:
-        """Per-exemplar logit biases b with sum_x w_x sum_k pi_k(x) softmax_j(logit_kj(x) + b_j) = 1/N.
-
-        Over up to 1,024 of the records (weighted), each record's own exemplar masked, pi with its
-        calibrated bias if any.
-        """
-        rows, h_x, w = self._calibration_contexts(records)
-        mask = self._own_exemplar_mask(records.groups[rows])
-        n_ex = self.h_e_.shape[0]
-
-        def shares(bias: torch.Tensor) -> torch.Tensor:
-            share = torch.zeros(n_ex)
-            for a in range(0, len(rows), chunk):
-                log_pi, log_omega = self.gate_(h_x[a : a + chunk], self.h_g_, self.h_e_, mask[a : a + chunk], bias,
-                                               persona_bias=self.persona_bias_)
-                share += (w[a : a + chunk, None] * exemplar_marginal(log_pi, log_omega)).sum(0)
-            return share
-
-        return _sinkhorn_bias(shares, torch.full((n_ex,), float(n_ex)))
-
-    def _select_pairs(
-        self, joint: torch.Tensor, batch: np.ndarray, m: int, held: dict[int, np.ndarray] | None
-    ) -> torch.Tensor:
-        """Top-m pair indices per row, with a log(stickiness) bonus for the pairs each record held."""
-        if held is None or self.stickiness <= 1:
-            return joint.topk(m, dim=1).indices
-        bonus = torch.zeros_like(joint)
-        for row, i in enumerate(batch.tolist()):
-            if i in held:
-                bonus[row, torch.from_numpy(held[i])] = float(np.log(self.stickiness))
-        idx = (joint + bonus).topk(m, dim=1).indices
-        for row, i in enumerate(batch.tolist()):
-            held[i] = idx[row].numpy().copy()
-        return idx
+        return {s: p.detach().double().numpy().copy() for s, p in self.option_offset_params_.items()}
 
     # ------------------------------------------------------------------ inference
-    def _encode_contexts(self, contexts: Sequence[str]) -> torch.Tensor:
-        return torch.from_numpy(self.encoder.encode(list(contexts)))
-
     def mixing_weights(self, contexts: Sequence[str]) -> np.ndarray:
         """pi(x) for each context: array (n, K)."""
         self._check_fitted()
         with torch.no_grad():
-            h_x = self._encode_contexts(contexts)
+            h_x = torch.from_numpy(self.encoder.encode(list(contexts)))
             return self.gate_.persona_logits(h_x, self.h_g_, self.persona_bias_).softmax(-1).numpy()
 
     def exemplar_weights(self, contexts: Sequence[str], personas: Sequence[int]) -> np.ndarray:
         """Omega_k(x) over the pool for one persona per context: array (n, N)."""
         self._check_fitted()
         with torch.no_grad():
-            h_x = self._encode_contexts(contexts)
+            h_x = torch.from_numpy(self.encoder.encode(list(contexts)))
             return self.gate_.exemplar_log_probs(h_x, self.h_g_[list(personas)], self.h_e_,
                                                  self.exemplar_bias_).exp().numpy()
 
@@ -537,73 +408,10 @@ class MixtureOfPersonas:
     def log_likelihood(
         self, records: Records, *, method: str = "mop", n_samples: int = 8, seed: int = 0, exact_pairs: int = 64
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out log-likelihood per record and y's token count, for comparing methods fairly.
-
-        ``mop`` and ``uniform`` (personas and exemplars uniform, tau = tau_init) sum the mixture exactly
-        over every (k, j) pair when K x N <= ``exact_pairs``; otherwise both use the Monte-Carlo estimate
-        log (1/S) sum_s p(y | k_s, j_s) with S = ``n_samples`` pairs drawn from the mixture (the own
-        exemplar masked). ``no_persona`` scores the bare task prompt at temperature 1.
-        """
+        """Held-out log-likelihood per record and y's token count (see :func:`held_out_log_likelihood`)."""
         self._check_fitted()
-        rng = np.random.default_rng(seed)
-        n = len(records)
-        if method == "no_persona":
-            prompts = [self.prompt(None, None, c) for c in records.contexts]
-            ll, n_tok = pair_log_likelihood(self.cache_for_eval(), prompts, records.responses, records.options,
-                                            torch.ones(n))
-            return ll.detach().numpy(), n_tok.numpy()
-        if method not in {"mop", "uniform"}:
-            raise ValueError(f"method must be mop, uniform or no_persona; got {method!r}")
-        n_k, n_j = len(self.personas_), len(self.exemplars_)
-        if n_k * n_j <= exact_pairs:
-            return self._exact_log_likelihood(records, method)
-        prompts, taus = [], []
-        for _ in range(n_samples):
-            if method == "mop":
-                draw = self.sample(records.gate_inputs, rng, groups=records.groups)
-                ks, js, tau = draw["persona"], draw["exemplar"], draw["temperature"]
-            else:
-                ks = rng.integers(n_k, size=n)
-                js = rng.integers(n_j, size=n)
-                tau = np.full(n, self.tau_init)
-            prompts += [self.prompt(int(k), int(j), c) for k, j, c in zip(ks, js, records.contexts, strict=True)]
-            taus.append(tau)
-        options = records.options * n_samples
-        ll, n_tok = pair_log_likelihood(
-            self.cache_for_eval(), prompts, records.responses * n_samples, options,
-            torch.from_numpy(np.concatenate(taus)).float(),
-            offsets=self._offsets_for(options, method),
-        )
-        ll = ll.detach().view(n_samples, n)
-        return (torch.logsumexp(ll, dim=0) - np.log(n_samples)).numpy(), n_tok[:n].numpy()
-
-    def _exact_log_likelihood(self, records: Records, method: str) -> tuple[np.ndarray, np.ndarray]:
-        """log sum_k sum_j w_kj p(y | k, j) over every pair (small K x N only)."""
-        n, n_k, n_j = len(records), len(self.personas_), len(self.exemplars_)
-        if method == "mop":
-            with torch.no_grad():
-                mask = self._pair_mask(records, np.arange(n))
-                log_pi, log_omega = self.gate_(self._encode_contexts(records.gate_inputs), self.h_g_, self.h_e_, mask,
-                                               self.exemplar_bias_, persona_bias=self.persona_bias_)
-                log_w = (log_pi.unsqueeze(2) + log_omega).flatten(1)
-            taus = self.temperatures_
-        else:
-            log_w = torch.full((n, n_k * n_j), -float(np.log(n_k * n_j)))
-            taus = np.full(n_k, self.tau_init)
-        prompts, tau = [], []
-        for i in range(n):
-            for k in range(n_k):
-                for j in range(n_j):
-                    prompts.append(self.prompt(k, j, records.contexts[i]))
-                    tau.append(taus[k])
-        options = [o for o in records.options for _ in range(n_k * n_j)]
-        ll, n_tok = pair_log_likelihood(
-            self.cache_for_eval(), prompts, [y for y in records.responses for _ in range(n_k * n_j)],
-            options, torch.tensor(tau, dtype=torch.float32),
-            offsets=self._offsets_for(options, method),
-        )
-        total = torch.logsumexp(log_w + ll.detach().view(n, n_k * n_j), dim=1)
-        return total.numpy(), n_tok.view(n, n_k * n_j)[:, 0].numpy()
+        return held_out_log_likelihood(self, records, method=method, n_samples=n_samples, seed=seed,
+                                       exact_pairs=exact_pairs)
 
     def cache_for_eval(self) -> ScoreCache:
         if not hasattr(self, "cache_"):
@@ -614,95 +422,14 @@ class MixtureOfPersonas:
     def save(self, directory: str | Path) -> Path:
         """Write ``gate.safetensors`` and ``mop.json`` (personas, exemplars, settings, provenance)."""
         self._check_fitted()
-        from popsim.io import atomic_write_bytes, atomic_write_json
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {f"gate.{k}": v.detach().contiguous() for k, v in self.gate_.state_dict().items()}
-        tensors["h_g"] = self.h_g_.contiguous()
-        tensors["h_e"] = self.h_e_.contiguous()
-        tensors["exemplar_bias"] = self.exemplar_bias_.contiguous()
-        tensors["persona_bias"] = self.persona_bias_.contiguous()
-        scales = list(self._offset_table())
-        for i, scale in enumerate(scales):
-            tensors[f"option_offsets.{i}"] = self.option_offset_params_[scale].contiguous()
-        atomic_write_bytes(out / "gate.safetensors", save_safetensors(tensors))
-        params = {k: v for k, v in self.get_params().items() if k not in {"lm", "encoder", "style", "cache_path"}}
-        params["personas"] = list(self.personas) if self.personas is not None else None
-        meta = {
-            "format_version": _FORMAT_VERSION,
-            "params": params,
-            "style": vars(self.style_),
-            "personas": [p.to_dict() for p in self.personas_],
-            "option_scales": [list(s) for s in scales],
-            "exemplars": {"inputs": self.exemplars_.inputs, "outputs": self.exemplars_.outputs,
-                          "groups": [str(g) for g in self.exemplars_.groups]},
-            "lm": self.lm_name_,
-            "encoder": self.encoder_name_,
-            "history": getattr(self, "history_", []),
-            "fit_info": getattr(self, "fit_info_", {}),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        }
-        atomic_write_json(out / "mop.json", meta)
-        return out
+        return save_model(self, directory)
 
     @classmethod
     def load(
         cls, directory: str | Path, *, lm: LanguageModel | None = None, encoder: SentenceEncoder | None = None
     ) -> MixtureOfPersonas:
         """Load a saved model. ``lm`` may differ from the one it was fitted with (gates transfer)."""
-        folder = Path(directory)
-        meta_path, gate_path = folder / "mop.json", folder / "gate.safetensors"
-        for path in (meta_path, gate_path):
-            if not path.is_file():
-                raise RunDirectoryError(f"no fitted MoP model in {folder} ({path.name} is missing); run `popsim fit` "
-                                        "first, or delete the folder to refit")
-        current = meta_path
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or meta.get("format_version") != _FORMAT_VERSION:
-                raise ValueError(f"not a format-{_FORMAT_VERSION} popsim model file")
-            current = gate_path
-            tensors = load_safetensors(gate_path.read_bytes())
-            current = meta_path
-            params = meta["params"]
-            model = cls(lm=lm, encoder=encoder, **params)
-            model.style_ = PromptStyle(**meta["style"])
-            model.personas_ = [Persona(**p) for p in meta["personas"]]
-            ex = meta["exemplars"]
-            model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]))
-            current = gate_path
-            model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
-            # older files have no biases: the uncalibrated gate
-            model.exemplar_bias_ = tensors.pop("exemplar_bias", torch.zeros(model.h_e_.shape[0]))
-            model.persona_bias_ = tensors.pop("persona_bias", torch.zeros(model.h_g_.shape[0]))
-            scales = [tuple(s) for s in meta.get("option_scales", [])]  # older files: no offsets
-            model.option_offset_params_ = {s: tensors.pop(f"option_offsets.{i}") for i, s in enumerate(scales)}
-            if any(tuple(p.shape) != (len(s),) for s, p in model.option_offset_params_.items()):
-                raise ValueError("option offsets do not match their scales in mop.json")
-            n_ex = len(model.exemplars_.inputs)
-            if (model.h_g_.shape[0] != len(model.personas_) or model.h_e_.shape[0] != n_ex
-                    or tuple(model.exemplar_bias_.shape) != (n_ex,)
-                    or tuple(model.persona_bias_.shape) != (len(model.personas_),)):
-                raise ValueError("tensor shapes do not match mop.json")
-            model.gate_ = MixtureGate(model.h_e_.shape[1], len(model.personas_), dim=params["dim"])
-            model.gate_.load_state_dict({k.removeprefix("gate."): v for k, v in tensors.items()})
-            current = meta_path
-            model.lm_name_, model.encoder_name_ = meta["lm"], meta["encoder"]
-        except Exception as exc:  # json, safetensors, torch and our own checks raise many types
-            raise RunDirectoryError(
-                f"fitted model file {current} is corrupt or truncated ({type(exc).__name__}); delete {folder} "
-                "to refit (or restore the file)"
-            ) from None
-        model.gate_.eval()
-        model.history_, model.fit_info_ = meta.get("history", []), meta.get("fit_info", {})
-        model.persona_labels_ = None
-        if encoder is not None and encoder.name != meta["encoder"]:
-            raise RunDirectoryError(
-                f"model in {folder} was fitted with encoder '{meta['encoder']}', not '{encoder.name}'; "
-                "use the same encoder (the gates read its embeddings)"
-            )
-        return model
+        return load_model(cls, directory, lm=lm, encoder=encoder)
 
 
 def embed_pairs(encoder: SentenceEncoder, pool: ExemplarPool, how: str = "joint") -> np.ndarray:
@@ -711,25 +438,6 @@ def embed_pairs(encoder: SentenceEncoder, pool: ExemplarPool, how: str = "joint"
         return encoder.encode(pool.texts)
     pair = encoder.encode(list(pool.inputs)) + encoder.encode(list(pool.outputs))
     return (pair / np.linalg.norm(pair, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
-
-
-def _sinkhorn_bias(
-    shares: Callable[[torch.Tensor], torch.Tensor], inverse_target: torch.Tensor, *, steps: int = 200,
-    tol: float = 1e-3,
-) -> torch.Tensor:
-    """Logit biases b with shares(b) = target, by Sinkhorn's column step (the softmax is the row step).
-
-    Each step divides every item's weight by its share over its target (``shares(b) * inverse_target``)
-    until no ratio is off 1 by more than ``tol``; b is kept centred (a constant shift changes nothing).
-    """
-    bias = torch.zeros(len(inverse_target))
-    for _ in range(steps):
-        ratio = shares(bias) * inverse_target
-        if float((ratio - 1).abs().max()) < tol:
-            break
-        bias -= ratio.clamp_min(1e-12).log()
-        bias -= bias.mean()
-    return bias
 
 
 def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

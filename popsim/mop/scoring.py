@@ -2,8 +2,13 @@
 
 Scoring (record, persona, exemplar) prompts with the frozen LM dominates training time. A pair that
 stays in the top-M is not scored again: :class:`ScoreCache` keeps a :class:`~popsim.lm.sketch.LogitSketch`
-per (LM, rendered prompt, continuation), in memory and optionally in a SQLite file shared across runs,
-and the temperature is still learned from the sketch.
+per (LM identity, rendered prompt, continuation), in memory and optionally in a SQLite file shared
+across runs, and the temperature is still learned from the sketch.
+
+The key holds the LM's ``identity`` (weights' digest, dtype, ...; see :mod:`popsim.lm.identity`), not
+its name: the file is machine-wide, and a name is the same for an fp32 and a bf16 load, or for two
+checkpoints in folders of the same basename, whose scores differ. It also holds the sketch layout, so a
+change of ``TOP_K`` or ``TAIL_BINS`` never reads sketches of another shape.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from popsim.exceptions import PopsimError
 from popsim.lm.base import LanguageModel, Prompt
-from popsim.lm.sketch import LogitSketch, sketch_logprob
+from popsim.lm.sketch import TAIL_BINS, TOP_K, LogitSketch, sketch_logprob
 
 __all__ = ["ScoreCache", "pair_log_likelihood"]
 
@@ -36,21 +40,18 @@ def _unpack(blob: bytes) -> LogitSketch:
 
 
 class ScoreCache:
-    """Sketches of LM likelihoods keyed by (LM name, rendered prompt, continuation).
+    """Sketches of LM likelihoods keyed by (LM identity, rendered prompt, continuation).
 
     Args:
-        lm: a backend with ``score_sketches`` (transformers and the test doubles have it; a remote API
-            without logits cannot train MoP - fit the gate on an open model and sample with the other).
+        lm: a backend that supports ``score_sketches`` (transformers and the test doubles; a remote API
+            without logits cannot train MoP, and this raises its CapabilityError before any work).
         path: optional SQLite file so later runs and epochs reuse the scores.
     """
 
     def __init__(self, lm: LanguageModel, path: str | Path | None = None) -> None:
-        if not hasattr(lm, "score_sketches"):
-            raise PopsimError(
-                f"LM backend '{lm.name}' exposes no token logits, so MoP cannot be trained on it; "
-                "fit with an open model (e.g. smollm2-135m-instruct) and simulate with this one"
-            )
+        lm.require("score_sketches")
         self.lm = lm
+        self.identity = f"{lm.identity}\x00sketch-k{TOP_K}-b{TAIL_BINS}"
         self.memory: dict[str, LogitSketch] = {}
         self.hits = 0
         self.misses = 0
@@ -61,7 +62,7 @@ class ScoreCache:
             self._db.execute("CREATE TABLE IF NOT EXISTS sketch (key TEXT PRIMARY KEY, blob BLOB)")
 
     def _key(self, rendered: str, continuation: str) -> str:
-        return hashlib.sha256(f"{self.lm.name}\x00{rendered}\x00{continuation}".encode()).hexdigest()
+        return hashlib.sha256(f"{self.identity}\x00{rendered}\x00{continuation}".encode()).hexdigest()
 
     @property
     def hit_rate(self) -> float:

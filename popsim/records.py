@@ -1,4 +1,4 @@
-"""Records (x, y) a MoP model is fitted on, and the exemplar pool it draws (x_j, y_j) from.
+"""Records (x, y) a MoP model is fitted on, and the exemplar pool it draws (x_j, y_j) from (plain data).
 
 A record is one human response y to a context x. For a survey, x is the respondent's profile rendered
 as text plus the question ("About you: a 45-year-old woman, ... Q: ..."), y is the chosen option, and
@@ -7,7 +7,8 @@ simulation samples answers). For reviews, x is the instruction/item and y the re
 
 ``gate_texts`` (optional) is what the gates encode as x when it differs from the prompt context: a
 survey agent holds one persona and exemplar for all its questions, drawn from its profile alone.
-``groups`` identifies the person behind each record: a record's own exemplar (same group) is masked.
+``groups`` identifies the person behind each record: a record's own exemplar (same group) is masked. A
+pool given without groups gets ids of its own ("exemplar-j") that no record shares.
 """
 
 from __future__ import annotations
@@ -106,10 +107,18 @@ class ExemplarPool:
             raise DataError("the exemplar pool is empty; the training split has no usable rows")
         if len(self.outputs) != n:
             raise DataError(f"{len(self.outputs)} exemplar outputs for {n} inputs")
-        object.__setattr__(self, "groups", _as_groups(self.groups if len(self.groups) else None, n))
+        if len(self.groups):
+            object.__setattr__(self, "groups", _as_groups(self.groups, n))
+        else:  # ids of their own: record groups default to row numbers, and "0".."N-1" would mask strangers
+            object.__setattr__(self, "groups", np.asarray([f"exemplar-{j}" for j in range(n)]))
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    @property
+    def has_groups(self) -> bool:
+        """False when the pool was given without groups (no record's own exemplar can then be masked)."""
+        return not all(g == f"exemplar-{j}" for j, g in enumerate(self.groups))
 
     @property
     def texts(self) -> list[str]:
