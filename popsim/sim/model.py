@@ -52,7 +52,8 @@ def assign_mixture(method: str, mop: MixtureOfPersonas | None, gate_texts: Seque
     if method == "uniform":
         assert mop is not None
         return {"persona": rng.integers(len(mop.personas_), size=n),
-                "exemplar": rng.integers(len(mop.exemplars_), size=n), "temperature": np.full(n, mop.settings_["tau_init"])}
+                "exemplar": rng.integers(len(mop.exemplars_), size=n),
+                "temperature": np.full(n, mop.settings_["tau_init"])}
     if method == "persona-only":
         assert mop is not None
         return {"persona": rng.integers(len(mop.personas_), size=n), "exemplar": none,
