@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,9 @@ def test_report_command_renders_in_chromium(small_run, tmp_path):
     assert 'id="longtail-plot"' in html and "data:image/png;base64," in html
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
+        if os.environ.get("CI"):  # CI installs it: a skip there would hide that the report was never looked at
+            pytest.fail("chromium is not installed; .ci/run installs it with apt-get install chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
     png = tmp_path / "shot.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -56,3 +59,15 @@ def test_report_command_renders_in_chromium(small_run, tmp_path):
 
     pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
     assert png.stat().st_size > 5000 and pixels.std() > 5
+
+
+def test_report_says_when_it_cannot_be_built_instead_of_exiting_quietly(small_run, tmp_path, monkeypatch, capsys):
+    """A broken plotting install used to end `popsim report` with status 0 and no report."""
+    import popsim.eval.headline  # noqa: F401  (loaded before the report module goes missing)
+    from popsim.cli import main
+
+    monkeypatch.setitem(sys.modules, "popsim.eval.report", None)  # importing it now raises ImportError
+    code = main(["report", str(small_run), "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert code != 0 and "report could not be built" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rep" / "report.html").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from popsim.eval.metrics import total_variation, weighted_distribution
-from popsim.exceptions import RunDirectoryError
+from popsim.exceptions import PopsimError, RunDirectoryError
 
 __all__ = ["headline_table", "report_command", "load_run"]
 
@@ -80,8 +80,9 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
         print("no real held-out data to compare with" if table is None else table.to_string(index=False))
     try:
         from popsim.eval.report import build_report
-    except ImportError:
-        return 0
+    except ImportError as exc:  # a broken plotting install must not pass for "no report needed"
+        raise PopsimError(f"the fidelity report could not be built: {exc}; reinstall popsim's dependencies "
+                          "(pip install -e .) and run `popsim report` again") from None
     responses = {}
     options, attributes = {}, []
     for run_dir in run_dirs:
