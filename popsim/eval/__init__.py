@@ -1,5 +1,6 @@
 """Evaluation metrics for simulated survey answers and generated text (see :mod:`popsim.eval.metrics`)."""
 
+from popsim.eval.composition import persona_composition
 from popsim.eval.metrics import (
     conditional_fid,
     distinct_n,
@@ -20,7 +21,6 @@ from popsim.eval.subgroups import (
     cell_fidelity,
     cell_question_fidelity,
     noise_floor_curve,
-    persona_composition,
     respondent_table,
     split_half_noise_floor,
     subgroup_cells,

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from popsim.eval.composition import persona_composition
 from popsim.eval.subgroups import (
     cell_fidelity,
     noise_floor_curve,
-    persona_composition,
     respondent_table,
     split_half_noise_floor,
 )
