@@ -1,24 +1,20 @@
-"""Does a label-matched exemplar make SmolLM2's texts less like the real ones? (dev, no gate involved)
+"""Does a label-matched exemplar make SmolLM2's texts less like the real ones? (dev splits, no gate involved)
 
-    python benchmarks/results/fidelity-quick-dev-session7/label_match.py [--text sst2,imdb] [--seed 0]
+    python -m benchmarks.experiments.label_match [--text sst2,imdb] [--seed 0]   # from the repository root
 
 For the quick text setting's dev generation contexts, exemplars are drawn uniformly from the pool three
 ways: any label (the uniform mixture), the context's own label, the other label(s). Personas uniform,
-tau 0.9, the same per-text seeds. Prints pooled FID / MAUVE, per-label FID and mean words of each set
-(mean words since the sixteenth session, whose `exemplar_request.py` reuses `run`).
+tau 0.9, the same per-text seeds. Prints pooled FID / MAUVE, per-label FID and mean words of each set.
+``run`` takes other arms and a ``render`` hook that rewrites each prompt per arm (the exemplar-request
+variants of 2026-12-05 were run through it; see docs/experiments.md).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import fidelity as fb  # noqa: E402
-
-from popsim.eval.metrics import conditional_fid, fid  # noqa: E402
+from benchmarks.fidelity_suite import dev_text_fits, mean_mauve
+from popsim.eval.metrics import conditional_fid, fid
 
 WAYS = ("any label", "same label", "other label")
 
@@ -26,7 +22,7 @@ WAYS = ("any label", "same label", "other label")
 def run(arms, render=lambda chat, variant: chat, default_text: str = "sst2,imdb") -> None:
     """Generate and score one text set per arm ``(way, variant)``: exemplars drawn uniformly among the
     labels ``way`` allows, each prompt passed through ``render(chat, variant)`` (as built by default)."""
-    for fit in fb.dev_text_fits(default_text):
+    for fit in dev_text_fits(default_text):
         name, cfg, seed, lm, encoder, mop = fit.name, fit.cfg, fit.seed, fit.lm, fit.encoder, fit.mop
         pool_labels, real, gen_ctx = fit.pool_labels, fit.real, fit.gen_ctx
         contexts, labels = list(gen_ctx["context"]), np.asarray(gen_ctx["label"])
@@ -44,7 +40,7 @@ def run(arms, render=lambda chat, variant: chat, default_text: str = "sst2,imdb"
             texts = lm.generate(prompts, max_new_tokens=cfg["max_new_tokens"], temperature=cfg["tau_init"], seed=seeds)
             emb = encoder.encode([" ".join(t.split()) or "." for t in texts])
             arm = way if variant is None else f"{way}, {variant}"
-            print(f"[{name}] {arm:>11}: FID {fid(real_emb, emb):.3f} MAUVE {fb._mauve(real_emb, emb, cfg):.3f} "
+            print(f"[{name}] {arm:>11}: FID {fid(real_emb, emb):.3f} MAUVE {mean_mauve(real_emb, emb, cfg):.3f} "
                   f"per-label FID {conditional_fid(real_emb, real_lab, emb, list(labels)):.3f} words "
                   f"{np.mean([len(t.split()) for t in texts]):.1f}", flush=True)
 

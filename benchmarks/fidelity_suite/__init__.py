@@ -1,0 +1,83 @@
+"""Fidelity on real data: the MoP paper's text table and survey fidelity, with the embedded LM.
+
+1. **Text** (paper Table 1 layout) on IMDB, AG News and SST-2 (``../shared/data``): fit MoP on the train
+   split, generate the same number of texts per method for the same held-out contexts (rating / topic +
+   headline / sentiment instruction) with the same per-text seeds, and score them against real held-out
+   texts: FID, MAUVE, KL-cosine (MiniLM sentence embeddings), distinct-2, and train-on-synthetic /
+   test-on-real accuracy and macro F1. Methods: MoP, no-persona (bare task prompt), persona-only (uniform
+   persona, no exemplar), uniform mixture (uniform persona + exemplar), and the paper's ablations: MoP
+   without exemplars (persona ~ pi(x), tau_k, no exemplar) and MoP with random personas (personas
+   summarised from random, not K-means, partitions of the exemplar pool; gates trained as usual).
+2. **Survey** on GSS 2018 spending and FiveThirtyEight non-voters (weighted), per-subgroup TV and
+   representativeness with bootstrap CIs, the real-vs-real noise floor and the long-tail curve, under
+   (a) new people: 70/30 split by respondent, fit on the 70, simulate as many agents as the 30 (drawn by
+   weight); plus the hot-deck reference (copy a random training respondent of the same race x party /
+   race x voter category);
+   (b) new questions: a third of the items held out entirely (never in fitting records or exemplar
+   transcripts); agents answer only those.
+
+    python benchmarks/fidelity.py --quick            # 15-19 min on 2 CPU cores with native bf16; ~1 h in fp32
+    python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 33-42 min, survey part 63-85)
+    python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
+    python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
+
+Ends with ``RESULT fid_mop=.. fid_best_baseline=.. mauve_mop=.. mauve_best_baseline=.. tv_mop=..
+tv_best_baseline=.. tv_noise=..`` (means over the datasets run; tv_* from protocol (b), mean question-TV
+over the population and every single-attribute subgroup; best baseline = best by that metric among the
+non-MoP methods).
+
+The package's modules: ``config`` (sizes and settings of both modes, ``--set`` overrides, the models), ``data``
+(text datasets and splits, the surveys, item splits, agents), ``text`` and ``survey`` (the two parts), ``report``
+(markdown tables, verdicts), ``cli`` (the command line) and ``analysis`` (dev fits and what-if scoring for the
+experiments in ``benchmarks/experiments/``). The names below are its public API.
+"""
+
+from .analysis import analysis_setup, attribute_tv, dev_survey_fits, dev_text_fits, raw_and_posthoc_tv, redraw
+from .cli import main
+from .config import (
+    DATA,
+    ROOT,
+    SIZES,
+    SURVEY_BASELINES_B,
+    SURVEY_METHODS,
+    TEXT_BASELINES,
+    TEXT_METHODS,
+    TEXT_TRAINING,
+    TRAINING,
+    estimator_settings,
+    models,
+    settings,
+)
+from .data import (
+    SURVEYS,
+    agent_rows,
+    heldout_samples,
+    load_survey,
+    load_text,
+    nonvoters_scenario,
+    sample_frame,
+    split_items,
+)
+from .report import md_table, survey_tables, text_tables, verdicts
+from .survey import (
+    fit_survey_mop,
+    population_model,
+    question_shares,
+    real_answers,
+    simulate,
+    summarise_cells,
+    survey_benchmark,
+    wide_with_attributes,
+)
+from .text import TEXT_STYLE, fit_text_mop, mean_mauve, task_prompt, text_benchmark
+
+__all__ = [
+    "DATA", "ROOT", "SIZES", "SURVEYS", "SURVEY_BASELINES_B", "SURVEY_METHODS", "TEXT_BASELINES", "TEXT_METHODS",
+    "TEXT_STYLE", "TEXT_TRAINING", "TRAINING",
+    "agent_rows", "analysis_setup", "attribute_tv", "dev_survey_fits", "dev_text_fits", "estimator_settings",
+    "fit_survey_mop", "fit_text_mop", "heldout_samples", "load_survey", "load_text", "main", "md_table",
+    "mean_mauve", "models", "nonvoters_scenario", "population_model", "question_shares", "raw_and_posthoc_tv",
+    "real_answers", "redraw", "sample_frame", "settings", "simulate", "split_items", "summarise_cells",
+    "survey_benchmark", "survey_tables", "task_prompt", "text_benchmark", "text_tables", "verdicts",
+    "wide_with_attributes",
+]

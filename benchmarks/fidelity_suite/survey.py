@@ -1,0 +1,152 @@
+"""The survey part of the fidelity benchmark: per-subgroup TV and representativeness with bootstrap CIs, the
+noise floor and the long-tail curve, under (a) new people (plus the hot-deck reference) and (b) new questions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from popsim.baselines import hot_deck
+from popsim.data import Population, profile_text, survey_exemplars, survey_records
+from popsim.eval.metrics import total_variation, weighted_distribution
+from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table
+from popsim.lm.loading import cache_dir
+from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.sim.model import PopulationModel
+
+from .config import SURVEY_METHODS, estimator_settings
+from .data import SURVEYS, agent_rows, load_survey, split_items
+
+
+def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int, *,
+                   new_questions: bool = False) -> MixtureOfPersonas:
+    """Fit on the ``seen`` items; ``new_questions`` (protocol b) trains as agents will be asked: never a
+    question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on."""
+    records = survey_records(pop, question_ids=seen)
+    pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=cfg["exemplar_questions"], seed=seed,
+                            question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False))
+    style = PromptStyle.survey()
+    if "instruction" in cfg:
+        style = replace(style, instruction=cfg["instruction"])
+    model = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style, **estimator_settings(cfg),
+                              mask_answered=new_questions and cfg["mask_answered_b"],
+                              cache_path=cache_dir() / "scores-survey.sqlite", random_state=seed, verbose=False)
+    return model.fit(records, pool)
+
+
+def population_model(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm,
+                     seed: int) -> PopulationModel:
+    """The simulated population of ``agents`` for one method, before its step (analysis scripts reuse it)."""
+    attr_cols = [f"attr_{a}" for a in pop.attributes]
+    texts = [profile_text(r, pop.attributes) for _, r in agents.iterrows()]
+    style = mop.style_ if mop is not None else PromptStyle.survey()
+    return PopulationModel(questions=questions, lm=lm, mop=mop, profiles=agents[attr_cols].reset_index(drop=True),
+                           profile_texts=texts, method=method, style=style, seed=seed, progress=False)
+
+
+def wide_with_attributes(answers: pd.DataFrame, pop: Population, agents: pd.DataFrame) -> pd.DataFrame:
+    """One row per agent (its answers) with the agent's ``attr_*`` columns beside them."""
+    wide = respondent_table(answers)
+    for c in [f"attr_{a}" for a in pop.attributes]:
+        wide[c] = agents[c].to_numpy()[wide["agent"].to_numpy()]
+    return wide
+
+
+def simulate(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int) -> pd.DataFrame:
+    """One step of ``method``'s simulated population: one row per agent, its answers and ``attr_*`` columns."""
+    model = population_model(pop, agents, questions, method, mop, lm, seed)
+    model.step()
+    return wide_with_attributes(model.responses(), pop, agents)
+
+
+def real_answers(pop: Population) -> pd.DataFrame:
+    """The held-out respondents with their answer columns named by question id (``q_X`` -> ``X``)."""
+    return pop.test.rename(columns={c: c.removeprefix("q_") for c in pop.test.columns if c.startswith("q_")})
+
+
+def _keyed(frame: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with ``keys`` as its first columns (which dataset, protocol and method its rows describe)."""
+    return pd.concat([pd.DataFrame(keys, index=frame.index), frame], axis=1)
+
+
+def question_shares(synth: pd.DataFrame, real: pd.DataFrame, options: dict[str, list]) -> pd.DataFrame:
+    """Whole-population answer shares per question and option, real (weighted) beside simulated, with each
+    question's TV: where a method's summary TV comes from (which items, which options)."""
+    weights = real["weight"].to_numpy(float) if "weight" in real.columns else None
+    rows = []
+    for q, opts in options.items():
+        pr = weighted_distribution(real[q].to_numpy(object), opts, weights)
+        ps = weighted_distribution(synth[q].to_numpy(object), opts)
+        tv = total_variation(pr, ps)
+        rows += [{"question": q, "option": o, "real_share": a, "synth_share": b, "question_tv": tv}
+                 for o, a, b in zip(opts, pr, ps, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def summarise_cells(cells: pd.DataFrame) -> dict:
+    """A method's summary row: mean TV etc. over the population and single-attribute cells, the whole-population
+    TV with its CI and noise floor, and how many cells are worse than the floor."""
+    ok = cells[~cells["suppressed"]]
+    first = ok[ok["order"] <= 1]
+    top = ok[ok["cell"] == "all"].iloc[0]
+    return {"tv": float(first["tv"].mean()), "representativeness": float(first["representativeness"].mean()),
+            "noise_floor": float(first["noise_floor_tv"].mean()), "tv_all": float(top["tv"]),
+            "tv_all_ci": f"[{top['tv_ci_low']:.3f}, {top['tv_ci_high']:.3f}]",
+            "noise_all": float(top["noise_floor_tv"]), "n_cells": int(len(ok)),
+            "worse_than_floor": int(ok["worse_than_floor"].sum()), "tv_max_cell": float(ok["tv"].max())}
+
+
+def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log):
+    """One survey under protocols (a) new people and (b) new questions: (summary, cells, noise curve, shares)."""
+    pop = load_survey(name, cfg, seed, out, dev)
+    seen_b, unseen_b = split_items(pop, seed + (1 if dev else 0))
+    qmap = {q.id: q for q in pop.questions}
+    agents = agent_rows(pop, seed)
+    real = real_answers(pop)
+    attrs = list(pop.attributes)
+    summaries, all_cells, all_shares = [], [], []
+    log(f"[{name}] train {len(pop.train)} respondents, held-out {len(pop.test)}, agents {len(agents)}; "
+        f"unseen items (b): {sorted(unseen_b)}")
+    for protocol, seen, asked in (("a", set(qmap), set(qmap)), ("b", seen_b, unseen_b)):
+        if protocol not in cfg["protocols"]:  # tuning one protocol: --set survey.protocols=b
+            continue
+        t = time.perf_counter()
+        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol == "b")
+        log(f"[{name}/{protocol}] fitted in {time.perf_counter() - t:.0f} s; tau="
+            f"{np.round(mop.temperatures_, 3).tolist()}; personas: {[p.text[:50] for p in mop.personas_]}")
+        questions = [qmap[q] for q in qmap if q in asked]
+        options = {q.id: q.option_labels for q in questions}
+        synths = {}
+        for method in SURVEY_METHODS:
+            t = time.perf_counter()
+            synths[method] = simulate(pop, agents, questions, method, mop, lm, seed)
+            log(f"[{name}/{protocol}] {method:>12} simulated in {time.perf_counter() - t:.0f} s")
+        if protocol == "a":
+            donors = pop.train.rename(columns={f"q_{q}": q for q in qmap})
+            attr_cols = [f"attr_{a}" for a in attrs]
+            synths["hot-deck"] = hot_deck(donors, agents[attr_cols], [f"attr_{a}" for a in SURVEYS[name]],
+                                          list(qmap), np.random.default_rng([seed, 5]))
+        for method, synth in synths.items():
+            keys = {"dataset": name, "protocol": protocol, "method": method}
+            cells = _keyed(cell_fidelity(synth, real, options, attrs, max_order=cfg["max_order"],
+                                         n_boot=cfg["n_boot"], seed=seed), keys)
+            all_cells.append(cells)
+            all_shares.append(_keyed(question_shares(synth, real, options), keys))
+            s = summarise_cells(cells)
+            dist = synth[list(options)].stack().value_counts(normalize=True)
+            s.update({"dataset": name, "protocol": protocol, "method": method,
+                      "top_answer": f"{dist.index[0]} ({dist.iloc[0]:.2f})"})
+            summaries.append(s)
+            log(f"[{name}/{protocol}] {method:>12}: TV {s['tv']:.3f} (all {s['tv_all']:.3f} {s['tv_all_ci']}), "
+                f"repr {s['representativeness']:.3f}, floor {s['noise_floor']:.3f}")
+    cells = pd.concat(all_cells, ignore_index=True)
+    dist_real = real[list(qmap)].stack().value_counts(normalize=True)
+    log(f"[{name}] real top answer: {dist_real.index[0]} ({dist_real.iloc[0]:.2f})")
+    curve = noise_floor_curve(real, {q.id: q.option_labels for q in pop.questions}, [20, 50, 100, 200],
+                              n_rep=50, seed=seed)
+    curve.insert(0, "dataset", name)
+    return pd.DataFrame(summaries), cells, curve, pd.concat(all_shares, ignore_index=True)
