@@ -36,11 +36,26 @@ def test_score_gradient_wrt_temperature_is_finite_and_nonzero(smollm):
 
 
 def test_continuation_is_tokenised_apart_from_prompt(smollm):
-    # prompt ending in a space: tokenising prompt+continuation as one string would move the boundary
-    ids_p = smollm.encode_prompt("The answer is ")
-    ids_c = smollm.encode_continuation("yes")
-    score = smollm.score(["The answer is "], ["yes"])
-    assert len(ids_c) >= 1 and len(ids_p) >= 1 and torch.isfinite(score).all()
+    """A prompt ending in a space: tokenising prompt + continuation as one string would merge the space
+    into " yes" and move the boundary. The score must be exactly the log-likelihood of the continuation's
+    own tokens after the prompt's own tokens, checked against a plain forward pass of the whole model."""
+    tok = smollm.tokenizer
+    prompt, cont = "The answer is ", "yes"
+    ids_p, ids_c = smollm.encode_prompt(prompt), smollm.encode_continuation(cont)
+    assert ids_p == tok(prompt)["input_ids"] and tok.decode(ids_p) == prompt  # no BOS in SmolLM2's plain text
+    assert ids_c == tok(cont, add_special_tokens=False)["input_ids"] and tok.decode(ids_c) == cont
+    joint = tok(prompt + cont)["input_ids"]
+    assert joint[: len(ids_p) - 1] == ids_p[:-1] and joint[len(ids_p) - 1 :] != ids_p[-1:] + ids_c  # the trap
+    with torch.no_grad():
+        logits = smollm.model(torch.tensor([ids_p + ids_c])).logits[0].float()
+    positions = torch.arange(len(ids_p) - 1, len(ids_p) + len(ids_c) - 1)
+    reference = logits[positions].log_softmax(-1).gather(1, torch.tensor(ids_c).view(-1, 1)).sum()
+    assert abs(float(smollm.score([prompt], [cont])[0]) - float(reference)) < 1e-4
+    # a chat prompt renders with the template and carries its special tokens once (no BOS added twice)
+    chat = Chat.of("Say yes.")
+    chat_ids = smollm.encode_prompt(chat)
+    assert tok.decode(chat_ids) == smollm.render(chat)
+    assert chat_ids[:2] != [tok.bos_token_id] * 2
 
 
 def test_sketch_recovers_logprob_at_any_temperature(smollm):

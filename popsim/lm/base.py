@@ -7,6 +7,17 @@ Three batch-first calls, after Concordia's two-method LM and vLLM's ``LLM``:
   differentiable with respect to the temperature (the MoP trainer learns one per persona);
 * :meth:`LanguageModel.option_logprobs` - normalised log-probabilities of multiple-choice options.
 
+Two optional calls, declared here so no caller probes with ``hasattr``; a backend that has one sets its
+``supports_*`` flag, and one that lacks it raises a :class:`~popsim.exceptions.CapabilityError` that names
+the backend and the fix (:meth:`LanguageModel.require` raises the same error up front):
+
+* :meth:`LanguageModel.score_sketches` - per-token logit sketches, from which MoP's trainer learns
+  temperatures without rerunning the LM (transformers and the test doubles);
+* :meth:`LanguageModel.token_logprobs` - per-token logprobs of token ids, behind ``popsim serve``'s
+  echo scoring (transformers).
+
+``identity`` names what the scores depend on (weights' content, dtype, ...) and keys the score cache.
+
 Outputs keep input order and mismatched lengths raise :class:`~popsim.exceptions.LMInputError`.
 Results are independent of batch make-up exactly in fp32 (within 1e-4); in bf16 (the CPU default where
 native) padding and batch shape move a score by up to ~0.03 nats per token and can flip a sampled token,
@@ -20,11 +31,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from popsim.exceptions import LMInputError
+from popsim.exceptions import CapabilityError, LMInputError
+from popsim.lm.sketch import LogitSketch
 
 __all__ = [
     "Chat", "Prompt", "LanguageModel", "as_row_values", "check_batch", "row_seeds", "generation_rows",
@@ -88,7 +101,10 @@ def as_row_values(
         if t.numel() == 1:
             t = t.expand(n)
     else:
-        t = torch.as_tensor(np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy())
+        values = np.asarray(value, dtype=np.float64).reshape(-1)
+        if values.size not in (1, n):
+            raise LMInputError(f"`{name}` has {values.size} values but there are {n} rows; pass one or {n}")
+        t = torch.as_tensor(np.broadcast_to(values, (n,)).copy())
     if t.numel() != n:
         raise LMInputError(f"`{name}` has {t.numel()} values but there are {n} rows; pass one or {n}")
     if bool((t.detach() < 0).any()) or not bool(torch.isfinite(t.detach()).all()):
@@ -138,13 +154,88 @@ def render_with_tokenizer(tokenizer, prompt: Prompt) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prompt.assistant_prefix
 
 
+_FIT_ELSEWHERE = ("fit MoP with a local transformers model (e.g. lm: smollm2-135m-instruct) and simulate with "
+                  "this backend")
+# call -> (flag that says the backend has it, what it returns, what the user can do instead)
+_OPTIONAL_CALLS = {
+    "score_sketches": ("supports_sketches", "logit sketches, which fitting MoP needs", _FIT_ELSEWHERE),
+    "token_logprobs": ("supports_token_logprobs", "per-token logprobs of token ids, which echo scoring needs",
+                       "serve a local transformers model instead (e.g. `popsim serve --lm smollm2-135m-instruct`)"),
+}
+
+
 class LanguageModel(ABC):
     """Abstract batch-first language model. Subclasses implement the three calls and ``render``.
 
-    ``name`` identifies the weights (it keys caches and is recorded in manifests).
+    ``name`` is the user-facing model name (recorded in manifests, served as the model id);
+    ``identity`` says what the scores depend on and keys caches; ``backend`` names the backend in errors.
     """
 
     name: str = "lm"
+    backend: str = "lm"
+    #: whether :meth:`score_sketches` works (else it raises CapabilityError)
+    supports_sketches: bool = False
+    #: whether :meth:`token_logprobs` works (else it raises CapabilityError)
+    supports_token_logprobs: bool = False
+    #: a transformers tokenizer where the backend has one (``popsim serve`` needs it for token offsets)
+    tokenizer: Any = None
+
+    @property
+    def identity(self) -> str:
+        """What this model's scores depend on; two models with equal identities score alike.
+
+        Keys the machine-wide score cache, so backends with weights include the weights' digest and the
+        dtype (see :mod:`popsim.lm.identity`); the default, for weightless doubles, is backend and name.
+        """
+        return f"{self.backend}:{self.name}"
+
+    def require(self, call: str) -> None:
+        """Raise the CapabilityError :meth:`score_sketches` or :meth:`token_logprobs` would, before any work."""
+        flag, what, fix = _OPTIONAL_CALLS[call]
+        if not getattr(self, flag):
+            raise CapabilityError(f"the {self.backend} backend (model '{self.name}') cannot return {what}; {fix}")
+
+    def score_sketches(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[LogitSketch]:
+        """Per-continuation :class:`~popsim.lm.sketch.LogitSketch` (target, top-k and tail-histogram logits
+        per token), so log p at any temperature is recomputed without the LM. Only backends that see
+        logits have it: it cannot be derived from :meth:`score`, which sums over tokens."""
+        self.require("score_sketches")
+        raise NotImplementedError(f"{type(self).__name__} sets supports_sketches but has no score_sketches")
+
+    def token_logprobs(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+        *,
+        temperature: float | Sequence[float] = 1.0,
+        top_k: int = 0,
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per row ``(logprobs (T,), top ids (T, k), top logprobs (T, k))`` of each target token given the
+        ids before it, at ``temperature``; summing a row reproduces :meth:`score` for the same ids."""
+        self.require("token_logprobs")
+        raise NotImplementedError(f"{type(self).__name__} sets supports_token_logprobs but has no token_logprobs")
+
+    def _tokenizer_or_raise(self) -> Any:
+        if self.tokenizer is None:
+            raise CapabilityError(f"the {self.backend} backend (model '{self.name}') has no tokenizer, so it "
+                                  "cannot encode text to token ids; use a transformers or vllm model")
+        return self.tokenizer
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a rendered prompt (BOS added only if the text does not carry it already; an empty
+        prompt becomes one BOS, or pad, token so there is a position to predict from)."""
+        tok = self._tokenizer_or_raise()
+        text = self.render(prompt)
+        bos = tok.bos_token
+        ids = list(tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
+        if not ids:
+            fallback = [i for i in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None]
+            ids = [fallback[0] if fallback else 0]
+        return ids
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Continuation ids, tokenised apart from the prompt so the boundary is exact."""
+        return list(self._tokenizer_or_raise()(text, add_special_tokens=False)["input_ids"])
 
     @abstractmethod
     def render(self, prompt: Prompt) -> str:

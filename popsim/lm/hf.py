@@ -13,11 +13,15 @@ Speed notes (LM passes are nearly all of popsim's cost):
   generation) are compiled (:mod:`popsim.lm.compile`): eager elementwise kernels would otherwise cost
   as much as the matmuls;
 * generation is a small KV-cached loop with one torch ``Generator`` per row, so a row's sample depends
-  only on its own prompt, temperature and seed.
+  only on its own prompt, temperature and seed (:mod:`popsim.lm.generate`).
+
+:attr:`HFLanguageModel.identity` (weights' digest, dtype, device type, attention and compile path) keys
+the machine-wide score cache, so a bf16 fit never reuses fp32 scores (see :mod:`popsim.lm.identity`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Iterator, Sequence
@@ -26,17 +30,12 @@ import torch
 
 from popsim.exceptions import ModelLoadError
 from popsim.lm.attention import ATTENTION_NAME, TILE, register_attention, tile_layout
-from popsim.lm.base import (
-    LanguageModel,
-    Prompt,
-    as_row_values,
-    check_batch,
-    generation_rows,
-    render_with_tokenizer,
-)
+from popsim.lm.base import LanguageModel, Prompt, as_row_values, check_batch, render_with_tokenizer
 from popsim.lm.compile import compile_elementwise_blocks, should_compile
+from popsim.lm.generate import KVCacheGeneration
+from popsim.lm.identity import weights_digest
 from popsim.lm.loading import convert_gguf, pick_device, pick_dtype, resolve_lm
-from popsim.lm.prefix_tree import PackedTree, group_by_shared_prefix, pack_groups
+from popsim.lm.prefix_tree import PackedTree, group_by_shared_prefix, pack_groups, token_budget_batches
 from popsim.lm.sketch import LogitSketch, sketch_logits
 
 __all__ = ["HFLanguageModel", "token_budget_batches"]
@@ -44,23 +43,7 @@ __all__ = ["HFLanguageModel", "token_budget_batches"]
 _CPU_SCORE_BATCH_TOKENS = 2048
 
 
-def token_budget_batches(lengths: Sequence[int], budget: int, max_rows: int = 256) -> Iterator[list[int]]:
-    """Yield index batches, longest first, whose padded size (rows x longest) stays within ``budget``."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch: list[int] = []
-    longest = 0
-    for i in order:
-        new_longest = max(longest, lengths[i])
-        if batch and (new_longest * (len(batch) + 1) > budget or len(batch) >= max_rows):
-            yield batch
-            batch, new_longest = [], lengths[i]
-        batch.append(i)
-        longest = new_longest
-    if batch:
-        yield batch
-
-
-class HFLanguageModel(LanguageModel):
+class HFLanguageModel(KVCacheGeneration, LanguageModel):
     """A causal LM from transformers, frozen, behind popsim's three-call interface.
 
     Args:
@@ -87,6 +70,10 @@ class HFLanguageModel(LanguageModel):
         compile: ``auto`` (compile the decoder layers and the norm and MLP blocks where eager elementwise
             kernels are the bottleneck: bf16/fp16 on CPU; see :mod:`popsim.lm.compile`), ``on`` or ``off``.
     """
+
+    backend = "transformers"
+    supports_sketches = True
+    supports_token_logprobs = True
 
     def __init__(
         self,
@@ -124,6 +111,7 @@ class HFLanguageModel(LanguageModel):
         self.model.eval()
         self.model.requires_grad_(False)
         self.name = source.name
+        self._location = location
         self.batch_tokens = batch_tokens
         if score_batch_tokens is None:
             on_cpu = self.device.type == "cpu"
@@ -153,6 +141,15 @@ class HFLanguageModel(LanguageModel):
         if max_tree_tokens is None:  # never wider than a scoring batch, which holds at least one tree
             max_tree_tokens = min(2048, self.score_batch_tokens) if self.tiled_trees else 512
         self.max_tree_tokens = max_tree_tokens
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """``NAME@DIGEST/DTYPE/DEVICE/ATTENTION[+compiled]``: everything here moves scores (bf16 vs fp32 by up
+        to ~0.03 nats per token; compiled vs eager bf16 kernels round differently; so do CPU and GPU).
+        The weights are hashed on first use, once per file per machine (:mod:`popsim.lm.identity`)."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        path = self.model.config._attn_implementation + ("+compiled" if self.compiled_blocks else "")
+        return f"{self.name}@{weights_digest(self._location)}/{dtype}/{self.device.type}/{path}"
 
     @property
     def short_attention(self) -> bool:
@@ -197,20 +194,6 @@ class HFLanguageModel(LanguageModel):
     def render(self, prompt: Prompt) -> str:
         return render_with_tokenizer(self.tokenizer, prompt)
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of a rendered prompt (BOS added only if the text does not carry it already)."""
-        text = self.render(prompt)
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
-        if not ids:  # an empty prompt still needs one position to predict from
-            ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self._pad_id]
-        return ids
-
-    def encode_continuation(self, text: str) -> list[int]:
-        """Continuation ids, tokenised apart from the prompt so the boundary is exact."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     # ------------------------------------------------------------------ forward helpers
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits for selected hidden states only, in fp32 for the log-softmax that follows.
@@ -222,18 +205,6 @@ class HFLanguageModel(LanguageModel):
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
-
-    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded ids, mask and position ids (positions count real tokens only)."""
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            if s:
-                ids[r, width - len(s) :] = torch.tensor(s)
-                mask[r, width - len(s) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
 
     def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -425,85 +396,3 @@ class HFLanguageModel(LanguageModel):
             else:
                 out.append(tuple(torch.cat(part) for part in zip(*row, strict=True)))
         return out
-
-    def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
-        temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
-        n = len(prompts)
-        prompt_ids = [self.encode_prompt(p) for p in prompts]
-        texts: list[str] = [""] * n
-        budget = max(self.batch_tokens, 1)
-        lengths = [len(p) + max_new_tokens for p in prompt_ids]
-        for rows in token_budget_batches(lengths, budget):
-            outs = self._generate_batch(
-                [prompt_ids[r] for r in rows], [temps[r] for r in rows], [seeds[r] for r in rows],
-                max_new_tokens,
-            )
-            for r, toks in zip(rows, outs, strict=True):
-                texts[r] = _cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=True), stop)
-        return texts
-
-    @torch.inference_mode()
-    def _generate_batch(
-        self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int], max_new_tokens: int
-    ) -> list[list[int]]:
-        n = len(prompt_ids)
-        ids, mask, positions = self._left_padded(prompt_ids)
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        out_tokens: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
-        cache = None
-        step_ids = ids
-        for _ in range(max_new_tokens):
-            out = self._body(
-                input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{self._cache_kwarg: cache},
-            )
-            cache = getattr(out, self._cache_kwarg)
-            logits = self._project(out.last_hidden_state[:, -1]).cpu()
-            sampled = _sample_rows(logits, temps, generators, done)
-            next_tokens = []
-            for r, tok in enumerate(sampled):
-                if done[r]:
-                    next_tokens.append(self._pad_id)
-                    continue
-                if tok in self._eos_ids:
-                    done[r] = True
-                else:
-                    out_tokens[r].append(tok)
-                next_tokens.append(tok)
-            if all(done):
-                break
-            step_ids = torch.tensor(next_tokens, device=self.device).view(n, 1)
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)
-            positions = positions[:, -1:] + 1
-        return out_tokens
-
-
-def _sample_rows(
-    logits: torch.Tensor, temps: list[float], generators: list[torch.Generator], done: list[bool]
-) -> list[int]:
-    """One token per row by the exponential race (Gumbel-max): argmax(logits / t - log E), E ~ Exp(1).
-
-    Each live row draws its noise from its own generator, so its text depends only on its seed, never on
-    the other rows (done rows draw nothing). Unlike inverse-CDF sampling, whose cumulative sum drifts
-    with float noise from batch make-up and flips tokens near interval edges, the race only flips when
-    the two best perturbed scores tie to within that noise. Temperature <= 1e-6 means greedy.
-    """
-    n, vocab = logits.shape
-    noise = torch.ones((n, vocab), dtype=torch.float64)
-    for r, (g, d) in enumerate(zip(generators, done, strict=True)):
-        if not d and temps[r] > 1e-6:
-            noise[r].exponential_(generator=g)
-    t = torch.tensor(temps, dtype=torch.float64).clamp_min(1e-6).unsqueeze(1)
-    picks = (logits.double() / t - noise.log()).argmax(dim=1)
-    greedy = logits.argmax(dim=1)
-    return [int(greedy[r]) if temps[r] <= 1e-6 else int(picks[r]) for r in range(n)]
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = len(text)
-    for s in stop:
-        if s and (i := text.find(s)) >= 0:
-            cut = min(cut, i)
-    return text[:cut]
-

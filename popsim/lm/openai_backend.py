@@ -76,7 +76,9 @@ def parse_openai_name(name: str) -> tuple[str | None, str]:
 
 
 class OpenAILanguageModel(LanguageModel):
-    """popsim's LanguageModel over an OpenAI-compatible ``/v1`` API.
+    """popsim's LanguageModel over an OpenAI-compatible ``/v1`` API (no logit sketches or token-id logprobs:
+    MoP is fitted on an in-process model; ``identity`` is the served model's own where a popsim server
+    reports it, else the model id at the URL).
 
     Args:
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
@@ -88,6 +90,8 @@ class OpenAILanguageModel(LanguageModel):
         max_retries: retries on connection errors, 429 and 5xx (backoff 0.5 s, 1 s, 2 s, ... capped at 8 s).
         top_logprobs: alternatives requested per token from a generic server (temperature approximation).
     """
+
+    backend = "openai"
 
     def __init__(
         self,
@@ -126,6 +130,12 @@ class OpenAILanguageModel(LanguageModel):
         self.model = str(card["id"])
         self.name = self.model
         self.is_popsim = card.get("owned_by") == "popsim" or "popsim" in card
+        served = card.get("popsim") if isinstance(card.get("popsim"), dict) else {}
+        self._identity = str(served.get("identity") or f"openai:{self.model}@{self.base_url}")
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     @classmethod
     def from_name(cls, name: str, **options: Any) -> OpenAILanguageModel:

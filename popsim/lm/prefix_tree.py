@@ -8,16 +8,19 @@ prompt's suffix, earlier tokens of its own segment) and nothing else, at the pos
 its own full sequence. Every token is encoded exactly once and no KV cache is copied per branch (copying
 an agent's prefix cache for each of its question x option branches cost more than the forward itself).
 
-This module only plans (pure Python over token ids); :class:`popsim.lm.hf.HFLanguageModel` executes
-the plan.
+This module only plans (pure Python over token ids): trees, and (:func:`token_budget_batches`) which rows
+share a forward pass; :class:`popsim.lm.hf.HFLanguageModel` executes the plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["PrefixGroup", "PackedTree", "group_by_shared_prefix", "common_prefix_length", "pack_groups"]
+__all__ = [
+    "PrefixGroup", "PackedTree", "group_by_shared_prefix", "common_prefix_length", "pack_groups",
+    "token_budget_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -137,3 +140,19 @@ def pack_groups(
                     tree.add_segment(cont[:-1], len(prompts[member]), seg)
                     tree.predict += [(start + t, cont[t + 1], q) for t in range(len(cont) - 1)]
     return trees
+
+
+def token_budget_batches(lengths: Sequence[int], budget: int, max_rows: int = 256) -> Iterator[list[int]]:
+    """Yield index batches, longest first, whose padded size (rows x longest) stays within ``budget``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    longest = 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        if batch and (new_longest * (len(batch) + 1) > budget or len(batch) >= max_rows):
+            yield batch
+            batch, new_longest = [], lengths[i]
+        batch.append(i)
+        longest = new_longest
+    if batch:
+        yield batch

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch
+from popsim.lm.base import Chat, LanguageModel, Prompt, as_row_values, check_batch, generation_rows
 from popsim.lm.sketch import LogitSketch
 
 __all__ = ["HashLM", "CountingLM", "CallRecord"]
@@ -33,8 +33,12 @@ def _hash_logits(context: str) -> np.ndarray:
 class HashLM(LanguageModel):
     """Deterministic pseudo-LM over a 16-symbol alphabet (character code mod 16).
 
-    ``script`` (optional) fixes what :meth:`generate` returns, cycling through it.
+    ``script`` (optional) fixes what :meth:`generate` returns, cycling through it. An int ``seed`` is
+    shared by every row (as it always was here: tests' expected texts depend on it).
     """
+
+    backend = "hash-lm"
+    supports_sketches = True
 
     def __init__(self, name: str = "hash-lm", *, script: Sequence[str] | None = None) -> None:
         self.name = name
@@ -75,8 +79,7 @@ class HashLM(LanguageModel):
         return out
 
     def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
-        check_batch("prompts", prompts)
-        temps = as_row_values(temperature, len(prompts)).tolist()
+        temps, _ = generation_rows(prompts, max_new_tokens, temperature, seed)  # checks lengths and values
         seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
         out = []
         for p, t, s in zip(prompts, temps, seeds, strict=True):
@@ -99,13 +102,34 @@ class CallRecord:
 
 @dataclass
 class CountingLM(LanguageModel):
-    """Wraps a LanguageModel and records each call's method and batch size."""
+    """Wraps a LanguageModel and records each call's method and batch size; it reports the inner
+    model's name, identity, tokenizer and capabilities as its own."""
 
     inner: LanguageModel
     calls: list[CallRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.name = self.inner.name
+
+    @property
+    def identity(self) -> str:  # type: ignore[override]
+        return self.inner.identity
+
+    @property
+    def backend(self) -> str:  # type: ignore[override]
+        return self.inner.backend
+
+    @property
+    def supports_sketches(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_sketches
+
+    @property
+    def supports_token_logprobs(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_token_logprobs
+
+    @property
+    def tokenizer(self):  # type: ignore[override]
+        return self.inner.tokenizer
 
     def render(self, prompt: Prompt) -> str:
         return self.inner.render(prompt)
@@ -127,4 +151,8 @@ class CountingLM(LanguageModel):
 
     def score_sketches(self, prompts, continuations) -> list[LogitSketch]:
         self.calls.append(CallRecord("score_sketches", len(prompts)))
-        return self.inner.score_sketches(prompts, continuations)  # type: ignore[attr-defined]
+        return self.inner.score_sketches(prompts, continuations)
+
+    def token_logprobs(self, prompt_ids, target_ids, **kwargs) -> list:
+        self.calls.append(CallRecord("token_logprobs", len(prompt_ids)))
+        return self.inner.token_logprobs(prompt_ids, target_ids, **kwargs)

@@ -31,6 +31,7 @@ from popsim.lm.base import (
     generation_rows,
     render_with_tokenizer,
 )
+from popsim.lm.identity import weights_digest
 from popsim.lm.remote import tempered_logprob
 
 __all__ = ["VLLMLanguageModel"]
@@ -52,6 +53,8 @@ class VLLMLanguageModel(LanguageModel):
         top_logprobs: alternatives per prompt token for temperature-scaled scoring.
     """
 
+    backend = "vllm"
+
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto",
                  gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
                  top_logprobs: int = 20) -> None:
@@ -72,17 +75,18 @@ class VLLMLanguageModel(LanguageModel):
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             max_logprobs=max(top_logprobs, 1))
         self.tokenizer = self.llm.get_tokenizer()
-        self.name = model  # the id vLLM loaded; keys caches and manifests
+        self.name = model  # the id vLLM loaded; recorded in manifests
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        loaded = str(getattr(config, "dtype", dtypes[dtype])).removeprefix("torch.")
+        # vLLM cannot sketch, so nothing caches its scores; the identity still tells runs apart in manifests
+        self._identity = f"{model}@{weights_digest(model)}/{loaded}/cuda/vllm"
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     def render(self, prompt: Prompt) -> str:
         return render_with_tokenizer(self.tokenizer, prompt)
-
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Prompt ids as the transformers backend makes them (BOS only if the text lacks it)."""
-        text = self.render(prompt)
-        bos = self.tokenizer.bos_token
-        ids = self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
-        return ids or [self.tokenizer.bos_token_id or 0]
 
     def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
         temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
@@ -101,7 +105,7 @@ class VLLMLanguageModel(LanguageModel):
                                   "transformers backend and simulate with vllm")
         temps = temps_t.detach().double().tolist()
         prompt_ids = [self.encode_prompt(p) for p in prompts]
-        cont_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        cont_ids = [self.encode_continuation(c) for c in continuations]
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=self.top_logprobs)
         inputs = [{"prompt_token_ids": p + c} for p, c in zip(prompt_ids, cont_ids, strict=True)]
         outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)

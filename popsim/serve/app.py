@@ -56,6 +56,7 @@ def create_app(lm: LanguageModel, *, api_key: str | None = None, limits: ServeLi
 
     limits = limits or ServeLimits()
     engine = Engine(lm)
+    identity = lm.identity  # weights' digest etc.: computed once here, not on the event loop later
     batcher = MicroBatcher(engine.run_batch, window_s=window_ms / 1000.0, max_batch=max_batch)
     state = {"in_flight": 0, "started": int(time.time())}
 
@@ -155,7 +156,7 @@ def create_app(lm: LanguageModel, *, api_key: str | None = None, limits: ServeLi
     async def models(request: Request):
         authorise(request)
         card = {"id": lm.name, "object": "model", "created": state["started"], "owned_by": "popsim",
-                "popsim": {"echo_scoring": engine.can_score, "max_batch": max_batch}}
+                "popsim": {"echo_scoring": engine.can_score, "max_batch": max_batch, "identity": identity}}
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/popsim/render")

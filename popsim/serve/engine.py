@@ -52,8 +52,9 @@ class Engine:
 
     def __init__(self, lm: LanguageModel, *, cache_size: int = 4096) -> None:
         self.lm = lm
-        self.tokenizer = getattr(lm, "tokenizer", None)
-        self.can_score = self.tokenizer is not None and hasattr(lm, "token_logprobs")
+        self.tokenizer = lm.tokenizer
+        # echo scoring needs token logprobs and a tokenizer (for the tokens' character offsets)
+        self.can_score = self.tokenizer is not None and lm.supports_token_logprobs
         # a prompt is usually sent once per option: tokenise it once (bounded memory)
         self._prompt_tokens = functools.lru_cache(maxsize=cache_size)(self._encode_with_offsets)
 
@@ -64,15 +65,15 @@ class Engine:
         return list(ids), list(offsets)
 
     def count_prompt_tokens(self, text: str) -> int:
-        return len(self.lm.encode_prompt(text)) if self.tokenizer is not None else 0  # type: ignore[attr-defined]
+        return len(self.lm.encode_prompt(text)) if self.tokenizer is not None else 0
 
     def _encode_with_offsets(self, text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        ids = list(self.lm.encode_prompt(text))  # type: ignore[attr-defined]
+        ids = list(self.lm.encode_prompt(text))
         return tuple(ids), tuple(self.offsets(ids, text))
 
     def continuation_tokens(self, text: str) -> tuple[list[int], list[int]]:
         """Ids exactly as the backend encodes a continuation (tokenised apart from its prompt), with offsets."""
-        ids = list(self.lm.encode_continuation(text))  # type: ignore[attr-defined]
+        ids = list(self.lm.encode_continuation(text))
         return ids, self.offsets(ids, text)
 
     def offsets(self, ids: Sequence[int], text: str) -> list[int]:
@@ -111,7 +112,7 @@ class Engine:
 
     def _score(self, jobs: list[ScoreJob]) -> list[TokenRow]:
         top_k = max(j.top_k for j in jobs)
-        rows = self.lm.token_logprobs(  # type: ignore[attr-defined]
+        rows = self.lm.token_logprobs(
             [list(j.prefix_ids) for j in jobs], [list(j.target_ids) for j in jobs],
             temperature=[j.temperature for j in jobs], top_k=top_k,
         )
