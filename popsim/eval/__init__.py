@@ -1,5 +1,6 @@
 """Evaluation metrics for simulated survey answers and generated text (see :mod:`popsim.eval.metrics`)."""
 
+from popsim.eval.answers import question_errors, question_order, question_shares
 from popsim.eval.composition import persona_composition
 from popsim.eval.metrics import (
     conditional_fid,
@@ -51,4 +52,7 @@ __all__ = [
     "build_report",
     "method_headline",
     "worst_cells",
+    "question_shares",
+    "question_errors",
+    "question_order",
 ]
