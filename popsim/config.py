@@ -7,17 +7,17 @@ rejected with a did-you-mean; every error is one line naming the key path and th
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from popsim.exceptions import ScenarioError
 from popsim.mop.presets import resolve_preset
+from popsim.schema_errors import explain, one_line, parse_yaml
 
 __all__ = [
     "Scenario", "DataConfig", "AttributeSpec", "QuestionSpec", "ReviewsSpec", "MopConfig", "SimulationConfig",
@@ -172,7 +172,7 @@ class MopConfig(_Strict):
         None, description="Survey: learn one offset per (answer scale, option) on the LM's option scores jointly "
         "with the gates, so they train against a debiased LM; simulation adds the same offsets to MoP's answers "
         "(preset).")
-    offset_learning_rate: float | None = Field(None, gt=0, description="Adam learning rate of the option offsets.")
+    offset_learning_rate: float | None = Field(None, gt=0, description="Adam step size of the option offsets.")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
 
     def estimator_params(self) -> dict[str, Any]:
@@ -218,10 +218,10 @@ class SimulationConfig(_Strict):
     chunk_agents: int = Field(64, gt=0, description="Agents per flush to disk (resume granularity).")
     option_bias: Literal["none", "learned"] = Field(
         "none", description="learned: before simulating, answer the questions that have data with a sample of "
-        "training respondents (calibration_agents) the same way, and fit one offset per option of each answer "
-        "scale so their answers reproduce the real shares; the offsets then apply to every question on that "
-        "scale, new ones included, in every round (they are learned from one round without a network). Corrects "
-        "the LM's preference for some option wordings (surveys only).")
+        "training respondents (calibration_agents) the same way, and fit one offset per option of each answer scale "
+        "so their answers reproduce the real shares; the offsets then apply to every question on that scale, new "
+        "ones included, in every round (learned from one round without a network). Corrects the LM's preference "
+        "for some option wordings (surveys only).")
     calibration_agents: int = Field(64, gt=0, description="Training respondents simulated to learn option_bias.")
 
 
@@ -307,92 +307,10 @@ def _code(key: Any) -> str:
     return str(key)
 
 
-def _suggest(name: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(name, allowed, n=1)
-    return f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
-
-
-def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The pydantic model inside ``X``, ``X | None``, ``list[X]`` or ``dict[str, X]``; True for a dict value."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    for arg in get_args(annotation):
-        found, _ = _model_in(arg)
-        if found is not None:
-            return found, get_origin(annotation) is dict
-    return None, False
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the model found at ``loc`` (for did-you-mean)."""
-    current: type[BaseModel] | None = model
-    skip_key = False  # the part after a dict-valued field is a user key (e.g. an attribute name)
-    for part in loc[:-1]:
-        if skip_key or isinstance(part, int):
-            skip_key = False
-            continue
-        field = current.model_fields.get(str(part)) if current is not None else None
-        if field is None:
-            return []
-        current, skip_key = _model_in(field.annotation)
-    return list(current.model_fields) if current is not None else []
-
-
-def _one_line(text: str) -> str:
-    """Messages are one line even when a key, value or path holds a line break."""
-    return "".join(repr(c)[1:-1] if c in _BREAKS else c for c in text)
-
-
-_BREAKS = set("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
-
-
-def _explain(err: ValidationError, source: str) -> str:
-    errors = err.errors()
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains a 'missing'
-    loc = tuple(first["loc"])
-    path = ".".join(str(p) for p in loc)
-    got = first.get("input")
-    if first["type"] == "extra_forbidden":
-        allowed = [k for k in _allowed_keys(Scenario, loc) if k != "base_dir"]
-        hint = _suggest(str(loc[-1]), allowed) if allowed else "remove it"
-        return f"{source}: unknown key `{path}`; {hint}"
-    if first["type"] == "missing":
-        return f"{source}: `{path}` is required; add it"
-    msg = first["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-    msg = msg[0].lower() + msg[1:]
-    if isinstance(got, dict):
-        shown = "; got a mapping" if first["type"].endswith("_type") else ""  # else a whole section: say nothing
-    else:
-        shown = f"; got {got!r}"[:80]
-    return f"{source}: `{path}` {msg}{shown}" if path else f"{source}: {msg}"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (plain data only: no Python objects) that refuses a key given twice in one mapping."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}'", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _parse_yaml(text: str) -> Any:
-    loader = _UniqueKeyLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Read and validate a scenario YAML; ``overrides`` maps dotted keys to values (CLI flags)."""
     path = Path(path)
-    name = _one_line(str(path))
+    name = one_line(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -404,7 +322,7 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             f"scenario file {name} cannot be read as UTF-8 text ({type(exc).__name__}); save it as UTF-8 "
             "and check its permissions") from None
     try:
-        raw = _parse_yaml(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -434,17 +352,21 @@ def validate_scenario(raw: dict, *, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(raw)
     except ValidationError as err:
-        raise ScenarioError(_one_line(_explain(err, source))) from None
+        raise ScenarioError(one_line(explain(err, source, Scenario))) from None
 
 
 def config_hash(scenario: Scenario, *sections: str) -> str:
     """Stable hash of the given sections (all when none), e.g. to reuse a fitted model or resume a run.
 
     Settings at their default value are left out, so a new option whose default keeps the old behaviour
-    does not turn every earlier run directory into "a different config" (defaults are never changed
-    silently; a changed default needs a new option value instead).
+    does not turn every earlier run directory into "a different config". The MoP settings a preset governs
+    enter as resolved, so a key set to its preset's value changes nothing, and a preset whose values
+    change does change the hash (a fitted model or run folder of the old settings is never reused).
     """
     data = scenario.model_dump(mode="json", exclude={"base_dir", "output"}, exclude_defaults=True)
+    m = scenario.mop
+    preset = resolve_preset(m.preset, free_text=scenario.kind == "reviews", overrides=m.model_dump())
+    data["mop"] = {**{k: v for k, v in data.get("mop", {}).items() if k not in preset and k != "preset"}, **preset}
     if sections:
         data = {k: data.get(k) for k in sections}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

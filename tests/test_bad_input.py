@@ -234,7 +234,9 @@ CASES = [
          scenario(put("mop.n_personas", 9))),
     Case("cluster-persona-gate-without-similarity-start", ScenarioError,
          ("`mop`", "persona_gate_init 'clusters' needs gate_init_scale > 0"),
-         scenario(put("mop.persona_gate_init", "clusters"))),
+         scenario(lambda cfg: [put("mop.persona_gate_init", "clusters")(cfg), put("mop.gate_init_scale", 0)(cfg)])),
+    Case("unknown-mop-preset", ScenarioError, ("`mop.preset`", "'tuned' or 'paper'"),
+         scenario(put("mop.preset", "best"))),
     Case("bins-not-increasing", ScenarioError, ("`data.attributes.age`", "at least two increasing edges"),
          scenario(put("data.attributes.age.bins", [90, 18]))),
     # --- the data table

@@ -52,9 +52,10 @@ PRESET_KEYS: tuple[str, ...] = tuple(_PAPER)
 
 
 def resolve_preset(preset: str, *, free_text: bool, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The preset's settings for multiple-choice or free-text records, with ``overrides`` (not None) on top."""
+    """The preset's settings for multiple-choice or free-text records, with ``overrides`` (those of its keys
+    that are not None) on top."""
     if preset not in PRESETS:
         raise ValueError(f"unknown MoP preset {preset!r}; use one of: {', '.join(PRESETS)}")
     settings = dict(PRESETS[preset]["free_text" if free_text else "choice"])
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in settings})
     return settings
