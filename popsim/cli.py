@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dirs", nargs="+", help="one or more run directories (methods side by side)")
     rep.add_argument("--real", help="held-out real respondents (parquet/CSV); default RUN_DIR/heldout.parquet")
     rep.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    rep.add_argument("--by", metavar="ATTRIBUTE", help="attribute whose groups get their own panel per question "
+                     "(default: the first attribute)")
     srv = sub.add_parser("serve", help="serve an LM over an OpenAI-compatible HTTP API")
     srv.add_argument("--lm", default="smollm2-135m-instruct", help="LM name, folder or .gguf")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
@@ -100,7 +102,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "report":
         from popsim.eval.headline import report_command
 
-        return report_command(args.run_dirs, real=args.real, out=args.out)
+        return report_command(args.run_dirs, real=args.real, out=args.out, by=args.by)
     if args.command == "serve":
         from popsim.serve import serve
 

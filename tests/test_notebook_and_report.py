@@ -1,9 +1,9 @@
-"""The analysis notebook executes against a real (small) run, and `popsim report` renders in Chromium."""
+"""The analysis notebook executes against a real (small) run, and `popsim report` on two runs renders in Chromium."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import html
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +12,10 @@ import pytest
 
 from popsim import runner
 from popsim.config import load_scenario
+from popsim.eval import BANNER
 
-from .helpers import small_survey
+from .helpers import SURVEY_QUESTIONS, small_survey
+from .test_report import browser_layout, screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("nbrun")
     return runner.run(load_scenario(small_survey(tmp, agents=40)), verbose=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def uniform_run(tmp_path_factory) -> Path:
+    """The same scenario answered by the uniform baseline: a second method for the report to set beside MoP."""
+    tmp = tmp_path_factory.mktemp("nbrun-uniform")
+    return runner.run(load_scenario(small_survey(tmp, agents=40, simulation__method="uniform")), verbose=False).run_dir
 
 
 def test_notebook_executes(small_run, monkeypatch):
@@ -37,28 +46,27 @@ def test_notebook_executes(small_run, monkeypatch):
     assert any("agents" in "".join(o.get("text", "")) for o in outputs)
 
 
-def test_report_command_renders_in_chromium(small_run, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "popsim", "report", str(small_run), "--real",
-                          str(small_run / "heldout.parquet"), "--out", str(tmp_path / "rep")],
+def test_report_command_renders_in_chromium(small_run, uniform_run, tmp_path):
+    """`popsim report RUN_A RUN_B`: summary first, a panel per question, tables in words, nothing past 1280 px."""
+    out = subprocess.run([sys.executable, "-m", "popsim", "report", str(small_run), str(uniform_run), "--real",
+                          str(small_run / "heldout.parquet"), "--out", str(tmp_path / "rep"), "--by", "race"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    html = (tmp_path / "rep" / "report.html").read_text()
-    assert 'id="longtail-plot"' in html and "data:image/png;base64," in html
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):  # CI installs it: a skip there would hide that the report was never looked at
-            pytest.fail("chromium is not installed; .ci/run installs it with apt-get install chromium")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    png = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1200,1600",
-                    (tmp_path / "rep" / "report.html").as_uri()], capture_output=True, timeout=120)
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
-    assert png.stat().st_size > 5000 and pixels.std() > 5
+    page_path = tmp_path / "rep" / "report.html"
+    page = page_path.read_text()
+    assert BANNER in page and 'id="longtail-plot"' in page and "data:image/png;base64," in page
+    assert page.index('id="summary"') < page.index('id="questions"') < page.index('id="longtail-plot"')
+    headers = [html.unescape(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", page)]
+    assert "Overall TV (0-1, lower is better)" in headers
+    assert not [h for h in headers if re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", h)], headers
+    assert ">mop<" in page and ">uniform<" in page and "by race" in page
+    layout = browser_layout(page_path, tmp_path)
+    assert layout["scroll_width"] <= layout["viewport"] == 1280 and layout["wide"] == [], layout
+    questions = sorted(q["id"] for q in SURVEY_QUESTIONS)
+    assert sorted(p["question"] for p in layout["panels"]) == questions
+    assert all(p["alt"] and p["width"] > 0 for p in layout["panels"])
+    pixels = screenshot(page_path, tmp_path)
+    assert pixels.shape[:2] == (900, 1280) and 255 * pixels.std() > 5
 
 
 def test_report_says_when_it_cannot_be_built_instead_of_exiting_quietly(small_run, tmp_path, monkeypatch, capsys):

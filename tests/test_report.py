@@ -7,7 +7,10 @@ uniformly. Round 1 of both runs is uniform noise, so only the last round must be
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,13 +26,19 @@ from popsim.eval import (
     cell_question_fidelity,
     noise_floor_curve,
     persona_composition,
+    question_errors,
+    question_order,
+    question_shares,
     respondent_table,
     split_half_noise_floor,
     subgroup_cells,
     total_variation,
     weighted_distribution,
 )
+from popsim.eval.answers import wilson_band
+from popsim.eval.page import Figure, Table
 from popsim.eval.subgroups import _norm, _onehot, _tv_rows
+from popsim.eval.verdicts import family_verdicts
 
 OPTS = ["low", "mid", "high"]
 OPTIONS = {"q1": OPTS, "q2": OPTS, "q3": OPTS}
@@ -111,7 +120,8 @@ def bad_cells(bad, real) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def report(good, bad, real, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("report")
-    return build_report({"good": good, "uniform": bad}, real, OPTIONS, ATTRS, out, n_boot=N_BOOT, worst_k=5)
+    return build_report({"good": good, "uniform": bad}, real, OPTIONS, ATTRS, out, n_boot=N_BOOT, worst_k=5,
+                        by="age_group", wording={"q1": "How much do you like soup?"})
 
 
 def test_subgroup_cells_cover_all_values_and_pairs(real):
@@ -253,21 +263,202 @@ def test_report_files(report):
     assert BANNER in report["report_md"].read_text()
 
 
-def test_report_html_renders_in_headless_chromium(report, tmp_path):
-    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); needed to render report.html")
-    from matplotlib.image import imread
+def test_report_reads_real_beside_simulated_per_question(report):
+    out = report["report_html"].parent
+    shares = pd.read_csv(report["questions"])
+    assert set(shares["source"]) == {"real", "good", "uniform"}
+    assert set(shares["group"]) == {"all", "age_group=18-29", "age_group=30-44", "age_group=45-64", "age_group=65+"}
+    sums = shares.groupby(["question", "group", "source"])["share"].sum()
+    np.testing.assert_allclose(sums, 1.0)
+    real_rows = shares[shares["source"] == "real"]
+    assert ((real_rows["band_low"] <= real_rows["share"]) & (real_rows["share"] <= real_rows["band_high"])).all()
+    page = report["report_html"].read_text()
+    # the summary block comes first, then the questions, then the long-tail plot
+    assert page.index('id="synthetic-banner"') < page.index('id="summary"') < page.index('id="questions"') \
+        < page.index('id="longtail-plot"')
+    headers = re.findall(r"<th[^>]*>(.*?)</th>", page)
+    assert headers and not [h for h in headers if re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", html.unescape(h))]
+    assert "Overall TV (0-1, lower is better)" in page and "95% interval" in page and "Noise floor" in page
+    # one panel per question, worst first, each with alt text; markdown points at the same figures
+    order = question_order(pd.read_csv(report["question_errors"]))
+    panels = re.findall(r'<figure class="panel" id="panel-([^"]+)" data-question="([^"]+)">.*?<img alt="([^"]+)"',
+                        page, flags=re.S)
+    assert [q for _, q, _ in panels] == order and sorted(order) == sorted(OPTIONS)
+    assert all(len(alt) > 40 for _, _, alt in panels)
+    assert "q1: How much do you like soup?" in page
+    md = report["report_md"].read_text()
+    for q in OPTIONS:
+        assert f"](question_{q}.png)" in md and (out / f"question_{q}.png").read_bytes()[:4] == b"\x89PNG"
+    assert md.index("## Summary") < md.index("## What each group answered")
+    assert "| Overall TV (0-1, lower is better) |" in md
 
-    shot = tmp_path / "report.png"
+
+def test_question_shares_are_the_weighted_shares_of_a_small_hand_made_table():
+    real = pd.DataFrame({"attr_sex": ["f", "f", "f", "m", "m", "m"], "q": ["yes", "no", "yes", "no", "no", None],
+                         "weight": [1.0, 2.0, 3.0, 1.0, 3.0, 5.0]})
+    sim = pd.DataFrame({"attr_sex": ["f", "f", "m", "m"], "q": ["yes", "yes", "no", "yes"]})
+    shares = question_shares({"sim": sim}, real, {"q": ["yes", "no"]}, by="sex", min_n=3)
+    got = shares.set_index(["group", "source", "option"])["share"]
+    # real, all: yes = (1 + 3) / 10, no = (2 + 1 + 3) / 10; the non-answer (weight 5) counts for nothing
+    assert got[("all", "real", "yes")] == pytest.approx(0.4) and got[("all", "real", "no")] == pytest.approx(0.6)
+    assert got[("sex=f", "real", "yes")] == pytest.approx(4 / 6) and got[("sex=m", "real", "no")] == 1.0
+    assert got[("all", "sim", "yes")] == 0.75 and got[("sex=f", "sim", "yes")] == 1.0
+    assert got[("sex=m", "sim", "yes")] == 0.5
+    row = shares[(shares["group"] == "all") & (shares["source"] == "real")].iloc[0]
+    assert row["n"] == 5 and row["eff_n"] == pytest.approx(10**2 / 24)  # Kish: (sum w)^2 / sum w^2
+    suppressed = shares.groupby("group")["suppressed"].first()
+    assert not suppressed["all"] and not suppressed["sex=f"] and suppressed["sex=m"]  # 2 real answers < 3
+    assert shares.loc[shares["source"] == "sim", "band_low"].isna().all()
+    with pytest.raises(ValueError, match="real"):
+        question_shares({"real": sim}, real, {"q": ["yes", "no"]})
+
+
+def test_real_band_is_the_wilson_interval():
+    from scipy.stats import binomtest
+
+    low, high = wilson_band(np.array([0.25]), 40)
+    ci = binomtest(10, 40).proportion_ci(0.95, method="wilson")
+    assert low[0] == pytest.approx(ci.low, abs=2e-4) and high[0] == pytest.approx(ci.high, abs=2e-4)
+    wide, narrow = wilson_band(np.array([0.5]), 20), wilson_band(np.array([0.5]), 2000)
+    assert wide[1][0] - wide[0][0] > 5 * (narrow[1][0] - narrow[0][0])
+
+
+def _answers(counts: dict[str, list[int]]) -> pd.DataFrame:
+    """A wide table of answers with these counts per question over the options too little / about right / too much."""
+    opts = ["too little", "about right", "too much"]
+    return pd.DataFrame({q: np.repeat(opts, c) for q, c in counts.items()})
+
+
+def test_worst_question_comes_first_and_the_gap_is_told_in_words():
+    real = _answers({"ok": [10, 7, 3], "bad": [10, 7, 3], "mid": [10, 7, 3]}).assign(weight=1.0)
+    runs = {"mop": _answers({"ok": [10, 7, 3], "bad": [6, 3, 11], "mid": [9, 6, 5]}),
+            "other": _answers({"ok": [2, 9, 9], "bad": [10, 7, 3], "mid": [10, 7, 3]})}
+    opts = {q: ["too little", "about right", "too much"] for q in ("ok", "bad", "mid")}
+    errors = question_errors(question_shares(runs, real, opts, min_n=1))
+    assert question_order(errors) == ["bad", "mid", "ok"]  # by the first method
+    assert question_order(errors, method="other") == ["ok", "bad", "mid"]
+    e = errors[errors["group"] == "all"].set_index(["method", "question"])
+    bad = e.loc[("mop", "bad")]
+    assert bad["option"] == "too much" and bad["gap_pp"] == pytest.approx(40) and bad["tv"] == pytest.approx(0.4)
+    assert bad["direction"] == "mop says 'too much' 40 points more often than real respondents (55% vs 15%)"
+    ok = e.loc[("other", "ok")]
+    assert ok["option"] == "too little" and ok["gap_pp"] == pytest.approx(-40)
+    assert "says 'too little' 40 points less often" in ok["direction"]
+    assert e.loc[("mop", "ok"), "direction"].startswith("mop matches real respondents")
+    assert e.loc[("mop", "ok"), "in_band"] and not bad["in_band"]
+
+
+def _cells(rows: list[tuple]) -> pd.DataFrame:
+    cols = ["attributes", "order", "real_n", "tv", "noise_floor_tv", "suppressed"]
+    cells = pd.DataFrame(rows, columns=cols).assign(method="mop")
+    cells["worse_than_floor"] = cells["tv"] > 1.5 * cells["noise_floor_tv"]
+    return cells
+
+
+def test_verdicts_in_plain_words_follow_the_stated_thresholds():
+    cells = _cells([("all", 0, 700, 0.06, 0.05, False),
+                    ("age", 1, 300, 0.09, 0.05, False), ("age", 1, 400, 0.07, 0.05, False),
+                    ("party & race", 2, 100, 0.30, 0.10, False), ("party & race", 2, 60, 0.20, 0.10, False),
+                    ("party & race", 2, 30, 0.25, 0.20, False), ("party & race", 2, 10, np.nan, np.nan, True)])
+    v = family_verdicts(cells, min_n=20).set_index("family")["verdict"]
+    assert v["whole population"] == "yes: within the noise floor (1.2x)"
+    assert v["by age"] == "with care: within 2x the noise floor (1.6x)"
+    assert v["by party x race"] == "no: 2.5x the noise floor; not usable below n=60"
+    small = _cells([("all", 0, 700, 0.06, 0.05, False), ("race", 1, 15, np.nan, np.nan, True)])
+    assert family_verdicts(small, min_n=20).set_index("family").loc["by race", "verdict"].startswith("not scored")
+
+
+def test_tables_refuse_code_names_and_figures_need_alt_text():
+    with pytest.raises(ValueError, match="overall_tv"):
+        Table(pd.DataFrame({"overall_tv": [0.1]}))
+    with pytest.raises(ValueError, match="alt"):
+        Figure(id="x", png=b"", alt=" ", file="x.png")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report in a real browser
+
+
+_PROBE = """<script>
+window.addEventListener('load', function () {
+  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+  var vw = window.innerWidth, wide = [];
+  document.querySelectorAll('body *').forEach(function (el) {
+    var r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > vw + 0.5) { wide.push(el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')); }
+  });
+  var panels = Array.from(document.querySelectorAll('figure.panel[data-question]')).map(function (f) {
+    var img = f.querySelector('img');
+    return {question: f.getAttribute('data-question'), alt: img ? img.getAttribute('alt') : '',
+            width: img ? img.naturalWidth : 0, shown: img ? img.getBoundingClientRect().width : 0};
+  });
+  document.body.setAttribute('data-layout', JSON.stringify({viewport: window.innerWidth,
+    scroll_width: document.documentElement.scrollWidth, wide: wide, panels: panels}));
+});
+</script>"""
+
+
+def chromium_or_skip() -> str:
+    """The chromium binary; skipped locally without one, a failure under CI (which installs it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):  # a skip there would hide that the report was never looked at
+            pytest.fail("chromium is not installed; .ci/run installs it with apt-get install chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium); needed to render report.html")
+    return chromium
+
+
+def _chromium(chromium: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           report["report_html"].resolve().as_uri()]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+           f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,900", "--virtual-time-budget=5000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def browser_layout(page: Path, tmp: Path) -> dict:
+    """Open a copy of ``page`` at 1280 px with a script that measures it (all <details> opened) and read back
+    what it wrote into the DOM: viewport and scroll widths, elements past the right edge, question panels."""
+    chromium = chromium_or_skip()
+    probe = tmp / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    result = _chromium(chromium, tmp, "--dump-dom", probe.as_uri())
+    found = re.search(r'data-layout="([^"]*)"', result.stdout)
+    assert found, result.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def screenshot(page: Path, tmp: Path) -> np.ndarray:
+    """The first screen (1280 x 900) of ``page`` as RGB floats in [0, 1]."""
+    from matplotlib.image import imread
+
+    shot = tmp / "first-screen.png"
+    result = _chromium(chromium_or_skip(), tmp, f"--screenshot={shot}", page.as_uri())
     assert shot.is_file() and shot.stat().st_size > 0, result.stderr[-2000:]
-    pixels = imread(shot)[..., :3]
-    assert pixels.shape[0] >= 1000 and pixels.var() > 0
-    # the banner's fill colour (#fff3cd) is on the page
+    return imread(shot)[..., :3]
+
+
+def test_report_fits_the_page_in_headless_chromium(report, tmp_path):
+    layout = browser_layout(report["report_html"].resolve(), tmp_path)
+    assert layout["viewport"] == 1280
+    assert layout["scroll_width"] <= layout["viewport"] and layout["wide"] == [], layout
+    assert sorted(p["question"] for p in layout["panels"]) == sorted(OPTIONS)
+    assert all(p["alt"] and p["width"] > 0 and 0 < p["shown"] <= 1280 for p in layout["panels"])
+    pixels = screenshot(report["report_html"].resolve(), tmp_path)
+    assert pixels.shape[:2] == (900, 1280) and pixels.var() > 0
+    # the banner's fill colour (#fff3cd) is on the first screen
     banner = np.all(np.abs(pixels - np.array([255, 243, 205]) / 255) < 0.02, axis=-1)
     assert banner.sum() > 1000
+
+
+def test_report_on_a_review_run_says_it_cannot_score_texts_yet(tmp_path, capsys):
+    from popsim.cli import main
+
+    run = tmp_path / "reviews"
+    run.mkdir()
+    pd.DataFrame({"agent": [0], "round": [1], "question": ["review"], "answer": ["Great soup."]}).to_parquet(
+        run / "responses.parquet")
+    (run / "manifest.json").write_text(json.dumps({"config": {"kind": "reviews", "questions": []}}))
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "scores survey runs" in err and "review runs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rep").exists()

@@ -64,8 +64,20 @@ def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.
     return pd.DataFrame(rows) if rows else None
 
 
-def report_command(run_dirs: list[str], *, real: str | None = None, out: str | None = None) -> int:
-    """``popsim report``: the per-subgroup table and, when available, the full fidelity report."""
+def _scorers() -> dict:
+    """Report builder per scenario kind. Review runs have none yet: scoring their texts against real ones
+    (FID, MAUVE, KL-cosine per run) will register here and hand its sections to the same page renderer."""
+    from popsim.eval.report import build_report
+
+    return {"survey": build_report}
+
+
+def report_command(run_dirs: list[str], *, real: str | None = None, out: str | None = None,
+                   by: str | None = None) -> int:
+    """``popsim report``: the per-subgroup table and, when available, the full fidelity report.
+
+    ``by`` names the attribute whose groups get their own panels per question (default: the first one).
+    """
     from popsim.data import load_table
 
     first = Path(run_dirs[0])
@@ -79,19 +91,30 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
         print(f"\n{run_dir}:")
         print("no real held-out data to compare with" if table is None else table.to_string(index=False))
     try:
-        from popsim.eval.report import build_report
+        scorers = _scorers()
     except ImportError as exc:  # a broken plotting install must not pass for "no report needed"
         raise PopsimError(f"the fidelity report could not be built: {exc}; reinstall popsim's dependencies "
                           "(pip install -e .) and run `popsim report` again") from None
-    responses = {}
-    options, attributes = {}, []
+    responses, wording = {}, {}
+    options, attributes, kinds = {}, [], set()
     for run_dir in run_dirs:
         frame, options, attributes = load_run(run_dir)
-        method = json.loads((Path(run_dir) / "manifest.json").read_text()).get("method", Path(run_dir).name)
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+        kinds.add(manifest["config"].get("kind", "survey"))
+        wording.update({q["id"]: q["text"] for q in manifest["config"].get("questions", []) if q.get("text")})
+        method = manifest.get("method") or manifest["config"].get("simulation", {}).get("method") \
+            or Path(run_dir).name
         name = method if method not in responses else f"{method} ({Path(run_dir).name})"
         responses[name] = frame
+    kind = kinds.pop() if len(kinds) == 1 else None
+    if kind not in scorers:
+        what = f"{kind.removesuffix('s')} runs" if kind else "runs of different kinds side by side"
+        raise PopsimError(f"the fidelity report scores survey runs; {what} cannot be scored against real data "
+                          "yet; pass survey run directories")
     if real_frame is None:
         real_frame = pd.read_parquet(first / "heldout.parquet")
-    paths = build_report(responses, real_frame, options, attributes, Path(out) if out else first / "report")
-    print("\nReport: " + ", ".join(str(p) for p in paths.values()))
+    paths = scorers[kind](responses, real_frame, options, attributes, Path(out) if out else first / "report",
+                          by=by, wording=wording)
+    print(f"\nReport: {paths['report_html']} (and report.md, CSV tables and figures in "
+          f"{paths['report_html'].parent})")
     return 0

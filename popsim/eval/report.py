@@ -1,17 +1,23 @@
-"""Subgroup fidelity report: CSV tables, a long-tail plot, and self-contained Markdown / HTML pages.
+"""Subgroup fidelity report: what each group answered, real beside simulated, and whether that is good enough.
 
 :func:`build_report` scores one or more simulated runs (e.g. ``"mop"`` and ``"uniform"``) against a real
-held-out population with :func:`popsim.eval.subgroups.cell_fidelity` and writes, atomically, into
-``out_dir``: ``cells.csv``, ``worst_cells.csv``, ``noise_floor.csv``, ``longtail.png``, ``report.md``,
-``report.html`` (the plot embedded as a data URI, no external assets) and, when the runs carry a
-``persona`` column, ``persona_composition.csv``.
+held-out population and writes, atomically, into ``out_dir``:
+
+* ``report.html`` (self-contained: images as data URIs) and ``report.md`` (the same content, images as PNG
+  files beside it): a one-screen summary with plain-word verdicts per subgroup family
+  (:mod:`popsim.eval.verdicts`), one small-multiples panel per question, worst first, with real and
+  simulated answer shares and the error's direction in words (:mod:`popsim.eval.answers`,
+  :mod:`popsim.eval.charts`), the long-tail plot and the worst subgroups;
+* ``questions.csv`` (shares per question, group, source and option, with the real shares' 95% band),
+  ``question_errors.csv``, ``cells.csv``, ``worst_cells.csv``, ``noise_floor.csv``, ``longtail.png``,
+  ``question_<id>.png`` and, when the runs carry a ``persona`` column, ``persona_composition.csv``.
+
+Review runs are not scored against real texts yet; when they are, their sections are passed in as
+``extra_sections`` (:class:`popsim.eval.page.Section`) and rendered by the same page code.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from popsim.eval.answers import question_errors, question_order, question_shares
+from popsim.eval.charts import longtail_png, question_png
 from popsim.eval.composition import persona_composition
-from popsim.eval.subgroups import (
-    cell_fidelity,
-    noise_floor_curve,
-    respondent_table,
-    split_half_noise_floor,
-)
+from popsim.eval.page import Figure, Section, Table, anchor, render_html, render_markdown
+from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table, split_half_noise_floor
+from popsim.eval.verdicts import family_verdicts, summary_table, thresholds, verdict_table
 from popsim.exceptions import DataError
 from popsim.io import atomic_write_bytes, atomic_write_text
 
@@ -33,31 +38,25 @@ __all__ = ["BANNER", "build_report", "method_headline", "worst_cells"]
 
 BANNER = "Synthetic-population output: simulated answers, not real respondents"
 
-_NOTES = [
-    "TV is the total variation distance 0.5 * sum |p - q| between the real cell's weighted answer shares and "
-    "the synthetic agents' answer shares (last round), averaged over questions. Lower is better.",
-    "Representativeness is OpinionQA's 1 - W1 / (options - 1) over ordinal option positions. Higher is better.",
-    "CI: 2.5-97.5 percentiles of the question-mean TV when respondents are resampled within the cell in both "
-    "tables (seeded bootstrap), re-centred on the point estimate.",
-    "Noise floor: the mean TV a perfect simulator would get at this cell's sizes, by plug-in bootstrap: "
-    "synth_n draws from the real cell (weight-proportional) vs a resample of the real cell's real_n rows.",
-    "A cell is worse than the floor when its CI lower bound exceeds its noise floor. Cells with fewer real "
-    "respondents than the suppression threshold are not scored.",
-    "Headline: overall TV is the whole-population cell; mean TV and the share worse than the floor are over "
-    "the scored subgroup cells (one or more attributes).",
-]
+_NOTES = (
+    "TV is the total variation distance 0.5 * sum |p - q| between the real respondents' weighted answer shares "
+    "and the simulated agents' shares (last round), averaged over questions: 0 is identical, 1 is no overlap.",
+    "95% interval: 2.5-97.5 percentiles of the question-mean TV when respondents are resampled within the "
+    "group in both tables (seeded bootstrap), re-centred on the point estimate.",
+    "Noise floor: the mean TV a perfect simulator would get at this group's sizes (plug-in bootstrap: as many "
+    "draws from the real group as there are agents vs a resample of the real group). A group is worse than "
+    "the floor when its interval's lower end is above its floor.",
+    "Split-half floor: the TV between two random halves of the real group (real vs real), about 1.4x the "
+    "size-matched floor.",
+    "Real answer shares are weighted by the survey weights; their 95% band is the Wilson interval at Kish's "
+    "effective sample size. Simulated agents count once each.",
+)
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
-color:#1b1b1b;background:#fff;padding:0 1rem}
-.banner{background:#fff3cd;border:2px solid #b58100;color:#5c4200;padding:.8rem 1rem;font-weight:600;
-border-radius:6px;margin-bottom:1.2rem}
-table{border-collapse:collapse;margin:.6rem 0 1.4rem;font-size:.9rem}
-th,td{border:1px solid #ccc;padding:.25rem .55rem;text-align:right}
-th{background:#eef2f7}td{white-space:nowrap}td:first-child,th:first-child{text-align:left}
-.cells td:nth-child(2),.cells th:nth-child(2){text-align:left}.scroll{overflow-x:auto}
-img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{color:#555;font-size:.9rem}
-"""
+_WORST_LABELS = {
+    "method": "Method", "cell": "Subgroup", "real_n": "Real respondents", "synth_n": "Simulated agents",
+    "tv": "TV (0-1, lower is better)", "noise_floor_tv": "Noise floor", "excess_tv": "TV above the floor",
+    "worse_than_floor": "Worse than the floor", "split_half_tv": "Split-half floor (real vs real)",
+}
 
 
 def _load(obj: pd.DataFrame | str | Path, what: str) -> pd.DataFrame:
@@ -106,101 +105,84 @@ def worst_cells(cells: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
-def _longtail_png(cells: pd.DataFrame, floor: pd.DataFrame, *, min_n: int, title: str) -> bytes:
-    """Fidelity TV vs real cell size (log x), one series per method with CI bars, plus the noise floor."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 5.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.fill_between(floor["n"], floor["tv_low"], floor["tv_high"], color="0.6", alpha=0.25, lw=0)
-    ax.plot(floor["n"], floor["tv"], "k--", lw=1.4, label="noise floor: size-n real sample vs full real (95% band)")
-    methods = list(dict.fromkeys(cells["method"]))
-    for i, method in enumerate(methods):
-        c = cells[(cells["method"] == method) & ~cells["suppressed"] & cells["tv"].notna()]
-        x = c["real_n"].to_numpy(float) * (1 + 0.04 * (i - (len(methods) - 1) / 2))  # jitter apart
-        err = np.vstack([c["tv"] - c["tv_ci_low"], c["tv_ci_high"] - c["tv"]]).clip(min=0)
-        ax.errorbar(x, c["tv"], yerr=err, fmt="o", ms=4, capsize=2, elinewidth=0.8, alpha=0.8, label=method)
-    ax.axvline(min_n, color="tab:red", ls=":", lw=1, label=f"suppression threshold (n < {min_n})")
-    ax.set_xscale("log")
-    ax.set_xlabel("real respondents in cell (log scale)")
-    ax.set_ylabel("mean TV over questions (lower is better)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"{title}: fidelity by cell size", fontsize=11)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+def _worst_for_people(worst: pd.DataFrame) -> pd.DataFrame:
+    """The worst-cells table with names in words and TV rounded to 2 decimals (what its intervals support)."""
+    out = pd.DataFrame({_WORST_LABELS[c]: worst[c] for c in _WORST_LABELS if c in worst.columns})
+    for col in ("TV (0-1, lower is better)", "Noise floor", "TV above the floor", "Split-half floor (real vs real)"):
+        if col in out:
+            out[col] = [f"{v:.2f}" if np.isfinite(v) else "–" for v in out[col]]
+    out.insert(5, "95% interval", [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(worst["tv_ci_low"], worst["tv_ci_high"])])
+    out["Worse than the floor"] = out["Worse than the floor"].map({True: "yes", False: "no"})
+    return out
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        return "–" if np.isnan(v) else f"{v:.3f}"
-    return str(v)
+def _question_table(errors: pd.DataFrame, order: list[str], wording: Mapping[str, str]) -> Table:
+    """Questions worst first: each method's whole-population TV and the first method's largest gap."""
+    whole = errors[errors["group"] == "all"]
+    methods = list(dict.fromkeys(whole["method"]))
+    rows = []
+    for rank, q in enumerate(order, 1):
+        e = whole[whole["question"] == q].set_index("method")
+        row = {"Rank": str(rank), "Question": f"{q}: {wording[q]}" if q in wording else q}
+        row.update({f"TV, {m} (0-1)": f"{e.loc[m, 'tv']:.2f}" for m in methods})
+        row[f"Largest gap ({methods[0]})"] = e.loc[methods[0], "direction"]
+        rows.append(row)
+    return Table(pd.DataFrame(rows), caption="Questions, worst first", collapse=len(rows) > 25,
+                 csv="question_errors.csv")
 
 
-def _md_table(df: pd.DataFrame) -> str:
-    head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |\n"
-                   for row in df.itertuples(index=False, name=None))
-    return head + body
+def _panel_text(q: str, errors: pd.DataFrame, methods: list[str]) -> tuple[str, str]:
+    """Alt text and caption of one question's panel: TVs, and each method's largest gap overall and by group."""
+    e = errors[errors["question"] == q]
+    whole = e[e["group"] == "all"].set_index("method")
+    overall = [f"{m}: TV {whole.loc[m, 'tv']:.2f}; {whole.loc[m, 'direction']}." for m in methods]
+    caption = "All respondents. " + " ".join(overall)
+    groups = e[(e["group"] != "all") & ~e["suppressed"] & e["gap_pp"].notna()]
+    for m in methods:
+        g = groups[groups["method"] == m]
+        if len(g):
+            worst = g.loc[g["gap_pp"].abs().idxmax()]
+            caption += f" Largest group gap, {worst['group']}: {worst['direction']}."
+    alt = (f"Bar charts of the answer shares for question {q}: real respondents as a black line with a grey "
+           f"95% band, {', '.join(methods)} as bars, for all respondents and by group. " + " ".join(overall))
+    return alt, caption
 
 
-def _html_table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, escape=True, formatters={c: _fmt for c in df.columns})
+def _question_figures(shares, errors, order, options, methods, by, wording) -> list[Figure]:
+    figures = []
+    for rank, q in enumerate(order, 1):
+        alt, caption = _panel_text(q, errors, methods)
+        heading = f"{rank}. {q}" + (f": {wording[q]}" if q in wording else "")
+        figures.append(Figure(id=f"panel-{anchor(q)}", png=question_png(shares, q, options[q], methods, by=by),
+                              alt=alt, file=f"question_{anchor(q)}.png", heading=heading, caption=caption,
+                              attrs={"data-question": str(q)}))
+    return figures
 
 
-def _context(real: pd.DataFrame, options: Mapping[str, Sequence[Any]], attributes: Sequence[str],
-             runs: Mapping[str, pd.DataFrame], min_n: int, max_order: int) -> list[str]:
-    sizes = ", ".join(f"{m} ({len(f)} agents)" for m, f in runs.items())
-    return [f"Real respondents: {len(real)}; questions: {len(options)} ({', '.join(map(str, options))}).",
-            f"Methods: {sizes}; last round of each run.",
-            f"Cells: all, each value of {', '.join(attributes) or 'no attribute'}, and intersections of up to "
-            f"{max_order} attributes; suppressed below {min_n} real respondents."]
-
-
-def _markdown(title, context, head, worst, notes) -> str:
-    parts = [f"# {title}\n", f"> **{BANNER}**\n", *[f"- {c}" for c in context], "",
-             "## Headline\n", _md_table(head), "## Fidelity by cell size\n", "![long-tail plot](longtail.png)\n",
-             "## Worst cells (TV above noise floor)\n", _md_table(worst) if len(worst) else "No scored cells.\n",
-             "## How to read this\n", *[f"- {n}" for n in notes], "",
-             "Full tables: `cells.csv`, `worst_cells.csv`, `noise_floor.csv`.\n"]
-    return "\n".join(parts)
-
-
-def _html(title, context, head, worst, cells, png: bytes, notes) -> str:
-    e = html.escape
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    items = "".join(f"<li>{e(c)}</li>" for c in context)
-    note_items = "".join(f"<li>{e(n)}</li>" for n in notes)
-    worst_html = f'<div class="cells">{_html_table(worst)}</div>' if len(worst) else "<p>No scored cells.</p>"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{e(title)}</title><style>{_CSS}</style></head>
-<body>
-<div class="banner" id="synthetic-banner" role="note">{e(BANNER)}</div>
-<h1>{e(title)}</h1>
-<ul>{items}</ul>
-<h2>Headline</h2>
-{_html_table(head)}
-<h2>Fidelity by cell size</h2>
-<figure><img id="longtail-plot" alt="Mean TV by real cell size for each method, with the noise floor" src="{uri}">
-<figcaption>Each point is a cell; bars are bootstrap 95% CIs; the dashed line is the real-vs-real noise floor.
-</figcaption></figure>
-<h2>Worst cells (TV above noise floor)</h2>
-{worst_html}
-<h2>How to read this</h2>
-<ul>{note_items}</ul>
-<details><summary>All cells ({len(cells)} rows)</summary>
-<div class="cells scroll">{_html_table(cells)}</div>
-</details>
-</body></html>
-"""
+def _sections(cells, shares, errors, order, figures, longtail, worst, *, context, by, min_n, wording):
+    """The survey report's sections, summary first."""
+    families = family_verdicts(cells, min_n=min_n)
+    first = errors["method"].iloc[0]
+    pairs = verdict_table(families, orders=tuple(range(2, 10)))
+    summary = [context, Table(summary_table(cells), caption="Overall fit per method", collapse=False),
+               Table(verdict_table(families, orders=(0, 1)), caption="Good enough for my subgroup?",
+                     collapse=False),
+               "How the verdicts are decided:", tuple(thresholds(min_n))]
+    if len(pairs):
+        summary.append(Table(pairs, caption="Intersections of attributes", collapse=True, csv="cells.csv"))
+    by_text = f" and each group of {by} with at least {min_n} real respondents" if by else ""
+    questions = [f"One panel per question, worst first (ordered by {first}'s TV on all respondents). Bars: the "
+                 "share of each method's agents choosing the option; black line: the share of real respondents "
+                 f"(weighted); grey band: its 95% interval. Panels: all respondents{by_text}.",
+                 _question_table(errors, order, wording), *figures]
+    worst_table = (Table(_worst_for_people(worst), caption="Subgroups furthest above their noise floor",
+                         csv="worst_cells.csv") if len(worst) else "No scored subgroups.")
+    return [
+        Section("summary", "Summary", summary),
+        Section("questions", "What each group answered, question by question", questions),
+        Section("longtail", "Fidelity by subgroup size", [longtail]),
+        Section("worst", "Worst subgroups", [worst_table]),
+    ]
 
 
 def build_report(
@@ -217,16 +199,25 @@ def build_report(
     seed: int = 0,
     n_boot: int = 200,
     weights_col: str | None = "weight",
+    by: str | None = None,
+    wording: Mapping[str, str] | None = None,
+    extra_sections: Sequence[Section] = (),
 ) -> dict[str, Path]:
-    """Score each run's last round against ``real`` per subgroup cell and write the report files.
+    """Score each run's last round against ``real`` per subgroup and question, and write the report files.
 
     ``runs`` maps a method name to its responses (a DataFrame, a parquet/CSV file or a run directory);
-    ``real`` is the held-out population (one row per respondent, optional ``weight`` column). Returns
-    {name: path} for cells, worst_cells, noise_floor, longtail, report_md, report_html and, when the runs
-    have a ``persona`` column, persona_composition.
+    ``real`` is the held-out population (one row per respondent, optional ``weight`` column). ``by`` is the
+    attribute whose groups get their own panels beside the whole population (default: the first of
+    ``attributes``); ``wording`` maps question ids to their text for headings; ``extra_sections`` are
+    rendered after the survey sections. Returns {name: path} for every file written.
     """
     if not runs:
         raise DataError("`runs` is empty; pass {method name: responses frame}")
+    names = [a.removeprefix("attr_") for a in attributes]
+    by = names[0] if by is None and names else by
+    if by is not None and by.removeprefix("attr_") not in names:
+        raise DataError(f"`by` must be one of the attributes {names}; got {by!r}")
+    by = None if by is None else by.removeprefix("attr_")
     real_df = _load(real, "real")
     frames = {str(m): respondent_table(_load(f, f"run {m!r}")) for m, f in runs.items()}
     tables = []
@@ -243,24 +234,43 @@ def build_report(
     n_real = len(real_df)
     sizes = np.unique(np.round(np.geomspace(min(5, n_real), n_real, 12)).astype(int))
     floor = noise_floor_curve(real_df, options, sizes, n_rep=100, seed=seed, weights_col=weights_col)
-    head, worst = method_headline(cells), worst_cells(cells, worst_k)
-    png = _longtail_png(cells, floor, min_n=min_n, title=title)
-    context = _context(real_df, options, attributes, frames, min_n, max_order)
+    worst = worst_cells(cells, worst_k)
+    shares = question_shares(frames, real_df, options, by=by, weights_col=weights_col, min_n=min_n)
+    errors = question_errors(shares)
+    order = question_order(errors)
+    methods, wording = list(frames), dict(wording or {})
+    figures = _question_figures(shares, errors, order, options, methods, by, wording)
+    longtail = Figure(id="longtail-plot", png=longtail_png(cells, floor, min_n=min_n, title=title),
+                      alt="Mean TV by real subgroup size for each method, with 95% intervals, the noise floor "
+                          "(dashed) and the size below which subgroups are not scored",
+                      file="longtail.png", caption="Each point is a subgroup; bars are bootstrap 95% intervals; "
+                      "the dashed line is the real-vs-real noise floor with its 95% band.")
+    sizes_text = ", ".join(f"{m} ({len(f)} agents)" for m, f in frames.items())
+    context = (f"{n_real} real held-out respondents (weighted), {len(options)} questions; methods: {sizes_text}, "
+               f"last round. Subgroups: each value of {', '.join(names) or 'no attribute'} and intersections of "
+               f"up to {max_order}; not scored below {min_n} real respondents. TV runs from 0 (same answers) "
+               "to 1 (no overlap); the noise floor is the TV a perfect simulator would get at the same sizes.")
+    sections = _sections(cells, shares, errors, order, figures, longtail, worst, context=context, by=by,
+                         min_n=min_n, wording=wording)
+    sections += [*extra_sections, Section("notes", "How to read this", [_NOTES])]
 
     out = Path(out_dir)
     paths = {
         "cells": atomic_write_text(out / "cells.csv", cells.to_csv(index=False)),
         "worst_cells": atomic_write_text(out / "worst_cells.csv", worst.to_csv(index=False)),
         "noise_floor": atomic_write_text(out / "noise_floor.csv", floor.to_csv(index=False)),
-        "longtail": atomic_write_bytes(out / "longtail.png", png),
+        "questions": atomic_write_text(out / "questions.csv", shares.to_csv(index=False)),
+        "question_errors": atomic_write_text(out / "question_errors.csv", errors.to_csv(index=False)),
+        "longtail": atomic_write_bytes(out / "longtail.png", longtail.png),
     }
+    for fig in figures:
+        paths[fig.file.removesuffix(".png")] = atomic_write_bytes(out / fig.file, fig.png)
     with_persona = {m: f for m, f in frames.items() if "persona" in f.columns}
     if with_persona:
         comp = pd.concat([persona_composition(f, attributes).assign(method=m) for m, f in with_persona.items()])
         comp = comp[["method"] + [c for c in comp.columns if c != "method"]]
         paths["persona_composition"] = atomic_write_text(out / "persona_composition.csv", comp.to_csv(index=False))
-    paths["report_md"] = atomic_write_text(out / "report.md", _markdown(title, context, head, worst, _NOTES))
-    paths["report_html"] = atomic_write_text(
-        out / "report.html", _html(title, context, head, worst, cells, png, _NOTES)
-    )
+    files = [p.name for k, p in paths.items() if p.suffix == ".csv"]
+    paths["report_md"] = atomic_write_text(out / "report.md", render_markdown(title, BANNER, sections, files=files))
+    paths["report_html"] = atomic_write_text(out / "report.html", render_html(title, BANNER, sections, files=files))
     return paths
