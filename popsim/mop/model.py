@@ -235,6 +235,7 @@ class MixtureOfPersonas:
             "cache_misses": self.cache_.misses, "cache_hit_rate": self.cache_.hit_rate,
         }
         self.lm_name_, self.encoder_name_ = self.lm.name, self.encoder.name
+        self.lm_identity_ = self.lm.identity  # weights' digest, dtype, ...: which scores trained the gates
         return self
 
     def _build_pool_and_personas(self, records: Records, exemplars: ExemplarPool | None) -> None:

@@ -59,6 +59,7 @@ def save_model(model: MixtureOfPersonas, directory: str | Path) -> Path:
         "exemplars": {"inputs": model.exemplars_.inputs, "outputs": model.exemplars_.outputs,
                       "groups": [str(g) for g in model.exemplars_.groups]},
         "lm": model.lm_name_,
+        "lm_identity": getattr(model, "lm_identity_", None),
         "encoder": model.encoder_name_,
         "history": getattr(model, "history_", []),
         "fit_info": getattr(model, "fit_info_", {}),
@@ -113,6 +114,7 @@ def load_model(
         model.gate_.load_state_dict({k.removeprefix("gate."): v for k, v in tensors.items()})
         current = meta_path
         model.lm_name_, model.encoder_name_ = meta["lm"], meta["encoder"]
+        model.lm_identity_ = meta.get("lm_identity")  # older files: not recorded
     except Exception as exc:  # json, safetensors, torch and our own checks raise many types
         raise RunDirectoryError(
             f"fitted model file {current} is corrupt or truncated ({type(exc).__name__}); delete {folder} "
