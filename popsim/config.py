@@ -114,7 +114,7 @@ class ReviewsSpec(_Strict):
         "the paper's one user turn (SmolLM2: texts closer to real ones, personas followed less).")
     exemplar_turn: bool = Field(
         False, description="Show the exemplar as an earlier exchange (the model's own answer to the exemplar's "
-        "task) instead of quoting it; SmolLM2 imitates it more (benchmarks/TUNING.md).")
+        "task) instead of quoting it; SmolLM2 imitates it more (docs/experiments.md).")
 
 
 class MopConfig(_Strict):
