@@ -93,12 +93,14 @@ def _panel(ax, shares: pd.DataFrame, options: list[str], methods: list[str], col
     for k in range(len(options)):
         lo, hi = 100 * real["band_low"].iloc[k], 100 * real["band_high"].iloc[k]
         ax.fill_between([x[k] - 0.45, x[k] + 0.45], lo, hi, color=_BAND_COLOUR, alpha=0.6, lw=0, zorder=1)
+        ax.hlines([lo, hi], x[k] - 0.45, x[k] + 0.45, color="#666666", lw=0.7, zorder=3)  # seen over the bars too
     for i, method in enumerate(methods):
         s = shares[shares["source"] == method].set_index("option").loc[options, "share"].to_numpy(float)
         ax.bar(x - 0.4 + width * (i + 0.5), 100 * s, width * 0.92, color=colours[method], zorder=2)
     ax.hlines(100 * real["share"].to_numpy(float), x - 0.45, x + 0.45, color=_REAL_COLOUR, lw=2.2, zorder=3)
-    ax.set_xticks(x, [textwrap.fill(o, 12) for o in options], fontsize=8)
-    ax.tick_params(axis="y", labelsize=8)
+    wrap = max(5, 24 // max(len(options), 1))  # a panel is ~190 px wide: wrap labels so they never touch
+    ax.set_xticks(x, [textwrap.fill(o, wrap, break_long_words=False) for o in options], fontsize=8.5)
+    ax.tick_params(axis="y", labelsize=8.5)
     ax.grid(True, axis="y", alpha=0.3, zorder=0)
     ax.set_xlim(-0.55, len(options) - 0.45)
 
@@ -115,24 +117,24 @@ def question_png(shares: pd.DataFrame, question: str, options: Sequence[str], me
     groups = list(dict.fromkeys(q["group"]))
     ncols = min(max(len(groups), 1), _PANEL_COLUMNS)
     nrows = max(1, math.ceil(len(groups) / ncols))
-    fig = _figure(10.5, 0.55 + 2.3 * nrows)
+    fig = _figure(13, 0.6 + 2.7 * nrows)  # 1040 px: the page's full width
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
     colours = method_colours(methods)
     top = 100 * float(np.nanmax(np.r_[q["share"].to_numpy(float), q["band_high"].to_numpy(float), 0.1]))
     for ax, group in zip(axes, groups):
         g = q[q["group"] == group]
         _panel(ax, g, options, methods, colours)
-        ax.set_title(_group_title(group, int(g.loc[g["source"] == REAL, "n"].iloc[0])), fontsize=9)
+        ax.set_title(_group_title(group, int(g.loc[g["source"] == REAL, "n"].iloc[0])), fontsize=10)
         ax.set_ylim(0, min(100, math.ceil(top / 10) * 10 + 5))
     for ax in axes[len(groups):]:
         ax.set_visible(False)
     if len(groups) == 0:
         axes[0].text(0.5, 0.5, "too few real respondents to compare", ha="center", va="center")
-    axes[0].set_ylabel("% choosing the option", fontsize=8)
+    axes[0].set_ylabel("% choosing the option", fontsize=9)
     handles = [Patch(color=colours[m], label=m) for m in methods]
     handles += [Line2D([], [], color=_REAL_COLOUR, lw=2.2, label="real respondents (weighted)"),
                 Patch(color=_BAND_COLOUR, alpha=0.6, label="95% band of the real share")]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.text(0.01, 0.995, question + (f", by {by}" if by else ""), ha="left", va="top", fontsize=9, color="#444444")
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.text(0.01, 0.995, question + (f", by {by}" if by else ""), ha="left", va="top", fontsize=10, color="#444444")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _png(fig)

@@ -64,6 +64,21 @@ def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.
     return pd.DataFrame(rows) if rows else None
 
 
+def _in_label_order(real: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Attribute columns as categoricals in the scenario's label order, so that the report's groups read
+    18-29 ... 65+ and strong Democrat ... strong Republican rather than alphabetically."""
+    real = real.copy()
+    for name, spec in (config.get("data", {}).get("attributes") or {}).items():
+        col, spec = f"attr_{name}", spec or {}
+        order = [str(v) for v in (spec.get("bin_labels") or list((spec.get("labels") or {}).values()))]
+        if col in real.columns and order:
+            values = real[col].astype(object).where(real[col].notna(), None)
+            extra = sorted({str(v) for v in values.dropna()} - set(order))
+            real[col] = pd.Categorical(values.map(lambda v: None if v is None else str(v)),
+                                       categories=list(dict.fromkeys(order + extra)))
+    return real
+
+
 def _scorers() -> dict:
     """Report builder per scenario kind. Review runs have none yet: scoring their texts against real ones
     (FID, MAUVE, KL-cosine per run) will register here and hand its sections to the same page renderer."""
@@ -96,11 +111,12 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
         raise PopsimError(f"the fidelity report could not be built: {exc}; reinstall popsim's dependencies "
                           "(pip install -e .) and run `popsim report` again") from None
     responses, wording = {}, {}
-    options, attributes, kinds = {}, [], set()
+    options, attributes, kinds, config = {}, [], set(), {}
     for run_dir in run_dirs:
         frame, options, attributes = load_run(run_dir)
         manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
-        kinds.add(manifest["config"].get("kind", "survey"))
+        config = manifest["config"]
+        kinds.add(config.get("kind", "survey"))
         wording.update({q["id"]: q["text"] for q in manifest["config"].get("questions", []) if q.get("text")})
         method = manifest.get("method") or manifest["config"].get("simulation", {}).get("method") \
             or Path(run_dir).name
@@ -113,8 +129,9 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
                           "yet; pass survey run directories")
     if real_frame is None:
         real_frame = pd.read_parquet(first / "heldout.parquet")
-    paths = scorers[kind](responses, real_frame, options, attributes, Path(out) if out else first / "report",
-                          by=by, wording=wording)
+    out_dir = Path(out) if out else first / "report"
+    paths = scorers[kind](responses, _in_label_order(real_frame, config), options, attributes, out_dir, by=by,
+                          wording=wording)
     print(f"\nReport: {paths['report_html']} (and report.md, CSV tables and figures in "
           f"{paths['report_html'].parent})")
     return 0

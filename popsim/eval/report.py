@@ -110,10 +110,15 @@ def _worst_for_people(worst: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({_WORST_LABELS[c]: worst[c] for c in _WORST_LABELS if c in worst.columns})
     for col in ("TV (0-1, lower is better)", "Noise floor", "TV above the floor", "Split-half floor (real vs real)"):
         if col in out:
-            out[col] = [f"{v:.2f}" if np.isfinite(v) else "–" for v in out[col]]
-    out.insert(5, "95% interval", [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(worst["tv_ci_low"], worst["tv_ci_high"])])
+            out[col] = [_two(v) for v in out[col]]
+    out.insert(5, "95% interval", [f"{_two(lo)}–{_two(hi)}" for lo, hi in zip(worst["tv_ci_low"], worst["tv_ci_high"])])
     out["Worse than the floor"] = out["Worse than the floor"].map({True: "yes", False: "no"})
     return out
+
+
+def _two(v: float) -> str:
+    """TV as the report prints it: 2 decimals (what its bootstrap intervals support), a dash when missing."""
+    return f"{v:.2f}" if np.isfinite(v) else "–"
 
 
 def _question_table(errors: pd.DataFrame, order: list[str], wording: Mapping[str, str]) -> Table:
@@ -124,18 +129,18 @@ def _question_table(errors: pd.DataFrame, order: list[str], wording: Mapping[str
     for rank, q in enumerate(order, 1):
         e = whole[whole["question"] == q].set_index("method")
         row = {"Rank": str(rank), "Question": f"{q}: {wording[q]}" if q in wording else q}
-        row.update({f"TV, {m} (0-1)": f"{e.loc[m, 'tv']:.2f}" for m in methods})
+        row.update({f"TV, {m} (0-1)": _two(e.loc[m, "tv"]) for m in methods})
         row[f"Largest gap ({methods[0]})"] = e.loc[methods[0], "direction"]
         rows.append(row)
     return Table(pd.DataFrame(rows), caption="Questions, worst first", collapse=len(rows) > 25,
                  csv="question_errors.csv")
 
 
-def _panel_text(q: str, errors: pd.DataFrame, methods: list[str]) -> tuple[str, str]:
+def _panel_text(q: str, errors: pd.DataFrame, methods: list[str], min_n: int) -> tuple[str, str]:
     """Alt text and caption of one question's panel: TVs, and each method's largest gap overall and by group."""
     e = errors[errors["question"] == q]
     whole = e[e["group"] == "all"].set_index("method")
-    overall = [f"{m}: TV {whole.loc[m, 'tv']:.2f}; {whole.loc[m, 'direction']}." for m in methods]
+    overall = [f"{m}: TV {_two(whole.loc[m, 'tv'])}; {whole.loc[m, 'direction']}." for m in methods]
     caption = "All respondents. " + " ".join(overall)
     groups = e[(e["group"] != "all") & ~e["suppressed"] & e["gap_pp"].notna()]
     for m in methods:
@@ -143,20 +148,29 @@ def _panel_text(q: str, errors: pd.DataFrame, methods: list[str]) -> tuple[str, 
         if len(g):
             worst = g.loc[g["gap_pp"].abs().idxmax()]
             caption += f" Largest group gap, {worst['group']}: {worst['direction']}."
+    hidden = list(dict.fromkeys(e.loc[e["suppressed"] & (e["group"] != "all"), "group"]))
+    if hidden:
+        names = ", ".join(g.split("=", 1)[-1] for g in hidden)
+        caption += f" Not shown (fewer than {min_n} real respondents answered): {names}."
     alt = (f"Bar charts of the answer shares for question {q}: real respondents as a black line with a grey "
            f"95% band, {', '.join(methods)} as bars, for all respondents and by group. " + " ".join(overall))
     return alt, caption
 
 
-def _question_figures(shares, errors, order, options, methods, by, wording) -> list[Figure]:
+def _question_figures(shares, errors, order, options, methods, by, wording, min_n) -> list[Figure]:
     figures = []
     for rank, q in enumerate(order, 1):
-        alt, caption = _panel_text(q, errors, methods)
+        alt, caption = _panel_text(q, errors, methods, min_n)
         heading = f"{rank}. {q}" + (f": {wording[q]}" if q in wording else "")
         figures.append(Figure(id=f"panel-{anchor(q)}", png=question_png(shares, q, options[q], methods, by=by),
                               alt=alt, file=f"question_{anchor(q)}.png", heading=heading, caption=caption,
                               attrs={"data-question": str(q)}))
     return figures
+
+
+def _worst_gap(errors: pd.DataFrame, method: str, question: str) -> str:
+    e = errors[(errors["method"] == method) & (errors["group"] == "all") & (errors["question"] == question)]
+    return f"TV {_two(e['tv'].iloc[0])}; {e['direction'].iloc[0]}"
 
 
 def _sections(cells, shares, errors, order, figures, longtail, worst, *, context, by, min_n, wording):
@@ -167,6 +181,8 @@ def _sections(cells, shares, errors, order, figures, longtail, worst, *, context
     summary = [context, Table(summary_table(cells), caption="Overall fit per method", collapse=False),
                Table(verdict_table(families, orders=(0, 1)), caption="Good enough for my subgroup?",
                      collapse=False),
+               f"Largest errors of {first} (all respondents; panels below):",
+               tuple(f"{q}: {_worst_gap(errors, first, q)}" for q in order[:3]),
                "How the verdicts are decided:", tuple(thresholds(min_n))]
     if len(pairs):
         summary.append(Table(pairs, caption="Intersections of attributes", collapse=True, csv="cells.csv"))
@@ -239,7 +255,7 @@ def build_report(
     errors = question_errors(shares)
     order = question_order(errors)
     methods, wording = list(frames), dict(wording or {})
-    figures = _question_figures(shares, errors, order, options, methods, by, wording)
+    figures = _question_figures(shares, errors, order, options, methods, by, wording, min_n)
     longtail = Figure(id="longtail-plot", png=longtail_png(cells, floor, min_n=min_n, title=title),
                       alt="Mean TV by real subgroup size for each method, with 95% intervals, the noise floor "
                           "(dashed) and the size below which subgroups are not scored",
