@@ -13,15 +13,15 @@ A run directory is the unit of output and of resumption:
     heldout.parquet    the real held-out respondents (for `popsim report --real`)
 
 Every file is written atomically; a run stopped by Ctrl-C or kill -9 continues where it stopped when the
-same command is rerun, losing and duplicating nothing.
+same command is rerun, losing and duplicating nothing. The folder's bookkeeping (who may write in it, the
+manifest, the fit key, the parts and resume) has one owner, :class:`popsim.rundir.RunDirectory`; this module
+decides what goes in it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import signal
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -35,11 +35,12 @@ import torch
 from popsim.config import QuestionSpec, Scenario, config_hash
 from popsim.data import Population, load_population, profile_text, review_records, survey_exemplars, survey_records
 from popsim.embed import SentenceEncoder
-from popsim.exceptions import DataError, ModelLoadError, PopsimError, RunDirectoryError
-from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text, check_writable
+from popsim.exceptions import DataError, ModelLoadError, PopsimError
+from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.rundir import RunDirectory, fit_key
 from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel
 from popsim.sim.network import build_network
@@ -68,11 +69,6 @@ def _versions() -> dict:
     return out
 
 
-# what popsim itself writes in a run directory (a folder without a manifest may hold only these)
-_RUN_FILES = {"manifest.json", "mop", "parts", "personas.json", "responses.parquet", "agents.parquet",
-              "summary.parquet", "summary.csv", "heldout.parquet", "report", "option_bias.json"}
-
-
 def _checked_inputs(scenario: Scenario, *, needs_mop: bool) -> tuple[Path, Population | None]:
     """What `run` and `fit` check before writing anything: the run folder, the data and the persona count;
     also applies ``lm.threads`` (torch's thread count changes reduction order, so pinning it makes scores and
@@ -81,9 +77,10 @@ def _checked_inputs(scenario: Scenario, *, needs_mop: bool) -> tuple[Path, Popul
     if scenario.lm.threads:
         torch.set_num_threads(scenario.lm.threads)
     population = load_population(scenario) if scenario.kind == "survey" else None
+    n_personas = mop_estimator(scenario, None, None).n_personas
     if needs_mop and population is not None and scenario.mop.personas is None \
-            and scenario.mop.n_personas > len(population.train):
-        raise DataError(f"mop.n_personas ({scenario.mop.n_personas}) is more than the {len(population.train)} "
+            and n_personas > len(population.train):
+        raise DataError(f"mop.n_personas ({n_personas}) is more than the {len(population.train)} "
                         "training respondents to cluster; lower mop.n_personas or use more data (data.max_rows)")
     return run_dir, population
 
@@ -99,47 +96,21 @@ def fit(scenario: Scenario, *, verbose: bool = True) -> tuple[MixtureOfPersonas,
 
 
 def check_run_dir(scenario: Scenario, run_dir: Path) -> Path:
-    """Check ``run_dir`` can hold this scenario's run, writing nothing: absent, empty, or written by the same
-    config (resume); refuse one from another config, a corrupt manifest, or a folder of someone else's files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirectoryError(f"output path {run_dir} is a file, not a folder; choose another --out")
-    if not run_dir.is_dir():
-        return run_dir
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8")).get("config_hash")
-        except (ValueError, OSError, AttributeError):
-            raise RunDirectoryError(
-                f"{manifest} is corrupt (not a JSON manifest); delete it to reuse {run_dir}, or choose another --out"
-            ) from None
-        if old and old != config_hash(scenario):
-            raise RunDirectoryError(
-                f"run directory {run_dir} was written by a different config; pass --out to a new folder "
-                "or delete it to start over"
-            )
-        return run_dir
-    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES and not p.name.startswith("."))
-    if foreign:
-        raise RunDirectoryError(f"--out folder {run_dir} already holds files popsim did not write (e.g. "
-                                f"'{foreign[0]}'); choose a new or empty folder")
-    return run_dir
+    """Check ``run_dir`` can hold this scenario's run, writing nothing (:meth:`RunDirectory.check`)."""
+    return RunDirectory(run_dir).check(config_hash(scenario))
 
 
 def prepare_run_dir(scenario: Scenario, run_dir: Path) -> Path:
-    """Check the run directory (:func:`check_run_dir`), then create it and prove it is writable."""
-    check_run_dir(scenario, run_dir)
-    return check_writable(run_dir)
+    """Check the run directory, create it, prove it writable, sweep a killed run's temporary files."""
+    return RunDirectory(run_dir).prepare(config_hash(scenario))
 
 
 def _manifest(scenario: Scenario, run_dir: Path, **extra) -> None:
-    path = run_dir / "manifest.json"
-    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    current.update({"scenario": scenario.name, "config_hash": config_hash(scenario), "seed": scenario.seed,
-                    "config": scenario.model_dump(mode="json"), "versions": _versions(),
-                    "torch_threads": torch.get_num_threads()})
-    current.update(extra)
-    atomic_write_json(path, current)
+    """Record what reproduces this run (config, seed, versions, thread count) and ``extra`` (status, ...)."""
+    RunDirectory(run_dir).write_manifest(
+        scenario=scenario.name, config_hash=config_hash(scenario), seed=scenario.seed,
+        config=scenario.model_dump(mode="json"), versions=_versions(), torch_threads=torch.get_num_threads(),
+        **extra)
 
 
 def _load_lm(scenario: Scenario) -> LanguageModel:
@@ -160,10 +131,6 @@ def prompt_style(scenario: Scenario) -> PromptStyle:
                    exemplar_turn=scenario.reviews.exemplar_turn)
 
 
-def _fit_key(scenario: Scenario) -> str:
-    return config_hash(scenario, "data", "questions", "reviews", "mop", "encoder", "seed")
-
-
 def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
                 run_dir: Path) -> MixtureOfPersonas | None:
     """The model in ``run_dir/mop`` if it was fitted with this scenario's settings, else None.
@@ -172,9 +139,9 @@ def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
     :class:`RunDirectoryError` naming the file, rather than being refitted silently: the user decides
     whether to restore it or delete ``run_dir/mop`` to refit.
     """
-    key_file = run_dir / "mop" / "fit_key"
-    if key_file.is_file() and key_file.read_text(encoding="utf-8", errors="replace").strip() == _fit_key(scenario):
-        return MixtureOfPersonas.load(run_dir / "mop", lm=lm, encoder=encoder)
+    folder = RunDirectory(run_dir)
+    if folder.has_fit(fit_key(scenario)):
+        return MixtureOfPersonas.load(folder.mop_dir, lm=lm, encoder=encoder)
     return None
 
 
@@ -184,30 +151,26 @@ def mop_estimator(scenario: Scenario, lm: LanguageModel | None, encoder: Sentenc
     parameter of the same name, except ``exemplar_questions`` (how survey exemplars are built)."""
     return MixtureOfPersonas(lm, encoder, style=prompt_style(scenario), random_state=scenario.seed,
                              cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
-                             **scenario.mop.model_dump(exclude={"exemplar_questions"}))
+                             **scenario.mop.estimator_params())
 
 
 def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, run_dir: Path,
               population: Population | None = None, *, verbose: bool = True) -> MixtureOfPersonas:
     """Fit MoP for the scenario, or load the one in ``run_dir/mop`` fitted with the same settings."""
-    key = _fit_key(scenario)
-    folder = run_dir / "mop"
     saved = saved_model(scenario, lm, encoder, run_dir)
     if saved is not None:
         return saved
-    m = scenario.mop
     model = mop_estimator(scenario, lm, encoder, verbose=verbose)
     if scenario.kind == "survey":
         population = population or load_population(scenario)
         records = survey_records(population)
-        pool = survey_exemplars(population, m.n_exemplars, n_questions=m.exemplar_questions, seed=scenario.seed)
+        pool = survey_exemplars(population, model.n_exemplars, n_questions=scenario.mop.exemplar_questions,
+                                seed=scenario.seed)
         model.fit(records, pool)
     else:
         train, _ = review_records(scenario)
         model.fit(train)
-    (folder / "fit_key").unlink(missing_ok=True)  # a crash between the next two writes must not reuse a mix
-    model.save(folder)
-    atomic_write_text(folder / "fit_key", key + "\n")
+    RunDirectory(run_dir).write_fit(model.save, fit_key(scenario))
     atomic_write_json(run_dir / "personas.json", [p.to_dict() for p in model.personas_])
     return model
 
@@ -290,19 +253,6 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
     return bias
 
 
-def _load_parts(parts_dir: Path) -> pd.DataFrame:
-    files = sorted(parts_dir.glob("part-*.parquet"))
-    if not files:
-        return pd.DataFrame()
-    frames = []
-    for f in files:
-        try:
-            frames.append(pd.read_parquet(f))
-        except Exception:  # a torn file cannot exist (atomic writes), but never trust a leftover blindly
-            f.unlink()
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: SentenceEncoder | None = None,
         verbose: bool = True, workers: int | None = None) -> RunResult:
     """Run one scenario end to end (fit if needed, simulate with resume, summarise).
@@ -344,44 +294,26 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     t = time.perf_counter()
     questions = (list(scenario.questions) if scenario.kind == "survey"
                  else [QuestionSpec(id="review", text="", free_text=True)])
-    parts_dir = run_dir / "parts"
-    parts_dir.mkdir(exist_ok=True)
-    existing = _load_parts(parts_dir)
-    done = {}
-    for row in existing.itertuples(index=False):
-        done[(int(row.agent), int(row.round), str(row.question))] = (
-            row.answer, None if row.probs is None or pd.isna(row.probs) else json.loads(row.probs))
-    numbers = [int(f.stem.removeprefix("part-")) for f in parts_dir.glob("part-[0-9]*.parquet")]  # not part-w*
-    counter = [max(numbers, default=-1) + 1, 0]  # next part number (never reused), parts this process wrote
-    kill_after = int(os.environ.get("POPSIM_TEST_KILL_AFTER_PARTS", "0"))  # test-only, see flush
-
-    def flush(rows: list[dict]) -> None:
-        frame = pd.DataFrame(rows)
-        frame["probs"] = [None if p is None else json.dumps(p) for p in frame["probs"]]
-        atomic_write_parquet(parts_dir / f"part-{counter[0]:06d}.parquet", frame)
-        counter[0] += 1
-        counter[1] += 1
-        if counter[1] == kill_after:  # test-only hook (tests/test_crash.py): die like `kill -9` here
-            os.kill(os.getpid(), signal.SIGKILL)
-
+    folder = RunDirectory(run_dir)
+    done = folder.completed(folder.load_parts())  # unreadable parts are set aside with a warning, redone
     style = mop.style_ if mop is not None else prompt_style(scenario)
     model = PopulationModel(
         questions=questions, lm=lm, mop=mop, profiles=profiles, profile_texts=texts, method=method, style=style,
         seed=scenario.seed, network=network, requests_per_call=scenario.simulation.requests_per_call,
         chunk_agents=scenario.simulation.chunk_agents,
         max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
-        done=done, on_chunk=flush, progress=verbose, option_bias=option_bias,
+        done=done, on_chunk=folder.part_writer(), progress=verbose, option_bias=option_bias,
     )
     if workers is not None:
         from popsim.sim.distributed import simulate_on_ray
 
-        model.lm_calls = simulate_on_ray(model, scenario, parts_dir, workers=workers, verbose=verbose,
-                                         mop_dir=None if mop is None else run_dir / "mop")
+        model.lm_calls = simulate_on_ray(model, scenario, folder, workers=workers, verbose=verbose,
+                                         mop_dir=None if mop is None else folder.mop_dir)
     else:
         for _ in range(scenario.simulation.rounds):
             model.step()
     timings["simulate"] = time.perf_counter() - t
-    responses = _final_responses(_load_parts(parts_dir), model, profiles)
+    responses = _final_responses(folder.load_parts(), model, profiles)
     atomic_write_parquet(run_dir / "responses.parquet", responses)
     agents = profiles.copy()
     agents.insert(0, "agent", range(len(agents)))

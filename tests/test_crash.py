@@ -1,8 +1,8 @@
 """Crash safety and determinism across processes.
 
-* A run killed with SIGKILL right after its n-th part flush (``POPSIM_TEST_KILL_AFTER_PARTS``, a test-only
-  hook in :func:`popsim.runner.run`) at ten seeded random points, and rerun after each kill, ends with
-  exactly the files of an uninterrupted run: nothing lost, nothing duplicated, no temporary files.
+* A ``popsim run`` killed from outside with SIGKILL once it has flushed n more parts (n drawn, seeded, ten
+  times; the kill may land mid-write), and rerun after each kill, ends with exactly the files of an
+  uninterrupted run: nothing lost, nothing duplicated, no temporary files. Ctrl-C (SIGINT) likewise.
 * Two runs of the same config and seed in separate processes (different ``PYTHONHASHSEED``) write
   byte-identical parquet files; the manifest records the pinned thread count and package versions.
 """
@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,52 @@ def same_model_files(a: Path, b: Path) -> None:
     assert meta[0] == meta[1]
 
 
+PARTS = 80
+
+
 def crash_config(cfg: dict) -> None:
-    """40 agents on a small world, 2 rounds, 2 agents per part: 40 part flushes in all."""
-    cfg["simulation"].update(agents=40, rounds=2, chunk_agents=2,
+    """40 agents on a small world, 2 rounds, 1 agent per part: 80 part flushes in all, so each kill lands
+    mid-simulation with room to spare even when a few more parts slip out between seeing n and the kill."""
+    cfg["simulation"].update(agents=40, rounds=2, chunk_agents=1,
                              network={"kind": "small_world", "degree": 4, "rewire": 0.1})
 
 
 def popsim_run(path: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "popsim", "run", str(path), "--quiet"], capture_output=True,
                           text=True, timeout=300, env={**os.environ, **env})
+
+
+def n_parts(parts: Path) -> int:
+    return len(list(parts.glob("part-*.parquet")))  # committed parts only: temporary files start with "."
+
+
+def signal_after_parts(path: Path, n: int, sig: signal.Signals, *, timeout: float = 300,
+                       **env: str) -> tuple[subprocess.Popen, str]:
+    """Start ``popsim run``, wait until its run folder holds at least ``n`` parts, send ``sig``; returns the
+    finished process and its stderr. Fails, rather than passing vacuously, if the run ends first."""
+    parts = path.parent / "run" / "parts"
+    proc = subprocess.Popen([sys.executable, "-m", "popsim", "run", str(path), "--quiet"], text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env})
+    deadline = time.monotonic() + timeout
+    while n_parts(parts) < n:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the run stopped (exit {proc.returncode}) before it wrote {n} parts; if it finished, "
+                        f"give crash_config more parts\n{err[-2000:]}")
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
+def same_as_uninterrupted(run_dir: Path, reference: Path) -> None:
+    same_model_files(run_dir, reference)
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    rows = sum(len(pd.read_parquet(p)) for p in (run_dir / "parts").glob("part-*.parquet"))
+    responses = pd.read_parquet(run_dir / "responses.parquet")
+    assert rows == len(responses) == 40 * 2 * 2  # no answer computed twice, none lost
+    assert not responses.duplicated(["agent", "round", "question"]).any()
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +109,32 @@ def reference(tmp_path_factory: pytest.TempPathFactory, cache: str) -> Path:
 def test_sigkill_at_ten_random_part_flushes_then_resume(tmp_path: Path, reference: Path, cache: str) -> None:
     path = local_survey(tmp_path, crash_config)
     parts = tmp_path / "run" / "parts"
-    kills = np.random.default_rng(2026).integers(1, 4, size=10)  # parts each process writes before dying
+    kills = np.random.default_rng(2026).integers(1, 4, size=10)  # new parts each process writes before dying
     written = 0
     for i, n in enumerate(kills):
-        out = popsim_run(path, POPSIM_TEST_KILL_AFTER_PARTS=str(n), PYTHONHASHSEED=str(i), POPSIM_CACHE_DIR=cache)
-        assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
-        written += int(n)
-        assert len(list(parts.glob("part-*.parquet"))) == written
+        proc, err = signal_after_parts(path, written + int(n), signal.SIGKILL, PYTHONHASHSEED=str(i),
+                                       POPSIM_CACHE_DIR=cache)
+        assert proc.returncode == -signal.SIGKILL, err[-2000:]
+        assert n_parts(parts) >= written + n  # what was flushed before the kill stays flushed
+        written = n_parts(parts)
         assert not (tmp_path / "run" / "responses.parquet").exists()
-    assert written < 40  # every kill happened mid-simulation
+    assert written < PARTS  # every kill happened mid-simulation
     out = popsim_run(path, PYTHONHASHSEED="99", POPSIM_CACHE_DIR=cache)
     assert out.returncode == 0, out.stderr[-2000:]
-    run_dir = tmp_path / "run"
-    same_model_files(run_dir, reference)
-    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
-    rows = sum(len(pd.read_parquet(p)) for p in parts.glob("part-*.parquet"))
-    responses = pd.read_parquet(run_dir / "responses.parquet")
-    assert rows == len(responses) == 40 * 2 * 2  # no answer computed twice, none lost
-    assert not responses.duplicated(["agent", "round", "question"]).any()
+    assert "unreadable" not in out.stderr  # a kill leaves whole parts or none
+    same_as_uninterrupted(tmp_path / "run", reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_simulation_keeps_the_parts_then_resume(tmp_path: Path, reference: Path, cache: str) -> None:
+    path = local_survey(tmp_path, crash_config)
+    proc, err = signal_after_parts(path, 5, signal.SIGINT, POPSIM_CACHE_DIR=cache)
+    assert proc.returncode == 130, err[-2000:]
+    assert "rerun the same command to resume" in err and "Traceback" not in err, err[-2000:]
+    assert 5 <= n_parts(tmp_path / "run" / "parts") < PARTS
+    out = popsim_run(path, POPSIM_CACHE_DIR=cache)
+    assert out.returncode == 0, out.stderr[-2000:]
+    same_as_uninterrupted(tmp_path / "run", reference)
 
 
 @pytest.mark.slow

@@ -11,16 +11,15 @@ step to :func:`simulate_on_ray`. Why its ``responses.parquet`` equals a single-p
 * each answer is sampled from its own stream ``SeedSequence([seed, agent, round, crc32(question)])``.
 
 Rounds are a barrier: after each round the driver gives every worker all answers of that round, so a
-network scenario (neighbours' previous answers in the prompt) works across shards. Workers flush to
-``parts/part-w{shard}-{n}.parquet`` (atomic, never reusing a name), which the runner's resume and merge
-read like its own parts, so a stopped ``--ray`` run resumes with or without ``--ray``.
+network scenario (neighbours' previous answers in the prompt) works across shards. Workers flush through
+the same part writer as one process (:meth:`popsim.rundir.RunDirectory.part_writer` with their shard
+number: ``parts/part-w{shard}-{n}.parquet``, atomic, never reusing a name), and the runner's resume and
+merge read them like its own parts, so a stopped ``--ray`` run resumes with or without ``--ray``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ from tqdm.auto import tqdm
 
 from popsim.config import LMConfig, QuestionSpec, Scenario
 from popsim.exceptions import PopsimError
-from popsim.io import atomic_write_parquet
 from popsim.mop.prompts import PromptStyle
+from popsim.rundir import RunDirectory
 from popsim.sim.calibration import OptionBias
 from popsim.sim.model import PopulationModel
 
@@ -41,7 +40,6 @@ __all__ = ["require_ray", "plan_shards", "worker_env", "default_workers", "simul
 # environment a worker needs to load the same LM offline from the same cache (and reach an endpoint)
 _ENV_PREFIXES = ("POPSIM_", "HF_", "OPENAI_")
 _ENV_NAMES = ("TRANSFORMERS_OFFLINE", "XDG_CACHE_HOME", "TOKENIZERS_PARALLELISM")
-_PART = re.compile(r"part-w(\d+)-(\d+)\.parquet$")
 
 
 def require_ray() -> Any:
@@ -101,7 +99,7 @@ class _Population:
     chunk_agents: int
     max_new_tokens: int
     done: dict
-    parts_dir: str
+    run_dir: str
     option_bias: OptionBias | None = None
 
 
@@ -120,10 +118,7 @@ class _ShardWorker:
         lm = load_lm(cfg.name, device=cfg.device, dtype=cfg.dtype, batch_tokens=cfg.batch_tokens,
                      compile=cfg.compile)
         mop = MixtureOfPersonas.load(population.mop_dir) if population.mop_dir else None
-        self.parts_dir = Path(population.parts_dir)
-        self.shard = shard
-        self.next_part = 1 + max((int(m.group(2)) for p in self.parts_dir.glob(f"part-w{shard:03d}-*.parquet")
-                                  if (m := _PART.search(p.name))), default=-1)
+        self.write_part = RunDirectory(population.run_dir).part_writer(shard)
         self.new: dict = {}
         self.model = PopulationModel(
             questions=population.questions, lm=lm, mop=mop, profiles=population.profiles,
@@ -135,11 +130,8 @@ class _ShardWorker:
         )
 
     def _flush(self, rows: list[dict]) -> None:
-        frame = pd.DataFrame(rows)
-        frame["probs"] = [None if p is None else json.dumps(p) for p in frame["probs"]]
-        atomic_write_parquet(self.parts_dir / f"part-w{self.shard:03d}-{self.next_part:06d}.parquet", frame)
-        self.next_part += 1
-        if self.model.network is not None:
+        self.write_part(rows)
+        if self.model.network is not None:  # the driver passes this round's answers to the other shards
             self.new.update({(r["agent"], r["round"], r["question"]): (r["answer"], None) for r in rows})
 
     def step(self, others: dict) -> tuple[dict, int]:
@@ -172,12 +164,12 @@ def _unwrap(exc: Exception) -> PopsimError:
     return PopsimError(f"a Ray worker failed: {lines[-1] if lines else type(exc).__name__}")
 
 
-def simulate_on_ray(model: PopulationModel, scenario: Scenario, parts_dir: Path, *, workers: int,
+def simulate_on_ray(model: PopulationModel, scenario: Scenario, run_dir: RunDirectory, *, workers: int,
                     mop_dir: Path | None, verbose: bool = True) -> int:
     """Answer every round of ``model``'s population on ``workers`` Ray actors; returns their LM calls.
 
     ``model`` is the driver's un-stepped model (its draws and resumed answers are the source of truth);
-    the answers go to ``parts_dir``, not into ``model``.
+    the answers go to ``run_dir``'s parts, not into ``model``.
     """
     ray = require_ray()
     agents = sorted(model.agents, key=lambda a: a.person_id)
@@ -200,7 +192,7 @@ def simulate_on_ray(model: PopulationModel, scenario: Scenario, parts_dir: Path,
                    "temperature": [a.temperature for a in agents]},
             method=model.method, style=model.style, seed=model.seed, network=model.network,
             requests_per_call=model.requests_per_call, chunk_agents=model.chunk_agents,
-            max_new_tokens=model.max_new_tokens, done=model.done, parts_dir=str(parts_dir.resolve()),
+            max_new_tokens=model.max_new_tokens, done=model.done, run_dir=str(run_dir.path.resolve()),
             option_bias=model.option_bias,
         )
         ref = ray.put(population)
