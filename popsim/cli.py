@@ -115,12 +115,13 @@ def _command(args: argparse.Namespace) -> int:
               f"({len(scenario.questions)} questions, {scenario.simulation.agents} agents)")
         return 0
     from popsim import runner
+    from popsim.rundir import RunDirectory
 
     if args.command == "fit":
         model, run_dir = runner.fit(scenario, verbose=not args.quiet)
         print(f"fitted {len(model.personas_)} personas, {len(model.exemplars_)} exemplars -> {run_dir / 'mop'}")
         return 0
-    if args.command == "simulate" and not (scenario.run_dir / "mop" / "fit_key").is_file() \
+    if args.command == "simulate" and RunDirectory(scenario.run_dir).stored_fit_key() is None \
             and scenario.simulation.method not in {"no-persona", "silicon"}:
         raise PopsimError(f"no fitted model in {scenario.run_dir / 'mop'}; run `popsim fit {args.scenario}` first")
     try:
