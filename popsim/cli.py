@@ -96,6 +96,18 @@ def _print_run(result) -> None:
           + f"; LM calls: {result.lm_calls}")
 
 
+def _print_missing(scenario) -> None:
+    """With `missing` rules: load the data and say how many answers each rule removed, per question."""
+    if scenario.kind != "survey" or not (scenario.data.missing or any(q.missing for q in scenario.questions)):
+        return
+    from popsim.data import load_population
+
+    for rule, per_question in load_population(scenario).missing_removed.items():
+        total = sum(per_question.values())
+        where = ", ".join(f"{qid} {n}" for qid, n in per_question.items() if n)
+        print(f"missing: {rule} removed {total} answer{'' if total == 1 else 's'}" + (f" ({where})" if where else ""))
+
+
 def _command(args: argparse.Namespace) -> int:
     from popsim.config import load_scenario
 
@@ -113,6 +125,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "validate":
         print(f"{args.scenario}: valid {scenario.kind} scenario '{scenario.name}' "
               f"({len(scenario.questions)} questions, {scenario.simulation.agents} agents)")
+        _print_missing(scenario)
         return 0
     from popsim import runner
     from popsim.rundir import RunDirectory
