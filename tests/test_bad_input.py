@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyreadstat
 import pytest
 import yaml
 
@@ -83,6 +84,16 @@ def data_file(content: bytes, name: str = "data.csv") -> Callable[[Path, Path | 
         (tmp / "data.csv").unlink()
         (tmp / name).write_bytes(content)
         return ["run", str(path), "--quiet"]
+    return make
+
+
+def labelled_case(change: Callable[[dict], object]) -> Callable[[Path, Path | None], list[str]]:
+    """``validate`` of a scenario on ``data.sav`` (the survey table with value labels), ``change`` applied."""
+    def make(tmp: Path, _: Path | None) -> list[str]:
+        path = local_survey(tmp, lambda cfg: (put("data.source", "data.sav")(cfg), change(cfg)))
+        pyreadstat.write_sav(survey_table(), str(tmp / "data.sav"),
+                             variable_value_labels={"q1": {1: "more", 0: "the same", -1: "less"}})
+        return ["validate", str(path)]
     return make
 
 
@@ -237,6 +248,16 @@ CASES = [
          scenario(lambda cfg: [put("mop.persona_gate_init", "clusters")(cfg), put("mop.gate_init_scale", 0)(cfg)])),
     Case("unknown-mop-preset", ScenarioError, ("`mop.preset`", "'tuned' or 'paper'"),
          scenario(put("mop.preset", "best"))),
+    Case("missing-names-an-option", ScenarioError,
+         ("`questions.0.missing` names 'the same', which is also an option of question 'q1'",
+          "remove it from missing or from options"),
+         scenario(put("questions.0.missing", ["the same"]))),
+    Case("missing-names-an-option-code", ScenarioError,
+         ("`questions.1.missing` names -1, which is also an option of question 'q2'", "remove it from missing"),
+         scenario(put("questions.1.missing", [9, -1]))),
+    Case("labelled-file-missing-column", DataError,
+         ("`questions[q1].column` names column 'q11', which is not in data.sav", "did you mean 'q1'?"),
+         labelled_case(lambda c: (c["questions"][0].pop("options"), c["questions"][0].update(column="q11")))),
     Case("bins-not-increasing", ScenarioError, ("`data.attributes.age`", "at least two increasing edges"),
          scenario(put("data.attributes.age.bins", [90, 18]))),
     # --- the data table
@@ -248,6 +269,18 @@ CASES = [
          data_file(b"PAR1 this is not parquet", "data.parquet")),
     Case("data-empty-file", DataError, ("data.csv", "is empty", "point data.source at a table"), data_file(b"")),
     Case("data-header-only", DataError, ("has no rows", "non-empty table"), data_file(b"id,sex,age,wt,q1,q2\n")),
+    Case("data-garbage-sav", DataError, ("data.sav is not a readable SPSS file", "re-export it from SPSS"),
+         data_file(b"$FL2 not really an SPSS file", "data.sav")),
+    Case("data-garbage-dta", DataError, ("data.dta is not a readable Stata file", "save it as CSV"),
+         data_file(b"<stata_dta> truncated", "data.dta")),
+    Case("labelled-file-unreadable-at-load", DataError, ("data.sav is not a readable SPSS file",),
+         lambda tmp, _: (local_survey(tmp, lambda c: (put("data.source", "data.sav")(c),
+                                                      c["questions"][0].pop("options"))),
+                         (tmp / "data.sav").write_bytes(b"nope"),
+                         ["validate", str(tmp / "survey.yaml")])[2]),
+    Case("global-missing-is-an-option", DataError,
+         ("`data.missing` names 0, which is an option of question 'q1'", "give `questions[q1]` its own `missing`"),
+         data_case(None, put("data.missing", [0]))),
     Case("data-missing-attribute-column", DataError,
          ("`data.attributes.sex` names column 'sexx'", "did you mean 'sex'?"),
          data_case(None, put("data.attributes.sex.column", "sexx"))),
