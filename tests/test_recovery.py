@@ -35,6 +35,7 @@ def test_mop_recovers_mixing_weights_and_ranks_likelihoods(smollm, encoder):
     model = MixtureOfPersonas(
         smollm, encoder, personas=PERSONAS, n_exemplars=2, top_m=6, epochs=15, learning_rate=0.003,
         batch_size=80, balance=0.0, val_fraction=0.0, patience=20, style=style, verbose=False, random_state=0,
+        preset="paper", stickiness=4.0,  # the paper's likelihood, temperatures learned (tuned fixes them for text)
     ).fit(train)
     learned = model.mixing_weights(test.contexts).mean(axis=0)
     assert 0.5 * np.abs(learned - TRUE_WEIGHTS).sum() < 0.15, learned
