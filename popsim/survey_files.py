@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from popsim.config import _code
 from popsim.exceptions import DataError
 
 __all__ = ["LABELLED_SUFFIXES", "FileLabels", "read_labelled", "fill_from_labels", "missing_for",
@@ -26,13 +27,6 @@ __all__ = ["LABELLED_SUFFIXES", "FileLabels", "read_labelled", "fill_from_labels
 
 LABELLED_SUFFIXES = {".sav": "SPSS", ".zsav": "SPSS", ".por": "SPSS", ".dta": "Stata", ".sas7bdat": "SAS",
                      ".xpt": "SAS"}
-
-
-def _code(key: Any) -> str:
-    """Answer codes as text: 1, 1.0 and '1' are the same code (as in popsim.config)."""
-    if isinstance(key, float) and key.is_integer():
-        key = int(key)
-    return str(key)
 
 
 @dataclass(frozen=True)
