@@ -1,6 +1,7 @@
 """``python -m popsim``: a thin command layer over :func:`popsim.runner.run` and friends.
 
-Commands: run (fit if needed, simulate, summarise), validate, fit, simulate, report, serve. User errors print
+Commands: run (fit if needed, simulate, summarise), validate, fit, simulate, report, serve, init (draft a
+scenario from a data file). User errors print
 one line (``popsim: error: ...``) and exit 2; Ctrl-C keeps completed responses and says how to resume.
 """
 
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="report folder (default RUN_DIR/report)")
     rep.add_argument("--by", metavar="ATTRIBUTE", help="attribute whose groups get their own panel per question "
                      "(default: the first attribute)")
+    ini = sub.add_parser("init", help="draft a scenario YAML from a data file (CSV, SPSS, Stata, ...)")
+    ini.add_argument("data_file", help="the survey data file")
+    ini.add_argument("-o", "--output", help="write the YAML here (default: standard output)")
+    ini.add_argument("--force", action="store_true", help="overwrite an existing -o FILE")
     srv = sub.add_parser("serve", help="serve an LM over an OpenAI-compatible HTTP API")
     srv.add_argument("--lm", default="smollm2-135m-instruct", help="LM name, folder or .gguf")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
@@ -115,6 +120,10 @@ def _command(args: argparse.Namespace) -> int:
         from popsim.eval.headline import report_command
 
         return report_command(args.run_dirs, real=args.real, out=args.out, by=args.by)
+    if args.command == "init":
+        from popsim.init_scenario import init_command
+
+        return init_command(args.data_file, args.output, args.force)
     if args.command == "serve":
         from popsim.serve import serve
 
