@@ -72,3 +72,25 @@ def encoder():
     from popsim.embed import SentenceEncoder
 
     return SentenceEncoder()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_lm_dir):
+    """A real ``popsim serve`` subprocess on a free loopback port, serving the tiny Llama in fp32."""
+    from .helpers import Server
+
+    srv = Server(str(tiny_lm_dir)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The ``openai`` backend pointed at :func:`server`."""
+    from popsim.lm.openai_backend import OpenAILanguageModel
+
+    from .helpers import KEY
+
+    lm = OpenAILanguageModel(server.url, api_key=KEY)
+    yield lm
+    lm.close()

@@ -15,12 +15,9 @@ import torch
 
 from popsim.exceptions import CapabilityError, LMInputError
 from popsim.lm import Chat
-from popsim.lm.openai_backend import OpenAILanguageModel
 from popsim.lm.sketch import sketch_logprob
 from popsim.lm.testing import CountingLM, HashLM
 from popsim.mop.scoring import ScoreCache
-
-from .test_serve import KEY, Server
 
 PROMPTS = [
     "The capital of France is",
@@ -40,21 +37,6 @@ LACKS: dict[str, set[str]] = {
 }
 # Scores of one pair in different batches agree within this (vLLM's GPU kernels are not batch-invariant).
 ATOL = {"vllm": 1e-2}
-
-
-@pytest.fixture(scope="module")
-def served_tiny(tiny_lm_dir):
-    """A real ``popsim serve`` subprocess on a free loopback port, serving the tiny Llama in fp32."""
-    server = Server(str(tiny_lm_dir)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def openai_lm(served_tiny):
-    lm = OpenAILanguageModel(served_tiny.url, api_key=KEY)
-    yield lm
-    lm.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +62,7 @@ def lm(backend, request):
         return HashLM()
     if backend == "counting":
         return CountingLM(HashLM())
-    fixture = {"tiny": "tiny_lm", "smollm": "smollm", "openai": "openai_lm", "vllm": "vllm_lm"}[backend]
+    fixture = {"tiny": "tiny_lm", "smollm": "smollm", "openai": "client", "vllm": "vllm_lm"}[backend]
     return request.getfixturevalue(fixture)
 
 

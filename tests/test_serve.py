@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,9 +28,8 @@ from popsim.lm.base import row_seeds
 from popsim.lm.openai_backend import OpenAILanguageModel, parse_openai_name
 from popsim.lm.remote import continuation_logprob, tempered_logprob
 
-from .helpers import small_survey
+from .helpers import KEY, Server, free_port, small_survey
 
-KEY = "test-key-123"
 PROMPTS = [
     "Q: Should the government spend more on roads?\nA:",
     "The capital of France is",
@@ -41,66 +39,6 @@ PROMPTS = [
 CONTS = [" too little", " Paris", " It is a thriller.", " apples and bananas"]
 OPTIONS = [[" too little", " about right", " too much"], [" Paris", " London"], [" Yes", " No"],
            [" apples", " rocks", " bread"]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``python -m popsim serve`` subprocess on loopback."""
-
-    def __init__(self, lm: str, *, port: int | None = None, api_key: str | None = KEY, extra: tuple = ()) -> None:
-        self.lm, self.api_key, self.extra = lm, api_key, extra
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0) -> Server:
-        cmd = [sys.executable, "-m", "popsim", "serve", "--lm", self.lm, "--port", str(self.port),
-               "--dtype", "fp32", *self.extra]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not come up")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def health(self) -> dict:
-        return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=5).json()
-
-
-@pytest.fixture(scope="module")
-def server(tiny_lm_dir):
-    srv = Server(str(tiny_lm_dir)).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    lm = OpenAILanguageModel(server.url, api_key=KEY)
-    yield lm
-    lm.close()
 
 
 def _post(server: Server, path: str, body, *, key: str | None = KEY, raw: bytes | None = None) -> httpx.Response:
@@ -212,7 +150,7 @@ def test_bad_url_unreachable_and_wrong_key_are_clear(server):
         parse_openai_name("openai:http://127.0.0.1:99999/v1")
     assert parse_openai_name("openai:my-model@http://h:1/v1") == ("my-model", "http://h:1/v1")
     with pytest.raises(EndpointUnreachableError, match="cannot reach .* start the server"):
-        load_lm(f"openai:http://127.0.0.1:{_free_port()}/v1", max_retries=1, device="cpu", dtype="fp32")
+        load_lm(f"openai:http://127.0.0.1:{free_port()}/v1", max_retries=1, device="cpu", dtype="fp32")
     with pytest.raises(AuthenticationError, match="401"):
         OpenAILanguageModel(server.url, api_key="wrong-key")
     assert _post(server, "/completions", {"prompt": "x"}, key=None).status_code == 401
