@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         if name in {"run", "simulate"}:
             p.add_argument("--option-bias", choices=["none", "learned"],
                            help="learned: correct the LM's preference for some option wordings from training answers")
+            p.add_argument("--option-order", choices=["unlisted", "listed", "shuffled", "averaged"],
+                           help="how options are shown: shuffled per agent, or averaged over forward and reversed")
             p.add_argument("--ray", action="store_true", help="shard the population over Ray workers "
                            "(same responses as one process; RAY_ADDRESS joins a cluster)")
             p.add_argument("--workers", type=int, help="Ray workers, each with its own LM (default: GPUs, else CPUs)")
@@ -71,6 +73,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         out["simulation.method"] = args.method
     if getattr(args, "option_bias", None):
         out["simulation.option_bias"] = args.option_bias
+    if getattr(args, "option_order", None):
+        out["simulation.option_order"] = args.option_order
     return out
 
 

@@ -242,6 +242,11 @@ class SimulationConfig(_Strict):
         "ones included, in every round (learned from one round without a network). Corrects the LM's preference "
         "for some option wordings (surveys only).")
     calibration_agents: int = Field(64, gt=0, description="Training respondents simulated to learn option_bias.")
+    option_order: Literal["unlisted", "listed", "shuffled", "averaged"] = Field(
+        "unlisted", description="How multiple-choice options are shown: unlisted (the question as written), listed "
+        "(an 'Options:' line in the questionnaire's order), shuffled (listed in an order drawn per agent and "
+        "question, recorded in responses.parquet) or averaged (forward and reversed listing, probabilities "
+        "averaged). Answers always refer to the questionnaire's options; MoP trains on the same rendering.")
 
 
 class LMConfig(_Strict):

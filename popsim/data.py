@@ -17,6 +17,7 @@ import pandas as pd
 
 from popsim.config import QuestionSpec, Scenario, _code
 from popsim.exceptions import DataError
+from popsim.option_order import Order, options_line, orders_for
 from popsim.records import ExemplarPool, Records
 from popsim.survey_files import LABELLED_SUFFIXES, FileLabels, missing_for, read_labelled, remove_missing, rule_name
 
@@ -196,16 +197,18 @@ def profile_text(row: pd.Series, attributes: list[str]) -> str:
     return "; ".join(parts) if parts else "no details given"
 
 
-def question_line(question: QuestionSpec) -> str:
-    return "Q: " + question.text.strip()
+def question_line(question: QuestionSpec, order: Order | None = None) -> str:
+    """"Q: <text>", plus an "Options:" line when the options are listed (``simulation.option_order``)."""
+    listed = options_line(question.option_labels, order)
+    return "Q: " + question.text.strip() + ("\n" + listed if listed else "")
 
 
-def survey_context(profile: str, question: QuestionSpec, neighbours: str = "") -> str:
+def survey_context(profile: str, question: QuestionSpec, neighbours: str = "", order: Order | None = None) -> str:
     """The context x for one question: the agent's profile, optional neighbour answers, the question."""
     lines = ["About you: " + profile + "."]
     if neighbours:
         lines.append(neighbours)
-    lines.append(question_line(question))
+    lines.append(question_line(question, order))
     return "\n".join(lines)
 
 
@@ -214,8 +217,13 @@ def _mc_questions(population: Population, ids: set[str] | None = None) -> list[Q
             and (ids is None or q.id in ids)]
 
 
-def survey_records(population: Population, *, question_ids: set[str] | None = None) -> Records:
-    """One record per (train respondent, answered question): x = profile + question, y = option wording."""
+def survey_records(population: Population, *, question_ids: set[str] | None = None,
+                   option_order: str = "unlisted", seed: int = 0) -> Records:
+    """One record per (train respondent, answered question): x = profile + question, y = option wording.
+
+    ``option_order``: how the options are shown, as in simulation (:mod:`popsim.option_order`); with
+    ``averaged`` each answer gives two records (forward and reversed listing) at half its weight each.
+    """
     contexts, responses, options, groups, weights, gate, qids = [], [], [], [], [], [], []
     attrs = []
     for _, row in population.train.iterrows():
@@ -224,14 +232,16 @@ def survey_records(population: Population, *, question_ids: set[str] | None = No
             answer = row[f"q_{q.id}"]
             if answer is None or pd.isna(answer):
                 continue
-            contexts.append(survey_context(profile, q))
-            responses.append(str(answer))
-            options.append(tuple(q.option_labels))
-            groups.append(row["id"])
-            weights.append(row["weight"])
-            gate.append(profile)
-            qids.append(q.id)
-            attrs.append({a: row[f"attr_{a}"] for a in population.attributes})
+            orders = orders_for(option_order, len(q.option_labels), seed=seed, who=str(row["id"]), question=q.id)
+            for order in orders:
+                contexts.append(survey_context(profile, q, order=order))
+                responses.append(str(answer))
+                options.append(tuple(q.option_labels))
+                groups.append(row["id"])
+                weights.append(row["weight"] / len(orders))
+                gate.append(profile)
+                qids.append(q.id)
+                attrs.append({a: row[f"attr_{a}"] for a in population.attributes})
     if not contexts:
         raise DataError("no respondent in the training split answered any question; check the question columns")
     return Records(contexts, responses, options, np.asarray(groups), np.asarray(weights, dtype=float),

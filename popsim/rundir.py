@@ -15,6 +15,7 @@ written atomically (:mod:`popsim.io`); the runner decides what goes in it, this 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,7 +44,9 @@ _KEYS = ("agent", "round", "question")
 
 def fit_key(scenario: Scenario) -> str:
     """The hash of the settings a fit depends on; ``mop/fit_key`` holds the one the saved model was fitted with."""
-    return config_hash(scenario, *FIT_SECTIONS)
+    key = config_hash(scenario, *FIT_SECTIONS)
+    order = scenario.simulation.option_order  # MoP trains on the options as simulation shows them
+    return key if order == "unlisted" else hashlib.sha256(f"{key}|{order}".encode()).hexdigest()[:16]
 
 
 class RunDirectory:

@@ -163,7 +163,7 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
     model = mop_estimator(scenario, lm, encoder, verbose=verbose)
     if scenario.kind == "survey":
         population = population or load_population(scenario)
-        records = survey_records(population)
+        records = survey_records(population, option_order=scenario.simulation.option_order, seed=scenario.seed)
         pool = survey_exemplars(population, model.n_exemplars, n_questions=scenario.mop.exemplar_questions,
                                 seed=scenario.seed)
         model.fit(records, pool)
@@ -236,6 +236,7 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
         questions=questions, lm=lm, mop=mop, profiles=profiles, profile_texts=texts, method=sim.method,
         style=mop.style_ if mop is not None else prompt_style(scenario), seed=scenario.seed,
         requests_per_call=sim.requests_per_call, chunk_agents=sim.chunk_agents, progress=verbose,
+        option_order=sim.option_order,
     )
     model.step()
     answered = [r for r in model.responses().itertuples() if not pd.isna(rows.at[r.agent, f"q_{r.question}"])]
@@ -303,6 +304,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         chunk_agents=scenario.simulation.chunk_agents,
         max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
         done=done, on_chunk=folder.part_writer(), progress=verbose, option_bias=option_bias,
+        option_order=scenario.simulation.option_order,
     )
     if workers is not None:
         from popsim.sim.distributed import simulate_on_ray

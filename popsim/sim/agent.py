@@ -12,19 +12,31 @@ import mesa
 import numpy as np
 
 from popsim.lm.base import Prompt
+from popsim.option_order import order_text
 
 __all__ = ["PersonaAgent", "Request"]
 
 
 @dataclass(frozen=True)
 class Request:
-    """A question an agent needs answered: its prompt and options (``None`` for free text)."""
+    """A question an agent needs answered: its prompt and options (``None`` for free text).
+
+    ``alternates``: the same question with the options listed in other orders (``option_order: averaged``);
+    the answer's option probabilities are the mean over ``prompt`` and these. ``order``: the orders shown,
+    as recorded in ``responses.parquet`` (``None``: options not listed).
+    """
 
     agent: int
     question: str
     prompt: Prompt
     options: tuple[str, ...] | None
     temperature: float
+    alternates: tuple[Prompt, ...] = ()
+    order: str | None = None
+
+    @property
+    def prompts(self) -> tuple[Prompt, ...]:
+        return (self.prompt, *self.alternates)
 
 
 class PersonaAgent(mesa.Agent):
@@ -49,6 +61,7 @@ class PersonaAgent(mesa.Agent):
         self.temperature = float(temperature)
         self.answers: dict[tuple[int, str], str] = {}
         self.probs: dict[tuple[int, str], dict[str, float]] = {}
+        self.orders: dict[tuple[int, str], str | None] = {}  # option orders shown (responses' option_order)
 
     def requests(self, round_: int) -> list[Request]:
         """What this agent still has to answer in ``round_``."""
@@ -58,9 +71,14 @@ class PersonaAgent(mesa.Agent):
             if (round_, q.id) in self.answers:
                 continue
             neighbours = model.neighbour_summary(self, q.id, round_) if round_ > 1 else ""
-            prompt = model.prompt_for(self, q, neighbours)
-            options = None if q.free_text else tuple(q.option_labels)
-            out.append(Request(self.person_id, q.id, prompt, options, self.temperature))
+            if q.free_text:
+                prompt = model.prompt_for(self, q, neighbours)
+                out.append(Request(self.person_id, q.id, prompt, None, self.temperature))
+                continue
+            orders = model.option_orders(self, q)
+            prompts = [model.prompt_for(self, q, neighbours, order) for order in orders]
+            out.append(Request(self.person_id, q.id, prompts[0], tuple(q.option_labels), self.temperature,
+                               alternates=tuple(prompts[1:]), order=order_text(orders)))
         return out
 
     def answer(self, round_: int, question: str, probs: np.ndarray | None, text: str | None) -> str:

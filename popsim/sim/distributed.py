@@ -101,6 +101,7 @@ class _Population:
     done: dict
     run_dir: str
     option_bias: OptionBias | None = None
+    option_order: str = "unlisted"
 
 
 class _ShardWorker:
@@ -126,7 +127,7 @@ class _ShardWorker:
             seed=population.seed, network=population.network, requests_per_call=population.requests_per_call,
             chunk_agents=population.chunk_agents, max_new_tokens=population.max_new_tokens,
             done=population.done, on_chunk=self._flush, progress=False, draws=population.draws,
-            active=agent_ids, option_bias=population.option_bias,
+            active=agent_ids, option_bias=population.option_bias, option_order=population.option_order,
         )
 
     def _flush(self, rows: list[dict]) -> None:
@@ -193,7 +194,7 @@ def simulate_on_ray(model: PopulationModel, scenario: Scenario, run_dir: RunDire
             method=model.method, style=model.style, seed=model.seed, network=model.network,
             requests_per_call=model.requests_per_call, chunk_agents=model.chunk_agents,
             max_new_tokens=model.max_new_tokens, done=model.done, run_dir=str(run_dir.path.resolve()),
-            option_bias=model.option_bias,
+            option_bias=model.option_bias, option_order=model.option_order,
         )
         ref = ray.put(population)
         actor = ray.remote(_ShardWorker).options(

@@ -24,10 +24,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from popsim.config import QuestionSpec
-from popsim.data import survey_context
+from popsim.data import question_line, survey_context
 from popsim.lm.base import LanguageModel, Prompt
 from popsim.mop.model import MixtureOfPersonas
 from popsim.mop.prompts import PromptStyle, build_prompt
+from popsim.option_order import Order, orders_for
 from popsim.sim.agent import PersonaAgent, Request
 from popsim.sim.calibration import OptionBias
 
@@ -85,6 +86,8 @@ class PopulationModel(mesa.Model):
             (:class:`~popsim.sim.calibration.OptionBias`); ``None``: the LM's own probabilities. With
             ``method="mop"`` and a MoP fitted with ``learn_option_offsets``, its offsets are added first
             (:attr:`mop_option_bias`: the gates were trained against them), then these.
+        option_order: how options are shown (:mod:`popsim.option_order`): unlisted, listed, shuffled per
+            (agent, question), or averaged over the forward and reversed listing.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class PopulationModel(mesa.Model):
         draws: Mapping[str, Sequence] | None = None,
         active: Collection[int] | None = None,
         option_bias: OptionBias | None = None,
+        option_order: str = "unlisted",
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -126,6 +130,7 @@ class PopulationModel(mesa.Model):
         self.progress = progress
         self.active = None if active is None else frozenset(int(i) for i in active)
         self.option_bias = option_bias
+        self.option_order = option_order
         offsets = mop.option_offsets_ if method == "mop" and mop is not None else {}
         self.mop_option_bias = OptionBias(offsets) if offsets else None
         self.round = 0
@@ -154,7 +159,13 @@ class PopulationModel(mesa.Model):
                     self.by_id[agent].probs[(round_, question)] = probs
 
     # ------------------------------------------------------------------ prompts
-    def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "") -> Prompt:
+    def option_orders(self, agent: PersonaAgent, question: QuestionSpec) -> list[Order | None]:
+        """The option orders ``agent`` is shown for ``question`` (its own seeded draw when shuffled)."""
+        return orders_for(self.option_order, len(question.option_labels), seed=self.seed, who=agent.person_id,
+                          question=question.id)
+
+    def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "",
+                   order: Order | None = None) -> Prompt:
         persona = None if agent.persona < 0 or self.mop is None else self.mop.personas_[agent.persona].text
         exemplar = None
         if agent.exemplar >= 0 and self.mop is not None:
@@ -163,9 +174,9 @@ class PopulationModel(mesa.Model):
         if self.style.kind == "chat":
             context = agent.profile_text + (("\n" + neighbours) if neighbours else "")
         elif agent.profile_text:
-            context = survey_context(agent.profile_text, question, neighbours)
+            context = survey_context(agent.profile_text, question, neighbours, order)
         else:
-            context = ((neighbours + "\n") if neighbours else "") + "Q: " + question.text.strip()
+            context = ((neighbours + "\n") if neighbours else "") + question_line(question, order)
         return build_prompt(persona, exemplar, context, self.style)
 
     def neighbour_summary(self, agent: PersonaAgent, question: str, round_: int) -> str:
@@ -208,26 +219,31 @@ class PopulationModel(mesa.Model):
         choice = [r for r in requests if r.options is not None]
         free = [r for r in requests if r.options is None]
         unique: dict[tuple, int] = {}
-        keys = []
+        keys: list[list[int]] = []  # per request: its prompts' indices into the unique (prompt, options, tau)
+        uniq_requests: list[tuple[Prompt, Request]] = []
         for r in choice:
-            key = (self.lm.render(r.prompt), r.options, round(r.temperature, 6))
-            keys.append(unique.setdefault(key, len(unique)))
-        uniq_requests = [None] * len(unique)
-        for r, k in zip(choice, keys, strict=True):
-            uniq_requests[k] = r
+            keys.append([])
+            for prompt in r.prompts:
+                key = (self.lm.render(prompt), r.options, round(r.temperature, 6))
+                if key not in unique:
+                    unique[key] = len(unique)
+                    uniq_requests.append((prompt, r))
+                keys[-1].append(unique[key])
         probs: list[np.ndarray] = []
         for start in range(0, len(uniq_requests), self.requests_per_call):
             batch = uniq_requests[start : start + self.requests_per_call]
             self.lm_calls += 1
-            logps = self.lm.option_logprobs([r.prompt for r in batch], [list(r.options) for r in batch],
-                                            temperature=[r.temperature for r in batch])
-            for r, lp in zip(batch, logps, strict=True):
+            logps = self.lm.option_logprobs([p for p, _ in batch], [list(r.options) for _, r in batch],
+                                            temperature=[r.temperature for _, r in batch])
+            for (_, r), lp in zip(batch, logps, strict=True):
                 for bias in (self.mop_option_bias, self.option_bias):
                     lp = lp if bias is None else bias.shift(r.options, lp)
                 probs.append(_stable_probs(lp))
-        for r, k in zip(choice, keys, strict=True):
+        for r, ks in zip(choice, keys, strict=True):
             agent = self.by_id[r.agent]
-            text = agent.answer(self.round, r.question, probs[k], None)
+            p = probs[ks[0]] if len(ks) == 1 else _mean_probs([probs[k] for k in ks])
+            agent.orders[(self.round, r.question)] = r.order
+            text = agent.answer(self.round, r.question, p, None)
             rows.append(self._row(agent, r.question, text))
         for start in range(0, len(free), self.requests_per_call):
             batch = free[start : start + self.requests_per_call]
@@ -245,7 +261,7 @@ class PopulationModel(mesa.Model):
         probs = agent.probs.get((self.round, question))
         return {"agent": agent.person_id, "round": self.round, "question": question, "answer": text,
                 "probs": probs, "persona": agent.persona, "exemplar": agent.exemplar,
-                "temperature": agent.temperature}
+                "temperature": agent.temperature, "option_order": agent.orders.get((self.round, question))}
 
     def responses(self) -> pd.DataFrame:
         """All answers so far, one row per (agent, round, question)."""
@@ -254,8 +270,15 @@ class PopulationModel(mesa.Model):
             for (round_, question), text in sorted(agent.answers.items()):
                 rows.append({"agent": agent.person_id, "round": round_, "question": question, "answer": text,
                              "probs": agent.probs.get((round_, question)), "persona": agent.persona,
-                             "exemplar": agent.exemplar, "temperature": agent.temperature})
+                             "exemplar": agent.exemplar, "temperature": agent.temperature,
+                             "option_order": agent.orders.get((round_, question))})
         return pd.DataFrame(rows)
+
+
+def _mean_probs(probs: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of option distributions, rounded as :func:`_stable_probs` rounds one."""
+    p = np.round(np.mean(probs, axis=0), 6)
+    return p / p.sum()
 
 
 def _stable_probs(logprobs: np.ndarray) -> np.ndarray:
