@@ -236,7 +236,7 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
         questions=questions, lm=lm, mop=mop, profiles=profiles, profile_texts=texts, method=sim.method,
         style=mop.style_ if mop is not None else prompt_style(scenario), seed=scenario.seed,
         requests_per_call=sim.requests_per_call, chunk_agents=sim.chunk_agents, progress=verbose,
-        option_order=sim.option_order,
+        option_order=sim.option_order, exemplars_per_agent=scenario.mop.exemplars_per_agent,
     )
     model.step()
     answered = [r for r in model.responses().itertuples() if not pd.isna(rows.at[r.agent, f"q_{r.question}"])]
@@ -304,7 +304,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         chunk_agents=scenario.simulation.chunk_agents,
         max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
         done=done, on_chunk=folder.part_writer(), progress=verbose, option_bias=option_bias,
-        option_order=scenario.simulation.option_order,
+        option_order=scenario.simulation.option_order, exemplars_per_agent=scenario.mop.exemplars_per_agent,
     )
     if workers is not None:
         from popsim.sim.distributed import simulate_on_ray

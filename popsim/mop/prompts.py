@@ -25,6 +25,7 @@ LM backend's prefix tree exploits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,33 +71,43 @@ class PromptStyle:
                    task_intro="Please write a review for")
 
 
+Exemplar = tuple[str, str]
+
+
 def build_prompt(
     persona: str | None,
-    exemplar: tuple[str, str] | None,
+    exemplar: Exemplar | Sequence[Exemplar] | None,
     context: str,
     style: PromptStyle,
 ) -> Prompt:
-    """Prompt for (persona g_k, exemplar (x_j, y_j), context x); ``None`` leaves a part out (baselines)."""
+    """Prompt for (persona g_k, exemplar (x_j, y_j), context x); ``None`` leaves a part out (baselines).
+
+    ``exemplar`` may also be several (x_j, y_j) (``mop.exemplars_per_agent``): each is rendered as one
+    exemplar is, in the order given.
+    """
+    pairs: list[Exemplar] = ([exemplar] if exemplar and isinstance(exemplar[0], str)  # type: ignore[list-item]
+                             else list(exemplar or []))
     parts = [style.instruction]
     if persona:
         parts.append(persona.strip())
     if style.kind == "chat":
-        if exemplar is not None and not style.exemplar_turn:
-            x_j, y_j = exemplar
-            lead = style.exemplar_intro + (" " + x_j.strip() if x_j.strip() else "")
-            parts.append(lead + ": " + y_j.strip())
+        if not style.exemplar_turn:
+            for x_j, y_j in pairs:
+                lead = style.exemplar_intro + (" " + x_j.strip() if x_j.strip() else "")
+                parts.append(lead + ": " + y_j.strip())
         task = _task(context, style)
         parts = [p for p in parts if p]
         turns: list[tuple[str, str]] = [("user", task)]
-        if exemplar is not None and style.exemplar_turn:
-            turns = [("user", _task(exemplar[0], style)), ("assistant", exemplar[1].strip()), *turns]
+        if style.exemplar_turn:
+            earlier = [t for x_j, y_j in pairs for t in (("user", _task(x_j, style)), ("assistant", y_j.strip()))]
+            turns = [*earlier, *turns]
         if style.persona_in_system and parts:
             return Chat(messages=(("system", "\n\n".join(parts)), *turns))
         if parts:
             turns[0] = ("user", "\n\n".join([*parts, turns[0][1]]))
         return Chat(messages=tuple(turns))
-    if exemplar is not None:
-        parts.append(style.exemplar_intro + "\n" + exemplar[1].strip())
+    for _, y_j in pairs:
+        parts.append(style.exemplar_intro + "\n" + y_j.strip())
     return "\n\n".join(parts) + "\n\n" + context.rstrip() + "\nA:"
 
 

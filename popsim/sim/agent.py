@@ -46,18 +46,20 @@ class PersonaAgent(mesa.Agent):
         person_id: stable id (0..n-1) used for seeds, outputs and the network.
         profile: attribute name -> value (what the agent's prompt states about itself).
         persona, exemplar: indices into the MoP model's personas / exemplar pool (-1 = none).
+        more_exemplars: further exemplars shown after the first (``mop.exemplars_per_agent`` > 1).
         temperature: the persona's temperature tau_k.
         answers: (round, question) -> answer text.
     """
 
     def __init__(self, model: mesa.Model, person_id: int, profile: dict, profile_text: str,
-                 persona: int, exemplar: int, temperature: float) -> None:
+                 persona: int, exemplar: int, temperature: float, more_exemplars: tuple[int, ...] = ()) -> None:
         super().__init__(model)
         self.person_id = person_id
         self.profile = profile
         self.profile_text = profile_text
         self.persona = persona
         self.exemplar = exemplar
+        self.more_exemplars = tuple(more_exemplars)
         self.temperature = float(temperature)
         self.answers: dict[tuple[int, str], str] = {}
         self.probs: dict[tuple[int, str], dict[str, float]] = {}

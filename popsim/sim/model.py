@@ -64,6 +64,32 @@ def assign_mixture(method: str, mop: MixtureOfPersonas | None, gate_texts: Seque
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
 
+def more_exemplars(method: str, mop: MixtureOfPersonas | None, gate_texts: Sequence[str],
+                   draws: Mapping[str, Sequence], extra: int, seed: int) -> list[tuple[int, ...]]:
+    """``extra`` more exemplars per agent, distinct from its first: from its own Omega_k(x) (mop) or
+    uniformly (uniform); none for methods without exemplars.
+
+    A stream of their own (seeded from ``seed``), so one exemplar per agent draws exactly as before.
+    """
+    n = len(gate_texts)
+    first = np.asarray(draws["exemplar"], dtype=int)
+    if extra <= 0 or mop is None or (first < 0).all():
+        return [()] * n
+    rng = np.random.default_rng([seed, 5])
+    size = len(mop.exemplars_)
+    if method == "mop":
+        omega = mop.exemplar_weights(list(gate_texts), np.asarray(draws["persona"], dtype=int))
+    else:
+        omega = np.full((n, size), 1.0 / size)
+    out = []
+    for i in range(n):
+        w = np.array(omega[i], dtype=float)
+        w[first[i]] = 0.0
+        take = min(extra, int((w > 0).sum()))
+        out.append(tuple(int(j) for j in rng.choice(size, size=take, replace=False, p=w / w.sum())) if take else ())
+    return out
+
+
 class PopulationModel(mesa.Model):
     """Agents with persona + exemplar answering questions through one shared LM.
 
@@ -88,6 +114,8 @@ class PopulationModel(mesa.Model):
             (:attr:`mop_option_bias`: the gates were trained against them), then these.
         option_order: how options are shown (:mod:`popsim.option_order`): unlisted, listed, shuffled per
             (agent, question), or averaged over the forward and reversed listing.
+        exemplars_per_agent: exemplars each agent holds and is shown (``mop.exemplars_per_agent``); the
+            first is the paper's draw, the others more draws from the same Omega_k(x) without replacement.
     """
 
     def __init__(
@@ -112,6 +140,7 @@ class PopulationModel(mesa.Model):
         active: Collection[int] | None = None,
         option_bias: OptionBias | None = None,
         option_order: str = "unlisted",
+        exemplars_per_agent: int = 1,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -138,12 +167,16 @@ class PopulationModel(mesa.Model):
         gate_texts = [t or "a member of the population" for t in profile_texts]
         if draws is None:
             draws = assign_mixture(method, mop, gate_texts, self.rng)
+        if "more_exemplars" not in draws:
+            draws = {**draws, "more_exemplars": more_exemplars(method, mop, gate_texts, draws,
+                                                               exemplars_per_agent - 1, seed)}
         shown = ["" if method == "no-persona" else t for t in profile_texts]
         records = profiles.to_dict("records")
         PersonaAgent.create_agents(
             self, len(records), person_id=list(range(len(records))), profile=records, profile_text=shown,
             persona=[int(k) for k in draws["persona"]], exemplar=[int(j) for j in draws["exemplar"]],
             temperature=[float(t) for t in draws["temperature"]],
+            more_exemplars=[tuple(int(j) for j in js) for js in draws["more_exemplars"]],
         )
         self.by_id = {a.person_id: a for a in self.agents}
         self.record(self.done)
@@ -167,17 +200,17 @@ class PopulationModel(mesa.Model):
     def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "",
                    order: Order | None = None) -> Prompt:
         persona = None if agent.persona < 0 or self.mop is None else self.mop.personas_[agent.persona].text
-        exemplar = None
+        exemplars = []
         if agent.exemplar >= 0 and self.mop is not None:
             pool = self.mop.exemplars_
-            exemplar = (pool.inputs[agent.exemplar], pool.outputs[agent.exemplar])
+            exemplars = [(pool.inputs[j], pool.outputs[j]) for j in (agent.exemplar, *agent.more_exemplars)]
         if self.style.kind == "chat":
             context = agent.profile_text + (("\n" + neighbours) if neighbours else "")
         elif agent.profile_text:
             context = survey_context(agent.profile_text, question, neighbours, order)
         else:
             context = ((neighbours + "\n") if neighbours else "") + question_line(question, order)
-        return build_prompt(persona, exemplar, context, self.style)
+        return build_prompt(persona, exemplars or None, context, self.style)
 
     def neighbour_summary(self, agent: PersonaAgent, question: str, round_: int) -> str:
         if self.network is None or agent.person_id not in self.network:
@@ -261,7 +294,8 @@ class PopulationModel(mesa.Model):
         probs = agent.probs.get((self.round, question))
         return {"agent": agent.person_id, "round": self.round, "question": question, "answer": text,
                 "probs": probs, "persona": agent.persona, "exemplar": agent.exemplar,
-                "temperature": agent.temperature, "option_order": agent.orders.get((self.round, question))}
+                "temperature": agent.temperature, "option_order": agent.orders.get((self.round, question)),
+                "more_exemplars": _ids(agent.more_exemplars)}
 
     def responses(self) -> pd.DataFrame:
         """All answers so far, one row per (agent, round, question)."""
@@ -271,8 +305,14 @@ class PopulationModel(mesa.Model):
                 rows.append({"agent": agent.person_id, "round": round_, "question": question, "answer": text,
                              "probs": agent.probs.get((round_, question)), "persona": agent.persona,
                              "exemplar": agent.exemplar, "temperature": agent.temperature,
-                             "option_order": agent.orders.get((round_, question))})
+                             "option_order": agent.orders.get((round_, question)),
+                             "more_exemplars": _ids(agent.more_exemplars)})
         return pd.DataFrame(rows)
+
+
+def _ids(exemplars: Sequence[int]) -> str | None:
+    """Further exemplars as recorded in ``responses.parquet``: "12 40" (``None`` when there are none)."""
+    return " ".join(str(j) for j in exemplars) or None
 
 
 def _mean_probs(probs: Sequence[np.ndarray]) -> np.ndarray:
