@@ -28,8 +28,9 @@ from popsim.data import Population
 from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel
 
-# the sharpness grid: s = 1 / temperature from 0.25 to 4 (log-spaced, 1.0 included)
-SHARPNESS = np.exp(np.linspace(np.log(0.25), np.log(4.0), 25))
+# the sharpness grid: s = 1 / temperature from 0.1 to 4 (log-spaced, 1.0 included): MoP's tau_k ~0.6 and the
+# baselines' tau 1 can each be too sharp or too flat for the LM's option probabilities
+SHARPNESS = 2.0 ** (np.arange(-13, 9) / 4)  # 0.105 ... 4, steps of 2^(1/4)
 
 
 @dataclass(frozen=True)

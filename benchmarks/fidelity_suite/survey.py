@@ -171,7 +171,9 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
         seen_questions = [qmap[q] for q in qmap if q in seen]
         options = {q.id: q.option_labels for q in questions}
         cal_rows = calibration_rows(pop, mop, cfg["calibration_agents"], seed) if cfg["calibrate"] else None
-        variants = [(m, m, None) for m in SURVEY_METHODS]
+        # a subset of the methods (--set survey.methods=mop,uniform), e.g. for a quick check; default all
+        methods = cfg["methods"].split(",") if cfg.get("methods") else SURVEY_METHODS
+        variants = [(m, m, None) for m in methods]
         if cfg.get("ablation"):
             variants += [(v, method, change) for v, (method, change) in ABLATIONS.items()]
         synths: dict[tuple[str, str], pd.DataFrame] = {}
