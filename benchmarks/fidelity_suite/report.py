@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .config import SURVEY_METHODS, TEXT_BASELINES
+from .config import SURVEY_BASELINES_B, SURVEY_METHODS, TEXT_BASELINES
 
 
 def _fmt(x, nd=3):
@@ -45,12 +45,51 @@ def text_tables(text: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
+PROTOCOLS = {"a": "Protocol (a), new people", "b": "Protocol (b), new questions (unseen items)",
+             "c": "Protocol (c), new questions on a new answer scale (unseen scales)"}
+
+
+def headline(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, protocol): MoP and the best baseline, raw and calibrated (each under the same calibration)."""
+    rows = []
+    for (d, p, c), g in summary.groupby(["dataset", "protocol", "calibration"], sort=False):
+        g = g.set_index("method")
+        base = g.loc[[m for m in SURVEY_BASELINES_B if m in g.index], "tv"]
+        row = {"dataset": d, "protocol": p, "calibration": c, "mop": g.loc["mop", "tv"], "best_baseline": base.min(),
+               "which": base.idxmin(), "noise": g.loc["mop", "noise_floor"]}
+        if "hot-deck" in g.index:
+            row["hot-deck"] = g.loc["hot-deck", "tv"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_table(summary: pd.DataFrame) -> pd.DataFrame | None:
+    """MoP and its ablations on the same fit, TV per (dataset, protocol, calibration); None without them."""
+    names = ["mop", "mop-uniform-gate", "mop-no-offsets", "mop-tau-fixed", "uniform"]
+    if not summary["method"].isin(names[1:4]).any():
+        return None
+    wide = summary[summary["method"].isin(names)].pivot_table(index=["dataset", "protocol", "calibration"],
+                                                               columns="method", values="tv").reset_index()
+    wide = wide[["dataset", "protocol", "calibration", *[m for m in names if m in wide.columns]]]
+    if "mop-uniform-gate" in wide:
+        wide["gate adds"] = wide["mop-uniform-gate"] - wide["mop"]
+    return wide
+
+
 def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFrame) -> str:
-    parts = []
-    cols = ["dataset", "method", "tv", "representativeness", "tv_all", "tv_all_ci", "noise_all", "noise_floor",
-            "worse_than_floor", "n_cells", "tv_max_cell", "top_answer"]
-    for protocol, title in (("a", "Protocol (a), new people"), ("b", "Protocol (b), new questions (unseen items)")):
+    parts = ["**Headline: MoP vs the best baseline under the same calibration** (tv as below; calibration none = "
+             "raw answers, posthoc = the same learned sharpness and per-scale option offsets for every method)\n\n"
+             + md_table(headline(summary))]
+    ablation = ablation_table(summary)
+    if ablation is not None:
+        parts.append("**Ablation of MoP on the same fit** (TV; gate adds = uniform gate minus learned gate, "
+                     "positive when the learned gate helps)\n\n" + md_table(ablation))
+    cols = ["dataset", "method", "calibration", "tv", "representativeness", "tv_all", "tv_all_ci", "noise_all",
+            "noise_floor", "worse_than_floor", "n_cells", "tv_max_cell", "top_answer"]
+    for protocol, title in PROTOCOLS.items():
         s = summary[summary["protocol"] == protocol][cols]
+        if not len(s):
+            continue
         parts.append(f"**{title}**: tv = mean question-TV over the population and each single-attribute "
                      "subgroup (n >= 20); tv_all with 95% bootstrap CI; noise = perfect-simulator floor at "
                      "these sizes; worse_than_floor = cells whose CI lies above the floor\n\n" + md_table(s))
@@ -58,8 +97,8 @@ def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFram
     c = cells[~cells["suppressed"]].copy()
     c["size"] = pd.cut(c["real_n"], [19, 49, 99, 199, 10**9], labels=["20-49", "50-99", "100-199", "200+"])
     rows = []
-    for (d, p, m), g in c.groupby(["dataset", "protocol", "method"], sort=False):
-        row = {"dataset": d, "protocol": p, "method": m}
+    for (d, p, m, cal), g in c.groupby(["dataset", "protocol", "method", "calibration"], sort=False):
+        row = {"dataset": d, "protocol": p, "method": m, "calibration": cal}
         for size, gg in g.groupby("size", observed=False):
             row[f"tv n={size}"] = float(gg["tv"].mean()) if len(gg) else np.nan
             row[f"floor n={size}"] = float(gg["noise_floor_tv"].mean()) if len(gg) else np.nan
@@ -68,9 +107,8 @@ def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFram
                  + md_table(pd.DataFrame(rows)))
     parts.append("**Real-vs-real noise floor curve** (n real respondents vs the whole held-out set)\n\n"
                  + md_table(curve))
-    # per-subgroup detail for MoP and best baseline
     detail = cells[(cells["order"] <= 1) & ~cells["suppressed"]].pivot_table(
-        index=["dataset", "protocol", "cell", "real_n"], columns="method", values="tv").reset_index()
+        index=["dataset", "protocol", "calibration", "cell", "real_n"], columns="method", values="tv").reset_index()
     parts.append("**Per-subgroup TV (single attributes)**\n\n" + md_table(detail))
     return "\n\n".join(parts)
 
@@ -88,16 +126,14 @@ def verdicts(text: pd.DataFrame | None, summary: pd.DataFrame | None) -> list[st
                 lines.append(f"text {d} {m}: MoP {mine:.3f} vs best baseline {best} {base[best]:.3f} -> "
                              f"{'MoP wins' if wins else 'MoP LOSES'}")
     if summary is not None and len(summary):
-        for (d, p), g in summary.groupby(["dataset", "protocol"]):
+        for r in headline(summary).itertuples():
+            wins = r.mop < r.best_baseline
+            lines.append(f"survey {r.dataset} ({r.protocol}, calibration {r.calibration}) TV: MoP {r.mop:.3f} vs best "
+                         f"baseline {r.which} {r.best_baseline:.3f} -> {'MoP wins' if wins else 'MoP LOSES'}")
+        for (d, cal), g in summary[summary["protocol"] == "a"].groupby(["dataset", "calibration"]):
             g = g.set_index("method")
-            others = g.drop(index="mop")
-            best = others["tv"].idxmin()
-            mine = g.loc["mop", "tv"]
-            lines.append(f"survey {d} ({p}) TV: MoP {mine:.3f} vs best other {best} {others.loc[best, 'tv']:.3f} -> "
-                         f"{'MoP wins' if mine < others.loc[best, 'tv'] else 'MoP LOSES'}")
-            if p == "a":
-                for m in SURVEY_METHODS:
-                    if g.loc[m, "tv"] > g.loc["hot-deck", "tv"]:
-                        lines.append(f"survey {d} (a): {m} loses to hot-deck (TV {g.loc[m, 'tv']:.3f} vs "
-                                     f"{g.loc['hot-deck', 'tv']:.3f})")
+            for m in SURVEY_METHODS:
+                if m in g.index and "hot-deck" in g.index and g.loc[m, "tv"] > g.loc["hot-deck", "tv"]:
+                    lines.append(f"survey {d} (a, calibration {cal}): {m} loses to hot-deck (TV "
+                                 f"{g.loc[m, 'tv']:.3f} vs {g.loc['hot-deck', 'tv']:.3f})")
     return lines

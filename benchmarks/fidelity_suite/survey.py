@@ -1,5 +1,7 @@
 """The survey part of the fidelity benchmark: per-subgroup TV and representativeness with bootstrap CIs, the
-noise floor and the long-tail curve, under (a) new people (plus the hot-deck reference) and (b) new questions."""
+noise floor and the long-tail curve, under (a) new people (plus the hot-deck reference), (b) new questions and
+(c) new questions on a new answer scale; every method raw and with the same post-hoc calibration
+(``calibration.py``), and with ``ablation`` MoP's parts switched off one at a time on the same fit."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
 from popsim.sim.model import PopulationModel
 
+from .calibration import calibrated, calibration_rows, fit_calibration
 from .config import SURVEY_METHODS, estimator_settings
-from .data import SURVEYS, agent_rows, load_survey, split_items
+from .data import SURVEYS, agent_rows, load_survey, split_items, split_scales
 
 
 def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int, *,
@@ -100,49 +103,110 @@ def summarise_cells(cells: pd.DataFrame) -> dict:
             "worse_than_floor": int(ok["worse_than_floor"].sum()), "tv_max_cell": float(ok["tv"].max())}
 
 
+def _uniform_gate(model: PopulationModel, rng: np.random.Generator) -> None:
+    """Ablation: persona and exemplar drawn uniformly, each persona keeping its learned tau and MoP's offsets."""
+    taus = model.mop.temperatures_
+    for a in model.agents:
+        a.persona = int(rng.integers(len(taus)))
+        a.exemplar = int(rng.integers(len(model.mop.exemplars_)))
+        a.temperature = float(taus[a.persona])
+
+
+def _no_offsets(model: PopulationModel, rng: np.random.Generator) -> None:
+    """Ablation: MoP's draws without its internal learned option offsets."""
+    model.mop_option_bias = None
+
+
+def _tau_fixed(model: PopulationModel, rng: np.random.Generator) -> None:
+    """Ablation: MoP's draws at the initial temperature instead of the learned tau_k."""
+    for a in model.agents:
+        a.temperature = float(model.mop.settings_["tau_init"])
+
+
+# name -> (method the population runs, change made to it before its step)
+ABLATIONS = {"mop-uniform-gate": ("mop", _uniform_gate), "mop-no-offsets": ("mop", _no_offsets),
+             "mop-tau-fixed": ("mop", _tau_fixed)}
+
+
+def protocol_items(pop: Population, protocol: str, seed: int) -> tuple[set[str], set[str]]:
+    """(seen, asked) item ids: (a) all and all, (b) a seeded third held out, (c) whole answer scales held out."""
+    if protocol == "a":
+        every = {q.id for q in pop.questions}
+        return every, every
+    return (split_items if protocol == "b" else split_scales)(pop, seed)
+
+
+def _simulated(pop, agents, questions, method, mop, lm, seed, change) -> PopulationModel:
+    """A stepped population of ``agents`` for ``method`` (``change``, an ablation, applied before the step)."""
+    model = population_model(pop, agents, questions, method, mop, lm, seed)
+    if change is not None:
+        change(model, np.random.default_rng([seed, 17]))
+    model.step()
+    return model
+
+
 def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, out: Path, log):
-    """One survey under protocols (a) new people and (b) new questions: (summary, cells, noise curve, shares)."""
+    """One survey under protocols (a), (b), (c): (summary, cells, noise curve, shares); one summary row per
+    (protocol, method, calibration) with calibration ``none`` (raw) or ``posthoc`` (:mod:`.calibration`)."""
     pop = load_survey(name, cfg, seed, out, dev)
-    seen_b, unseen_b = split_items(pop, seed + (1 if dev else 0))
+    split_seed = seed + (1 if dev else 0)
     qmap = {q.id: q for q in pop.questions}
     agents = agent_rows(pop, seed)
     real = real_answers(pop)
     attrs = list(pop.attributes)
     summaries, all_cells, all_shares = [], [], []
     log(f"[{name}] train {len(pop.train)} respondents, held-out {len(pop.test)}, agents {len(agents)}; "
-        f"unseen items (b): {sorted(unseen_b)}")
-    for protocol, seen, asked in (("a", set(qmap), set(qmap)), ("b", seen_b, unseen_b)):
-        if protocol not in cfg["protocols"]:  # tuning one protocol: --set survey.protocols=b
+        f"unseen items (b): {sorted(protocol_items(pop, 'b', split_seed)[1])}, "
+        f"(c): {sorted(protocol_items(pop, 'c', split_seed)[1])}")
+    for protocol in cfg["protocols"]:  # tuning one protocol: --set survey.protocols=b
+        seen, asked = protocol_items(pop, protocol, split_seed)
+        if not asked:
+            log(f"[{name}/{protocol}] skipped: every item is on one answer scale, so no new scale to hold out")
             continue
         t = time.perf_counter()
-        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol == "b")
+        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol != "a")
         log(f"[{name}/{protocol}] fitted in {time.perf_counter() - t:.0f} s; tau="
             f"{np.round(mop.temperatures_, 3).tolist()}; personas: {[p.text[:50] for p in mop.personas_]}")
         questions = [qmap[q] for q in qmap if q in asked]
+        seen_questions = [qmap[q] for q in qmap if q in seen]
         options = {q.id: q.option_labels for q in questions}
-        synths = {}
-        for method in SURVEY_METHODS:
+        cal_rows = calibration_rows(pop, mop, cfg["calibration_agents"], seed) if cfg["calibrate"] else None
+        # a subset of the methods (--set survey.methods=mop,uniform), e.g. for a quick check; default all
+        methods = cfg["methods"].split(",") if cfg.get("methods") else SURVEY_METHODS
+        variants = [(m, m, None) for m in methods]
+        if cfg.get("ablation"):
+            variants += [(v, method, change) for v, (method, change) in ABLATIONS.items()]
+        synths: dict[tuple[str, str], pd.DataFrame] = {}
+        for variant, method, change in variants:
             t = time.perf_counter()
-            synths[method] = simulate(pop, agents, questions, method, mop, lm, seed)
-            log(f"[{name}/{protocol}] {method:>12} simulated in {time.perf_counter() - t:.0f} s")
-        if protocol == "a":
+            model = _simulated(pop, agents, questions, method, mop, lm, seed, change)
+            synths[(variant, "none")] = wide_with_attributes(model.responses(), pop, agents)
+            note = ""
+            if cal_rows is not None:
+                cal_model = _simulated(pop, cal_rows, seen_questions, method, mop, lm, seed, change)
+                cal = fit_calibration(cal_model, cal_rows, pop, seen)
+                synths[(variant, "posthoc")] = wide_with_attributes(calibrated(model, cal), pop, agents)
+                note = f"; calibration {cal.describe()}"
+            log(f"[{name}/{protocol}] {variant:>16} simulated in {time.perf_counter() - t:.0f} s{note}")
+        if protocol == "a":  # the hot-deck copies real answers: the same rows under either calibration
             donors = pop.train.rename(columns={f"q_{q}": q for q in qmap})
             attr_cols = [f"attr_{a}" for a in attrs]
-            synths["hot-deck"] = hot_deck(donors, agents[attr_cols], [f"attr_{a}" for a in SURVEYS[name]],
-                                          list(qmap), np.random.default_rng([seed, 5]))
-        for method, synth in synths.items():
-            keys = {"dataset": name, "protocol": protocol, "method": method}
+            deck = hot_deck(donors, agents[attr_cols], [f"attr_{a}" for a in SURVEYS[name]], list(qmap),
+                            np.random.default_rng([seed, 5]))
+            for calibration in {c for _, c in synths}:
+                synths[("hot-deck", calibration)] = deck
+        for (method, calibration), synth in synths.items():
+            keys = {"dataset": name, "protocol": protocol, "method": method, "calibration": calibration}
             cells = _keyed(cell_fidelity(synth, real, options, attrs, max_order=cfg["max_order"],
                                          n_boot=cfg["n_boot"], seed=seed), keys)
             all_cells.append(cells)
             all_shares.append(_keyed(question_shares(synth, real, options), keys))
             s = summarise_cells(cells)
             dist = synth[list(options)].stack().value_counts(normalize=True)
-            s.update({"dataset": name, "protocol": protocol, "method": method,
-                      "top_answer": f"{dist.index[0]} ({dist.iloc[0]:.2f})"})
+            s.update({**keys, "top_answer": f"{dist.index[0]} ({dist.iloc[0]:.2f})"})
             summaries.append(s)
-            log(f"[{name}/{protocol}] {method:>12}: TV {s['tv']:.3f} (all {s['tv_all']:.3f} {s['tv_all_ci']}), "
-                f"repr {s['representativeness']:.3f}, floor {s['noise_floor']:.3f}")
+            log(f"[{name}/{protocol}] {method:>16} {calibration:>7}: TV {s['tv']:.3f} (all {s['tv_all']:.3f} "
+                f"{s['tv_all_ci']}), repr {s['representativeness']:.3f}, floor {s['noise_floor']:.3f}")
     cells = pd.concat(all_cells, ignore_index=True)
     dist_real = real[list(qmap)].stack().value_counts(normalize=True)
     log(f"[{name}] real top answer: {dist_real.index[0]} ({dist_real.iloc[0]:.2f})")

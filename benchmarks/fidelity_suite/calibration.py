@@ -1,0 +1,106 @@
+"""Post-hoc calibration that every survey method gets alike, so that a comparison of methods compares their
+answers and not who was calibrated.
+
+A method's calibration is fitted from its OWN answers: it simulates ``calibration_agents`` training
+respondents (drawn by weight; respondents in MoP's exemplar pool left out, so nobody is shown their own
+answers), on the items the fit saw, exactly as ``simulation.option_bias: learned`` does in
+``popsim/runner.py`` (``learn_option_bias``). From those answers it learns
+
+- one sharpness ``s`` per method (a softmax temperature 1/s on the option log-probabilities), chosen on a grid
+  by the likelihood of what the calibration agents' real respondents answered, and
+- at that ``s``, option offsets per answer scale (:class:`popsim.sim.calibration.OptionBias`) that make the
+  calibration answers' mean option probabilities match the training respondents' weighted shares.
+
+The calibrated answer of an agent is drawn again from ``softmax(s * log p + b)`` with the agent's own answer
+stream (the raw answer came from the same stream), so raw and calibrated scores differ only by the
+calibration. On a scale no seen item uses (protocol (c)) there are no offsets; only ``s`` transfers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.special import log_softmax
+
+from popsim.data import Population
+from popsim.sim.calibration import OptionBias, answer_shares
+from popsim.sim.model import PopulationModel
+
+# the sharpness grid: s = 1 / temperature from 0.1 to 4 (log-spaced, 1.0 included): MoP's tau_k ~0.6 and the
+# baselines' tau 1 can each be too sharp or too flat for the LM's option probabilities
+SHARPNESS = 2.0 ** (np.arange(-13, 9) / 4)  # 0.105 ... 4, steps of 2^(1/4)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One method's learned sharpness and option offsets; :meth:`adjust` applies them to option probabilities."""
+
+    sharpness: float
+    bias: OptionBias
+    log_likelihood: float  # mean log-likelihood of the calibration agents' real answers at the chosen fit
+
+    def adjust(self, options, probs: np.ndarray) -> np.ndarray:
+        logp = self.sharpness * np.log(np.clip(np.asarray(probs, dtype=float), 1e-9, None))
+        z = log_softmax(self.bias.shift(options, log_softmax(logp)))
+        return np.exp(z)
+
+    def describe(self) -> str:
+        return f"s={self.sharpness:.2f} (tau x{1 / self.sharpness:.2f}), {len(self.bias.offsets)} scales offset"
+
+
+def calibration_rows(pop: Population, mop, n: int, seed: int) -> pd.DataFrame:
+    """``n`` training respondents drawn by weight, those in MoP's exemplar pool left out (as the runner does)."""
+    train = pop.train
+    if mop is not None and len(mop.exemplars_.groups):
+        outside = ~train["id"].astype(str).isin({str(g) for g in mop.exemplars_.groups})
+        train = train[outside] if outside.any() else train
+    p = train["weight"].to_numpy(float)
+    idx = np.random.default_rng([seed, 2]).choice(len(train), size=n, replace=n > len(train), p=p / p.sum())
+    return train.iloc[idx].reset_index(drop=True)
+
+
+def fit_calibration(model: PopulationModel, rows: pd.DataFrame, pop: Population, seen: set[str]) -> Calibration:
+    """Fit a method's calibration from ``model`` (its population of calibration agents ``rows``, stepped once
+    on the ``seen`` items) against the training respondents' weighted shares on those items."""
+    questions = [model.question_by_id[q] for q in model.question_by_id if q in seen]
+    target = answer_shares(pop.train, questions, pop.train["weight"].to_numpy())
+    scales, probs, real = [], [], []
+    for r in model.responses().itertuples():
+        truth = rows.at[r.agent, f"q_{r.question}"]
+        if r.question not in seen or r.probs is None or pd.isna(truth):
+            continue  # only the items each calibration respondent really answered
+        scale = tuple(model.question_by_id[r.question].option_labels)
+        scales.append(scale)
+        probs.append(np.array([r.probs[o] for o in scale], dtype=float))
+        real.append(scale.index(truth))
+    best = None
+    for s in SHARPNESS:
+        sharp = [np.exp(log_softmax(s * np.log(np.clip(p, 1e-9, None)))) for p in probs]
+        bias = OptionBias.fit(list(zip(scales, sharp, strict=True)), target)
+        cal = Calibration(float(s), bias, 0.0)
+        ll = float(np.mean([np.log(max(cal.adjust(sc, p)[k], 1e-12)) for sc, p, k in zip(scales, probs, real,
+                                                                                         strict=True)]))
+        if best is None or ll > best.log_likelihood:
+            best = Calibration(float(s), bias, ll)
+    assert best is not None
+    return best
+
+
+def redraw(model: PopulationModel, responses: pd.DataFrame, reweigh) -> pd.DataFrame:
+    """Each answer drawn again from its own random stream (as the model drew it) from
+    ``reweigh(response row, question, option probabilities)``: the same draws, other probabilities."""
+    rows = []
+    for r in responses.itertuples():
+        q = model.question_by_id[r.question]
+        p = np.asarray(reweigh(r, q, np.array([r.probs[o] for o in q.option_labels], dtype=float)), dtype=float)
+        rng = model.answer_rng(r.agent, r.round, r.question)
+        rows.append({"agent": r.agent, "round": r.round, "question": r.question,
+                     "answer": q.option_labels[int(rng.choice(len(p), p=p / p.sum()))]})
+    return pd.DataFrame(rows)
+
+
+def calibrated(model: PopulationModel, cal: Calibration) -> pd.DataFrame:
+    """``model``'s answers drawn again, on the same streams, from the calibrated probabilities."""
+    return redraw(model, model.responses(), lambda r, q, p: cal.adjust(q.option_labels, p))
