@@ -12,6 +12,7 @@ second or two.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import os
 import shutil
@@ -79,8 +80,6 @@ def _embedded_file(name: str) -> Path:
 def _assembled_source(name: str) -> ModelSource:
     """An assembled model's source: where its package's ``assemble()`` puts the GGUF (it may not be there
     yet) and the sha256 the package publishes; a missing package is a one-line error naming the extra."""
-    import importlib
-
     dist_name, module_name, extra = ASSEMBLED_LMS[name]
     try:
         module = importlib.import_module(module_name)
@@ -177,8 +176,6 @@ def convert_gguf(source: ModelSource) -> Path:
 
 def _assemble(source: ModelSource) -> None:
     """Write an assembled model's GGUF from its package's chunks (or check the sha256 of the one there)."""
-    import importlib
-
     gguf = Path(source.location) / str(source.gguf_file)
     try:
         importlib.import_module(str(source.assembler)).assemble(gguf)
