@@ -92,6 +92,7 @@ def test_real_gemma_follows_a_transcript_exemplar(gemma):
         assert p.argmax() == i, (options[i], p)
 
 
+@pytest.mark.slow
 def test_real_gemma_writes_a_review_that_ends_at_the_blank_line(gemma):
     prompt = build_prompt("You are a tea lover who writes short, warm reviews.",
                           ("a food product (id B001) that you rate as great", "Lovely tea, smooth and fresh."),
