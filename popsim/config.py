@@ -252,7 +252,8 @@ class SimulationConfig(_Strict):
 
 
 class LMConfig(_Strict):
-    name: str = Field("smollm2-135m-instruct", description="Embedded name, local folder/.gguf, or HF id.")
+    name: str = Field("smollm2-135m-instruct", description="Embedded name (smollm2-135m-instruct; gemma-3-270m "
+                      "with the gemma extra), local folder/.gguf, or HF id.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 where native.")
     batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass.")

