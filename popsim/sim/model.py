@@ -29,6 +29,7 @@ from popsim.lm.base import LanguageModel, Prompt
 from popsim.mop.model import MixtureOfPersonas
 from popsim.mop.prompts import PromptStyle, build_prompt
 from popsim.sim.agent import PersonaAgent, Request
+from popsim.sim.arms import ArmPlan
 from popsim.sim.calibration import OptionBias
 
 __all__ = ["PopulationModel", "assign_mixture"]
@@ -85,6 +86,8 @@ class PopulationModel(mesa.Model):
             (:class:`~popsim.sim.calibration.OptionBias`); ``None``: the LM's own probabilities. With
             ``method="mop"`` and a MoP fitted with ``learn_option_offsets``, its offsets are added first
             (:attr:`mop_option_bias`: the gates were trained against them), then these.
+        arms: a survey experiment's arms by name (:mod:`popsim.sim.arms`); an agent whose profile has an
+            ``arm`` is asked that arm's question variants, with its preamble/information before each question.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class PopulationModel(mesa.Model):
         draws: Mapping[str, Sequence] | None = None,
         active: Collection[int] | None = None,
         option_bias: OptionBias | None = None,
+        arms: Mapping[str, ArmPlan] | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -126,6 +130,7 @@ class PopulationModel(mesa.Model):
         self.progress = progress
         self.active = None if active is None else frozenset(int(i) for i in active)
         self.option_bias = option_bias
+        self.arms = dict(arms or {})
         offsets = mop.option_offsets_ if method == "mop" and mop is not None else {}
         self.mop_option_bias = OptionBias(offsets) if offsets else None
         self.round = 0
@@ -154,7 +159,15 @@ class PopulationModel(mesa.Model):
                     self.by_id[agent].probs[(round_, question)] = probs
 
     # ------------------------------------------------------------------ prompts
+    def question_for(self, agent: PersonaAgent, question: QuestionSpec) -> QuestionSpec:
+        """The question as ``agent`` is asked it: its experiment arm's wording and option order, if any."""
+        plan = self.arms.get(agent.profile.get("arm")) if self.arms else None
+        return question if plan is None else plan.question(question)
+
     def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "") -> Prompt:
+        plan = self.arms.get(agent.profile.get("arm")) if self.arms else None
+        if plan is not None and plan.context:
+            neighbours = plan.context + ("\n" + neighbours if neighbours else "")
         persona = None if agent.persona < 0 or self.mop is None else self.mop.personas_[agent.persona].text
         exemplar = None
         if agent.exemplar >= 0 and self.mop is not None:
