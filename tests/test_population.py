@@ -163,3 +163,19 @@ def test_real_lm_run_carries_weights_into_responses_summary_and_report(raked_run
     for option, share in sim[["option", "share"]].itertuples(index=False):
         expected = natfare.loc[natfare["answer"] == option, "weight"].sum() / natfare["weight"].sum()
         assert share == pytest.approx(expected)
+
+
+def test_real_lm_synthetic_population_from_margins_alone(tmp_path):
+    """Profiles built from the margins (no respondent row), answered by the real SmolLM2, weighted to the targets."""
+    scenario = scenario_with(tmp_path, {"mode": "synthetic", "margins": {"sex": SEX, "race": RACE}},
+                             agents=10, lm="smollm2-135m-instruct")
+    result = runner.run(scenario, verbose=False)
+    agents = result.responses.drop_duplicates("agent").reset_index(drop=True)
+    assert agents["attr_party"].isna().all()  # only the margins' attributes describe a synthetic agent
+    w = agents["weight"].to_numpy(float)
+    for column, targets in (("attr_sex", SEX), ("attr_race", RACE)):
+        for cat, target in targets.items():
+            assert abs(weighted_share(agents, column, cat, w) - target) <= 0.01
+    profiles = pd.read_parquet(result.run_dir / "agents.parquet")["profile"]
+    assert all("party" not in p and "sex:" in p and "race:" in p for p in profiles)
+    assert set(result.responses["answer"]) <= {"too little", "about right", "too much"}
