@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from popsim.exceptions import ScenarioError
 from popsim.mop.presets import resolve_preset
+from popsim.population_config import ExperimentsConfig, PopulationConfig, check_experiments, check_population
 from popsim.schema_errors import explain, one_line, parse_yaml
 
 __all__ = [
@@ -296,6 +297,9 @@ class Scenario(_Strict):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     lm: LMConfig = Field(default_factory=LMConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    population: PopulationConfig | None = Field(None, description="Whom the agents stand for: the respondents "
+                                                "(default), raked to target margins, or synthetic profiles.")
+    experiments: ExperimentsConfig | None = Field(None, description="A randomised survey experiment's arms.")
     output: str | None = Field(None, description="Run directory (default runs/<name>).")
     base_dir: str = Field(".", description="Set by the loader: folder of the scenario file.")
 
@@ -324,6 +328,8 @@ class Scenario(_Strict):
             if not any(q.column and not q.free_text for q in self.questions):
                 raise ValueError("simulation.option_bias: learned needs at least one multiple-choice question "
                                  "with a data `column` to learn from; add one or set option_bias: none")
+        check_population(self)
+        check_experiments(self)
         return self
 
     @property

@@ -10,7 +10,8 @@ A run directory is the unit of output and of resumption:
     responses.parquet  one row per (agent, round, question) with option probabilities and attributes
     agents.parquet     one row per agent: profile, persona, exemplar, temperature
     summary.csv        answer shares per question x subgroup, with n
-    heldout.parquet    the real held-out respondents (for `popsim report --real`)
+    heldout.parquet    the real held-out respondents (for `popsim report --real`; raked weights with margins)
+    population.json    target vs achieved margins, design effect and effective n (``population:`` set)
 
 Every file is written atomically; a run stopped by Ctrl-C or kill -9 continues where it stopped when the
 same command is rerun, losing and duplicating nothing. The folder's bookkeeping (who may write in it, the
@@ -40,7 +41,9 @@ from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.population import AgentDraw, draw_agents
 from popsim.rundir import RunDirectory, fit_key
+from popsim.sim.arms import arm_plans, assign_arms
 from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel
 from popsim.sim.network import build_network
@@ -192,17 +195,41 @@ def _profiles(population: Population, rows: pd.DataFrame) -> tuple[pd.DataFrame,
     return profiles, [profile_text(r, population.attributes) for _, r in rows.iterrows()]
 
 
-def _agent_profiles(scenario: Scenario, population: Population | None) -> tuple[pd.DataFrame, list[str]]:
-    """Agents' profiles sampled from the held-out population (honouring survey weights), seeded."""
+def _agent_profiles(scenario: Scenario, population: Population | None
+                    ) -> tuple[pd.DataFrame, list[str], AgentDraw | None]:
+    """Agents' profiles, seeded: survey agents carry a ``weight`` (and an ``arm`` in an experiment); drawn
+    from the held-out respondents by survey weight, or as the ``population:`` section says (then also
+    returned: the draw with its margins)."""
     rng = np.random.default_rng([scenario.seed, 1])
     n = scenario.simulation.agents
     if scenario.kind == "survey":
         assert population is not None
-        return _profiles(population, _draw_respondents(scenario, population.test, n, rng, "held-out"))
+        pop, draw = scenario.population, None
+        if pop is not None and (pop.mode != "respondents" or pop.oversample):
+            draw = draw_agents(scenario, population, n, rng)
+            profiles, texts = _profiles(population, draw.profiles)
+            profiles["weight"] = draw.profiles["weight"].to_numpy()
+        else:
+            profiles, texts = _profiles(population, _draw_respondents(scenario, population.test, n, rng, "held-out"))
+            profiles["weight"] = 1.0  # drawn by survey weight already
+        if scenario.experiments is not None:
+            profiles["arm"] = assign_arms(scenario.experiments, n, scenario.seed)
+        return profiles, texts, draw
     _, test = review_records(scenario)
     idx = rng.choice(len(test), size=n, replace=n > len(test))
     contexts = [test.contexts[i] for i in idx]
-    return pd.DataFrame({"context": contexts}), contexts
+    return pd.DataFrame({"context": contexts}), contexts, None
+
+
+def _print_population(draw: AgentDraw) -> None:
+    """Target vs achieved (weighted) margins, the weights' design effect and effective sample size."""
+    table = draw.margins.copy()
+    for col in ("target", "achieved", "unweighted"):
+        table[col] = table[col].round(3)
+    print("population margins (target vs achieved with the agents' weights):")
+    print(table.to_string(index=False))
+    print(f"weights: design effect (Kish) {draw.design_effect:.2f}, effective sample size {draw.effective_n:.1f} "
+          f"of {len(draw.profiles)} agents")
 
 
 def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageModel,
@@ -271,7 +298,10 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     method = scenario.simulation.method
     needs_mop = method not in {"no-persona", "silicon"}
     run_dir, population = _checked_inputs(scenario, needs_mop=needs_mop)
-    profiles, texts = _agent_profiles(scenario, population)
+    profiles, texts, draw = _agent_profiles(scenario, population)
+    if workers is not None and scenario.experiments is not None:
+        raise PopsimError("experiments run in one process for now; drop --workers for a scenario with "
+                          "`experiments`")
     network = (build_network(scenario.simulation.network, len(profiles), seed=scenario.seed,
                              base_dir=scenario.base_dir) if scenario.simulation.network else None)
     lm = lm or _load_lm(scenario)
@@ -281,6 +311,10 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         mop = saved_model(scenario, lm, encoder, run_dir)  # a corrupt saved model stops us here
     prepare_run_dir(scenario, run_dir)
     _manifest(scenario, run_dir, status="running")
+    if draw is not None:
+        atomic_write_json(run_dir / "population.json", draw.summary())
+        if verbose:
+            _print_population(draw)
     timings["load"] = time.perf_counter() - t0
     if needs_mop and mop is None and encoder is not None:
         t = time.perf_counter()
@@ -305,6 +339,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
         done=done, on_chunk=folder.part_writer(), progress=verbose, option_bias=option_bias,
         option_order=scenario.simulation.option_order, exemplars_per_agent=scenario.mop.exemplars_per_agent,
+        arms=arm_plans(scenario.experiments, questions) if scenario.experiments else None,
     )
     if workers is not None:
         from popsim.sim.distributed import simulate_on_ray
@@ -330,6 +365,8 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     if population is not None:
         held = population.test.rename(columns={c: c.removeprefix("q_") for c in population.test.columns
                                                if c.startswith("q_")})
+        if draw is not None and draw.heldout_weights is not None:
+            held["weight"] = draw.heldout_weights  # the real respondents stand for the same target population
         atomic_write_parquet(run_dir / "heldout.parquet", held)
     timings["total"] = time.perf_counter() - t0
     _manifest(scenario, run_dir, status="complete", timings=timings, lm_calls=model.lm_calls,
@@ -350,7 +387,8 @@ def _final_responses(parts: pd.DataFrame, model: PopulationModel, profiles: pd.D
 
 
 def summarise(responses: pd.DataFrame, attribute_columns: list[str]) -> pd.DataFrame:
-    """Answer shares per question x subgroup (each attribute value and 'all'), with n, last round only."""
+    """Answer shares per question x subgroup (each attribute value and 'all'), with n, last round only; shares
+    are weighted by the agents' ``weight`` column when there is one."""
     if responses.empty:
         return pd.DataFrame(columns=["question", "subgroup", "answer", "share", "n"])
     last = responses[responses["round"] == responses["round"].max()]
@@ -358,10 +396,12 @@ def summarise(responses: pd.DataFrame, attribute_columns: list[str]) -> pd.DataF
     groupings = [("all", None)] + [(c.removeprefix("attr_"), c) for c in attribute_columns]
     for name, col in groupings:
         keys = ["question"] + ([col] if col else [])
-        counts = last.groupby(keys + ["answer"], dropna=True).size().rename("count").reset_index()
-        totals = counts.groupby(keys)["count"].transform("sum")
-        counts["share"] = (counts["count"] / totals).round(4)
-        counts["n"] = totals
+        weight = last["weight"] if "weight" in last.columns else pd.Series(1.0, index=last.index)
+        grouped = last.assign(_w=weight).groupby(keys + ["answer"], dropna=True)["_w"]
+        counts = grouped.size().rename("count").reset_index()
+        counts["_w"] = grouped.sum().to_numpy()
+        counts["share"] = (counts["_w"] / counts.groupby(keys)["_w"].transform("sum")).round(4)
+        counts["n"] = counts.groupby(keys)["count"].transform("sum")
         counts["subgroup"] = "all" if col is None else name + "=" + counts[col].astype(str)
         frames.append(counts[["question", "subgroup", "answer", "share", "n"]])
     return pd.concat(frames, ignore_index=True)

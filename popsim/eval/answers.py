@@ -88,7 +88,8 @@ def question_shares(
 
     ``runs`` maps a method to its wide respondent table (one row per agent, question columns of answer labels,
     ``attr_*`` columns; see :func:`popsim.eval.subgroups.respondent_table`); ``real`` is the wide held-out
-    table, weighted by ``weights_col`` when present. Groups are "all" and, with ``by``, each value of that
+    table, weighted by ``weights_col`` when present; a method's agents count by their ``weight`` column when
+    present. Groups are "all" and, with ``by``, each value of that
     attribute. Columns: question, group, source, option, share (0-1), n (respondents who answered),
     eff_n (Kish), band_low / band_high (the real share's 95% Wilson band at eff_n; NaN for methods) and
     suppressed (fewer than ``min_n`` real respondents answered in the group: too few to compare).
@@ -116,9 +117,11 @@ def question_shares(
                 mask = np.ones(len(frame), bool)
                 if col is not None:
                     mask = (_as_labels(frame[_attr_column(frame, col)]) == value).to_numpy()
-                ps, ns, _ = _shares(frame.loc[mask, question], opts, np.ones(int(mask.sum())))
+                agent_w = (pd.to_numeric(frame["weight"]).to_numpy(float)[mask] if "weight" in frame.columns
+                           else np.ones(int(mask.sum())))
+                ps, ns, eff_s = _shares(frame.loc[mask, question], opts, agent_w)
                 rows += [dict(question=question, group=group, source=method, option=o, share=ps[k], n=ns,
-                              eff_n=float(ns), band_low=np.nan, band_high=np.nan, suppressed=suppressed)
+                              eff_n=eff_s, band_low=np.nan, band_high=np.nan, suppressed=suppressed)
                          for k, o in enumerate(opts)]
     return pd.DataFrame(rows, columns=_SHARE_COLUMNS)
 

@@ -52,11 +52,12 @@ def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.
         for q, opts in options.items():
             if q not in ref.columns:
                 continue
-            s = sim.loc[sim["question"] == q, "answer"]
+            s = sim.loc[sim["question"] == q]
             r = ref[[q, "weight"]].dropna()
             if len(s) == 0 or len(r) == 0:
                 continue
-            p = weighted_distribution(s.to_numpy(object), opts)
+            w = s["weight"].to_numpy(float) if "weight" in s.columns else None  # agents' weights, if any
+            p = weighted_distribution(s["answer"].to_numpy(object), opts, w)
             tvs.append(total_variation(p, weighted_distribution(r[q].to_numpy(object), opts, r["weight"].to_numpy())))
         if tvs:
             rows.append({"subgroup": name, "sim_n": int(sim["agent"].nunique()), "real_n": len(ref),
@@ -130,8 +131,43 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
     if real_frame is None:
         real_frame = pd.read_parquet(first / "heldout.parquet")
     out_dir = Path(out) if out else first / "report"
+    extra = _extra_sections(run_dirs, responses, options, config)
+    responses = {m: _control_arm(f, config) for m, f in responses.items()}
     paths = scorers[kind](responses, _in_label_order(real_frame, config), options, attributes, out_dir, by=by,
-                          wording=wording)
+                          wording=wording, extra_sections=extra)
     print(f"\nReport: {paths['report_html']} (and report.md, CSV tables and figures in "
           f"{paths['report_html'].parent})")
     return 0
+
+
+def _extra_sections(run_dirs: list[str], responses: dict[str, pd.DataFrame], options: dict, config: dict) -> list:
+    """The first run's population section (target margins) and survey-experiment section, when it has them."""
+    from popsim.eval.experiments import experiment_effects, experiment_section
+    from popsim.eval.population import population_section
+
+    sections = []
+    population = population_section(run_dirs[0])
+    if population is not None:
+        sections.append(population)
+    frame = next(iter(responses.values()))
+    if "arm" in frame.columns and config.get("experiments"):
+        spec = config["experiments"]
+        control = spec.get("control") or spec["arms"][0]["name"]
+        result = experiment_effects(frame, options, control=control,
+                                    by=[c.removeprefix("attr_") for c in frame.columns if c.startswith("attr_")],
+                                    seed=int(config.get("seed", 0)))
+        wording = {q["id"]: q["text"] for q in config.get("questions", []) if q.get("text")}
+        note = (f"The sections above compare the control arm ({control}), asked the scenario's own wording, with "
+                "the real respondents; this section compares the arms with each other.")
+        sections.append(experiment_section(result, wording=wording, description=[note]))
+    return sections
+
+
+def _control_arm(frame: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """In a survey experiment, the agents compared with real respondents: the control arm's, who were asked
+    the scenario's own wording, as the real respondents were (the experiment section reads every arm)."""
+    spec = config.get("experiments")
+    if not spec or "arm" not in frame.columns:
+        return frame
+    control = spec.get("control") or spec["arms"][0]["name"]
+    return frame[frame["arm"].astype(str) == control]

@@ -49,7 +49,8 @@ _NOTES = (
     "Split-half floor: the TV between two random halves of the real group (real vs real), about 1.4x the "
     "size-matched floor.",
     "Real answer shares are weighted by the survey weights; their 95% band is the Wilson interval at Kish's "
-    "effective sample size. Simulated agents count once each.",
+    "effective sample size. Simulated agents count by their weights (a run aimed at target margins, or with small "
+    "cells oversampled), else once each.",
 )
 
 _WORST_LABELS = {

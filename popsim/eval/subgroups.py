@@ -4,7 +4,8 @@ A *cell* is the whole population (``"all"``), one attribute value (``"sex=female
 (``"sex=female & race=black"``). Cells are taken from the values observed in the real table. Both tables
 are one row per respondent: question columns hold answer labels, attribute columns are named
 ``attr_<name>``; a long ``responses.parquet`` frame is turned into that shape by :func:`respondent_table`
-(last round only). Real figures honour survey weights; synthetic respondents count once each.
+(last round only). Real figures honour survey weights; synthetic respondents count by their ``weight``
+column when the run has one (a run aimed at target margins or oversampling small cells), else once each.
 
 Uncertainty (seeded, ``n_boot`` replicates per cell):
 
@@ -49,7 +50,7 @@ __all__ = [
     "split_half_noise_floor",
 ]
 
-_AGENT_COLUMNS = ("persona", "exemplar", "temperature")
+_AGENT_COLUMNS = ("persona", "exemplar", "temperature", "weight", "arm")
 _MAX_BOOT_CELLS = 4_000_000  # replicate x respondent entries held at once
 
 
@@ -99,7 +100,8 @@ def respondent_table(responses: pd.DataFrame, *, round: int | None = None) -> pd
     """One row per agent from a long ``responses`` frame (one row per agent, round, question).
 
     Keeps round ``round`` (default: the last round); question ids become columns of answer labels; the
-    ``attr_*``, ``persona``, ``exemplar`` and ``temperature`` columns are taken from each agent's first row.
+    ``attr_*``, ``persona``, ``exemplar``, ``temperature``, ``weight`` and ``arm`` columns are taken from each
+    agent's first row.
     A frame without ``agent``/``question``/``answer`` columns is taken to be wide already and returned copied.
     """
     if not {"agent", "question", "answer"} <= set(responses.columns):
@@ -152,6 +154,7 @@ class _Prepared(NamedTuple):
     real_codes: np.ndarray  # (n_real, n_questions), -1 = missing / not an option
     synth_codes: np.ndarray
     cells: list[Cell]
+    synth_weights: np.ndarray  # the agents' weights (ones when the run has none)
 
 
 def _check_options(options: Mapping[str, Sequence[Any]]) -> dict[str, list[str]]:
@@ -198,8 +201,9 @@ def _prepare(synth, real, options, attributes, max_order, weights_col) -> _Prepa
         if col in synth_w.columns:
             s[col] = synth_w[col].to_numpy()
     cells = subgroup_cells(r, [f"attr_{_short(a)}" for a in attributes], max_order=max_order)
+    sw = _weights(synth_w, "weight") if "weight" in synth_w.columns else np.ones(len(s))
     return _Prepared(r, s, questions, opts, _weights(real, weights_col), _codes(r, questions, opts),
-                     _codes(s, questions, opts), cells)
+                     _codes(s, questions, opts), cells, sw)
 
 
 def _point_rows(p: _Prepared, cell: Cell, min_n: int, mr: np.ndarray, ms: np.ndarray) -> list[dict[str, Any]]:
@@ -215,7 +219,7 @@ def _point_rows(p: _Prepared, cell: Cell, min_n: int, mr: np.ndarray, ms: np.nda
         if not row["suppressed"] and w[ok_r].sum() > 0 and ok_s.any():
             opts = p.options[q]
             pr = weighted_distribution(p.real.loc[mr, q].to_numpy(), opts, w)
-            ps = weighted_distribution(p.synth.loc[ms, q].to_numpy(), opts)
+            ps = weighted_distribution(p.synth.loc[ms, q].to_numpy(), opts, p.synth_weights[ms])
             row["tv"], row["js"] = total_variation(pr, ps), js_distance(pr, ps)
             row["representativeness"] = representativeness(pr, ps) if len(opts) > 1 else np.nan
         rows.append(row)
@@ -274,9 +278,14 @@ def _resample(rng: np.random.Generator, n_draws: int, n_rows: int, size: int, p:
     return rng.multinomial(n_draws, pvals, size=size).astype(float)
 
 
-def _cell_bootstrap(rc, w, sc, ks, n_boot, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Question-mean TV replicates: (observed resampled, perfect-simulator null), each of length n_boot."""
+def _cell_bootstrap(rc, w, sc, ks, n_boot, rng, sw=None) -> tuple[np.ndarray, np.ndarray]:
+    """Question-mean TV replicates: (observed resampled, perfect-simulator null), each of length n_boot.
+
+    ``sw``: the agents' weights; the perfect simulator then draws as many agents as their Kish effective n.
+    """
     n_r, n_s = rc.shape[0], sc.shape[0]
+    sw = np.ones(n_s) if sw is None else sw
+    n_perfect = max(1, int(round(kish_effective_n(sw)))) if sw.sum() > 0 else n_s
     h_r = [_onehot(rc[:, j], k) for j, k in enumerate(ks)]
     h_s = [_onehot(sc[:, j], k) for j, k in enumerate(ks)]
     obs, null = [], []
@@ -284,8 +293,8 @@ def _cell_bootstrap(rc, w, sc, ks, n_boot, rng) -> tuple[np.ndarray, np.ndarray]
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         real_rs = _resample(rng, n_r, n_r, b) * w
-        synth_rs = _resample(rng, n_s, n_s, b)
-        perfect = _resample(rng, n_s, n_r, b, w / w.sum())
+        synth_rs = _resample(rng, n_s, n_s, b) * sw
+        perfect = _resample(rng, n_perfect, n_r, b, w / w.sum())
         obs.append(_qmean(np.stack([_tv_rows(_norm(real_rs @ hr), _norm(synth_rs @ hs))
                                     for hr, hs in zip(h_r, h_s)], axis=1)))
         null.append(_qmean(np.stack([_tv_rows(_norm(real_rs @ hr), _norm(perfect @ hr)) for hr in h_r], axis=1)))
@@ -336,7 +345,7 @@ def cell_fidelity(
             row["representativeness"] = float(per_q.loc[qmask, "representativeness"].mean())
             rng = np.random.default_rng([seed, i])
             obs, null = _cell_bootstrap(p.real_codes[mr][:, qmask], w, p.synth_codes[ms][:, qmask],
-                                        [k for k, ok in zip(ks, qmask) if ok], n_boot, rng)
+                                        [k for k, ok in zip(ks, qmask) if ok], n_boot, rng, p.synth_weights[ms])
             low, high = row["tv"] + np.nanpercentile(obs - np.nanmean(obs), [2.5, 97.5])
             row["tv_ci_low"], row["tv_ci_high"] = float(np.clip(low, 0, 1)), float(np.clip(high, 0, 1))
             row["noise_floor_tv"] = float(np.nanmean(null))

@@ -72,6 +72,7 @@ class PersonaAgent(mesa.Agent):
         for q in model.questions:
             if (round_, q.id) in self.answers:
                 continue
+            q = model.question_for(self, q)
             neighbours = model.neighbour_summary(self, q.id, round_) if round_ > 1 else ""
             if q.free_text:
                 prompt = model.prompt_for(self, q, neighbours)
@@ -86,7 +87,7 @@ class PersonaAgent(mesa.Agent):
     def answer(self, round_: int, question: str, probs: np.ndarray | None, text: str | None) -> str:
         """Record the answer: sample an option from ``probs`` with this agent's own seeded stream."""
         if probs is not None:
-            q = self.model.question_by_id[question]
+            q = self.model.question_for(self, self.model.question_by_id[question])
             rng = self.model.answer_rng(self.person_id, round_, question)
             choice = int(rng.choice(len(probs), p=probs))
             text = q.option_labels[choice]

@@ -30,6 +30,7 @@ from popsim.mop.model import MixtureOfPersonas
 from popsim.mop.prompts import PromptStyle, build_prompt
 from popsim.option_order import Order, orders_for
 from popsim.sim.agent import PersonaAgent, Request
+from popsim.sim.arms import ArmPlan
 from popsim.sim.calibration import OptionBias
 
 __all__ = ["PopulationModel", "assign_mixture"]
@@ -116,6 +117,8 @@ class PopulationModel(mesa.Model):
             (agent, question), or averaged over the forward and reversed listing.
         exemplars_per_agent: exemplars each agent holds and is shown (``mop.exemplars_per_agent``); the
             first is the paper's draw, the others more draws from the same Omega_k(x) without replacement.
+        arms: a survey experiment's arms by name (:mod:`popsim.sim.arms`); an agent whose profile has an
+            ``arm`` is asked that arm's question variants, with its preamble/information before each question.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class PopulationModel(mesa.Model):
         option_bias: OptionBias | None = None,
         option_order: str = "unlisted",
         exemplars_per_agent: int = 1,
+        arms: Mapping[str, ArmPlan] | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -160,6 +164,7 @@ class PopulationModel(mesa.Model):
         self.active = None if active is None else frozenset(int(i) for i in active)
         self.option_bias = option_bias
         self.option_order = option_order
+        self.arms = dict(arms or {})
         offsets = mop.option_offsets_ if method == "mop" and mop is not None else {}
         self.mop_option_bias = OptionBias(offsets) if offsets else None
         self.round = 0
@@ -192,6 +197,11 @@ class PopulationModel(mesa.Model):
                     self.by_id[agent].probs[(round_, question)] = probs
 
     # ------------------------------------------------------------------ prompts
+    def question_for(self, agent: PersonaAgent, question: QuestionSpec) -> QuestionSpec:
+        """The question as ``agent`` is asked it: its experiment arm's wording and option order, if any."""
+        plan = self.arms.get(agent.profile.get("arm")) if self.arms else None
+        return question if plan is None else plan.question(question)
+
     def option_orders(self, agent: PersonaAgent, question: QuestionSpec) -> list[Order | None]:
         """The option orders ``agent`` is shown for ``question`` (its own seeded draw when shuffled)."""
         return orders_for(self.option_order, len(question.option_labels), seed=self.seed, who=agent.person_id,
@@ -199,6 +209,9 @@ class PopulationModel(mesa.Model):
 
     def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "",
                    order: Order | None = None) -> Prompt:
+        plan = self.arms.get(agent.profile.get("arm")) if self.arms else None
+        if plan is not None and plan.context:
+            neighbours = plan.context + ("\n" + neighbours if neighbours else "")
         persona = None if agent.persona < 0 or self.mop is None else self.mop.personas_[agent.persona].text
         exemplars = []
         if agent.exemplar >= 0 and self.mop is not None:
