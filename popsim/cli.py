@@ -97,6 +97,12 @@ def _print_run(result) -> None:
     if table is not None:
         print("\nSimulated vs real held-out answers, by subgroup (mean total variation over questions):")
         print(table.to_string(index=False))
+    if (result.run_dir / "text_fidelity.csv").is_file():
+        import pandas as pd
+
+        from popsim.eval.text_fidelity import printed
+
+        print(printed(pd.read_csv(result.run_dir / "text_fidelity.csv")))
     print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
           + f"; LM calls: {result.lm_calls}")
 

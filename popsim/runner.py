@@ -10,7 +10,8 @@ A run directory is the unit of output and of resumption:
     responses.parquet  one row per (agent, round, question) with option probabilities and attributes
     agents.parquet     one row per agent: profile, persona, exemplar, temperature
     summary.csv        answer shares per question x subgroup, with n
-    heldout.parquet    the real held-out respondents (for `popsim report --real`)
+    heldout.parquet    the real held-out respondents (for `popsim report --real`), or texts (reviews)
+    text_fidelity.csv  reviews: generated vs held-out real texts beside the real-vs-real floor (and .json)
 
 Every file is written atomically; a run stopped by Ctrl-C or kill -9 continues where it stopped when the
 same command is rerun, losing and duplicating nothing. The folder's bookkeeping (who may write in it, the
@@ -33,7 +34,15 @@ import pandas as pd
 import torch
 
 from popsim.config import QuestionSpec, Scenario, config_hash
-from popsim.data import Population, load_population, profile_text, review_records, survey_exemplars, survey_records
+from popsim.data import (
+    Population,
+    load_population,
+    profile_text,
+    review_records,
+    review_split,
+    survey_exemplars,
+    survey_records,
+)
 from popsim.embed import SentenceEncoder
 from popsim.exceptions import DataError, ModelLoadError, PopsimError
 from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
@@ -127,8 +136,9 @@ def prompt_style(scenario: Scenario) -> PromptStyle:
     style = PromptStyle.reviews()
     if scenario.reviews is None:
         return style
+    system = style.system if scenario.reviews.system is None else scenario.reviews.system
     return replace(style, persona_in_system=scenario.reviews.persona_in_system,
-                   exemplar_turn=scenario.reviews.exemplar_turn)
+                   exemplar_turn=scenario.reviews.exemplar_turn, system=system)
 
 
 def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
@@ -199,10 +209,9 @@ def _agent_profiles(scenario: Scenario, population: Population | None) -> tuple[
     if scenario.kind == "survey":
         assert population is not None
         return _profiles(population, _draw_respondents(scenario, population.test, n, rng, "held-out"))
-    _, test = review_records(scenario)
-    idx = rng.choice(len(test), size=n, replace=n > len(test))
-    contexts = [test.contexts[i] for i in idx]
-    return pd.DataFrame({"context": contexts}), contexts
+    _, test = review_split(scenario)
+    rows = test.iloc[rng.choice(len(test), size=n, replace=n > len(test))].reset_index(drop=True)
+    return rows.drop(columns="text"), list(rows["context"])
 
 
 def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageModel,
@@ -329,6 +338,14 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         held = population.test.rename(columns={c: c.removeprefix("q_") for c in population.test.columns
                                                if c.startswith("q_")})
         atomic_write_parquet(run_dir / "heldout.parquet", held)
+    else:  # reviews: the held-out real texts, then the generated ones scored against them
+        from popsim.eval.text_fidelity import write_text_fidelity  # popsim.eval loads the plotting stack
+
+        atomic_write_parquet(run_dir / "heldout.parquet", review_split(scenario)[1].reset_index(drop=True))
+        t = time.perf_counter()
+        encoder = encoder or SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
+        write_text_fidelity(run_dir, encoder.encode, seed=scenario.seed)
+        timings["text_fidelity"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     _manifest(scenario, run_dir, status="complete", timings=timings, lm_calls=model.lm_calls,
               n_responses=len(responses), method=method,
