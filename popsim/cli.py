@@ -103,6 +103,9 @@ def _print_run(result) -> None:
         from popsim.eval.text_fidelity import printed
 
         print(printed(pd.read_csv(result.run_dir / "text_fidelity.csv")))
+    elif "text_fidelity" in result.timings:
+        print("\nToo few texts to score against the held-out real ones (at least 10 generated and 20 real); "
+              "raise simulation.agents")
     print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
           + f"; LM calls: {result.lm_calls}")
 

@@ -129,3 +129,23 @@ def test_real_smollm_review_run_writes_no_assistant_identity_and_is_scored(smoll
     assert ("as close to the real texts" in html) or ("further from the real texts" in html)
     saved = pd.read_csv(result.run_dir / "report" / "text_fidelity.csv")
     assert saved["fid"].iloc[0] == pytest.approx(table["fid"].iloc[0])  # the report scores as the run did
+
+
+def test_a_review_run_too_small_to_score_finishes_and_says_so(tmp_path, capsys):
+    """Four agents are too few for the table: the run still completes, writes its held-out texts, no table."""
+    from pathlib import Path
+
+    from popsim import runner
+    from popsim.cli import _print_run
+    from popsim.config import load_scenario
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "reviews.yaml"
+    scenario = load_scenario(path, {"lm.name": "hash-lm", "data.max_rows": 120, "simulation.agents": 4,
+                                    "mop.n_personas": 2, "mop.n_exemplars": 8, "mop.max_train_records": 8,
+                                    "mop.epochs": 1, "output": str(tmp_path / "run")})
+    result = runner.run(scenario, verbose=False)
+    assert not (result.run_dir / "text_fidelity.csv").exists()
+    held = pd.read_parquet(result.run_dir / "heldout.parquet")
+    assert len(held) == 36 and {"context", "text", "attr_rating", "attr_context"} <= set(held.columns)
+    _print_run(result)
+    assert "Too few texts to score" in capsys.readouterr().out

@@ -245,10 +245,16 @@ def run_texts(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def write_text_fidelity(run_dir: str | Path, embed: Callable[[Sequence[str]], np.ndarray], *,
-                        seed: int = 0) -> pd.DataFrame:
-    """Score a review run and write ``text_fidelity.csv`` and ``text_fidelity.json`` into its folder."""
+                        seed: int = 0) -> pd.DataFrame | None:
+    """Score a review run and write ``text_fidelity.csv`` and ``text_fidelity.json`` into its folder; a run
+    with too few texts to score gets neither (and None), not an error after its texts were written."""
     run_dir = Path(run_dir)
-    table = text_fidelity(*run_texts(run_dir), embed, seed=seed)
+    try:
+        table = text_fidelity(*run_texts(run_dir), embed, seed=seed)
+    except DataError:
+        for name in ("text_fidelity.csv", "text_fidelity.json"):
+            (run_dir / name).unlink(missing_ok=True)  # a stale table of an earlier, larger run
+        return None
     atomic_write_text(run_dir / "text_fidelity.csv", table.to_csv(index=False))
     atomic_write_json(run_dir / "text_fidelity.json", table.to_dict(orient="records"))
     return table
