@@ -64,7 +64,8 @@ def main() -> None:
                     "assistant_opening": np.mean([bool(ASSISTANT_OPENINGS.search(t)) for t in texts]),
                     **{k: row[k] for k in ("fid", "fid_floor", "mauve", "mauve_floor", "kl_cosine", "kl_cosine_floor",
                                            "distinct1", "distinct1_real", "words", "words_real")}})
-        print(f"--- {name}:", *[t[:100].replace("\n", " ") for t in texts[:5]], sep="\n  ", flush=True)
+        print(f"--- {name}:", *[t[:100].replace("\n", " ") for t in texts[:5]], sep="\n  ")
+        print(pd.DataFrame(out[-1:]).round(4).to_string(index=False), flush=True)
     print(pd.DataFrame(out).round(4).to_string(index=False))
 
 
