@@ -101,6 +101,15 @@ def _print_run(result) -> None:
     if table is not None:
         print("\nSimulated vs real held-out answers, by subgroup (mean total variation over questions):")
         print(table.to_string(index=False))
+    if (result.run_dir / "text_fidelity.csv").is_file():
+        import pandas as pd
+
+        from popsim.eval.text_fidelity import printed
+
+        print(printed(pd.read_csv(result.run_dir / "text_fidelity.csv")))
+    elif "text_fidelity" in result.timings:
+        print("\nToo few texts to score against the held-out real ones (at least 10 generated and 20 real); "
+              "raise simulation.agents")
     print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
           + f"; LM calls: {result.lm_calls}")
 

@@ -135,6 +135,11 @@ class ReviewsSpec(_Strict):
     exemplar_turn: bool = Field(
         False, description="Show the exemplar as an earlier exchange (the model's own answer to the exemplar's "
         "task) instead of quoting it; SmolLM2 imitates it more (docs/experiments.md).")
+    system: str | None = Field(
+        None, description="The chat's system message when persona_in_system is false. Default: \"You are a person "
+        "writing a review in your own words.\" (without one, a chat template inserts the model's own identity, "
+        "e.g. SmolLM2's \"helpful AI assistant named SmolLM\", and the texts speak as it); \"\" keeps the "
+        "template's default.")
 
 
 class MopConfig(_Strict):

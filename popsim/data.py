@@ -22,7 +22,7 @@ from popsim.records import ExemplarPool, Records
 from popsim.survey_files import LABELLED_SUFFIXES, FileLabels, missing_for, read_labelled, remove_missing, rule_name
 
 __all__ = ["load_table", "Population", "load_population", "profile_text", "survey_records", "survey_exemplars",
-           "review_records"]
+           "review_split", "review_records"]
 
 
 def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
@@ -294,8 +294,12 @@ def _scale_covering_pick(questions: list[QuestionSpec], n: int, rng: np.random.G
     return np.array((covering + rest)[:n])
 
 
-def review_records(scenario: Scenario) -> tuple[Records, Records]:
-    """Reviews: x = the rendered context (item, rating), y = the review cut to ``max_words``; train/test."""
+def review_split(scenario: Scenario) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reviews as two tables, train and held-out test, one row per review: ``context`` (the rendered
+    context x), ``text`` (the review cut to ``max_words``), and ``attr_rating`` / ``attr_context`` (the
+    ``reviews.rating_column`` / ``reviews.context_column`` values) when those columns are set; the index is
+    the review's position among the usable ones (MoP's record groups). The one place the split is drawn:
+    MoP's records, the agents' contexts and the held-out texts all come from it."""
     spec = scenario.reviews
     assert spec is not None
     frame = load_table(scenario.data.source, base_dir=scenario.base_dir)
@@ -307,13 +311,27 @@ def review_records(scenario: Scenario) -> tuple[Records, Records]:
     rating = (_require_column(frame, spec.rating_column, "reviews.rating_column").astype(str)
               if spec.rating_column else pd.Series([""] * len(frame), index=frame.index))
     cleaned = text.str.replace("<br />", " ", regex=False).str.split().str[: spec.max_words].str.join(" ")
-    contexts = [render_template(spec.context_template, {"context": c, "rating": r})
-                for c, r in zip(context, rating, strict=True)]
-    keep = cleaned.str.len().to_numpy() > 0
-    attrs = pd.DataFrame({"rating": rating.to_numpy()}) if spec.rating_column else None
-    records = Records([c for c, k in zip(contexts, keep, strict=True) if k], list(cleaned[keep]),
-                      attributes=None if attrs is None else attrs[keep].reset_index(drop=True))
-    rng = np.random.default_rng(scenario.seed)
-    order = rng.permutation(len(records))
-    n_test = int(round(scenario.data.test_fraction * len(records)))
-    return records.subset(np.sort(order[n_test:])), records.subset(np.sort(order[:n_test]))
+    table = pd.DataFrame({
+        "context": [render_template(spec.context_template, {"context": c, "rating": r})
+                    for c, r in zip(context, rating, strict=True)],
+        "text": cleaned.to_numpy()})
+    if spec.rating_column:
+        table["attr_rating"] = rating.to_numpy()
+    if spec.context_column:
+        table["attr_context"] = context.to_numpy()
+    table = table[cleaned.str.len().to_numpy() > 0].reset_index(drop=True)
+    if table.empty:
+        raise DataError(f"every review in `reviews.text_column` '{spec.text_column}' is empty; check the column")
+    order = np.random.default_rng(scenario.seed).permutation(len(table))
+    n_test = int(round(scenario.data.test_fraction * len(table)))
+    return table.iloc[np.sort(order[n_test:])], table.iloc[np.sort(order[:n_test])]
+
+
+def review_records(scenario: Scenario) -> tuple[Records, Records]:
+    """Reviews: x = the rendered context (item, rating), y = the review cut to ``max_words``; train/test
+    (:func:`review_split`)."""
+    return tuple(  # type: ignore[return-value]
+        Records(list(t["context"]), list(t["text"]), groups=t.index.to_numpy(),
+                attributes=t[["attr_rating"]].rename(columns={"attr_rating": "rating"}).reset_index(drop=True)
+                if "attr_rating" in t.columns else None)
+        for t in review_split(scenario))

@@ -12,6 +12,8 @@ A run directory is the unit of output and of resumption:
     summary.csv        answer shares per question x subgroup, with n
     heldout.parquet    the real held-out respondents (for `popsim report --real`; raked weights with margins)
     population.json    target vs achieved margins, design effect and effective n (``population:`` set)
+    heldout.parquet    the real held-out respondents (for `popsim report --real`), or texts (reviews)
+    text_fidelity.csv  reviews: generated vs held-out real texts beside the real-vs-real floor (and .json)
 
 Every file is written atomically; a run stopped by Ctrl-C or kill -9 continues where it stopped when the
 same command is rerun, losing and duplicating nothing. The folder's bookkeeping (who may write in it, the
@@ -34,7 +36,15 @@ import pandas as pd
 import torch
 
 from popsim.config import QuestionSpec, Scenario, config_hash
-from popsim.data import Population, load_population, profile_text, review_records, survey_exemplars, survey_records
+from popsim.data import (
+    Population,
+    load_population,
+    profile_text,
+    review_records,
+    review_split,
+    survey_exemplars,
+    survey_records,
+)
 from popsim.embed import SentenceEncoder
 from popsim.exceptions import DataError, ModelLoadError, PopsimError
 from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
@@ -130,8 +140,9 @@ def prompt_style(scenario: Scenario) -> PromptStyle:
     style = PromptStyle.reviews()
     if scenario.reviews is None:
         return style
+    system = style.system if scenario.reviews.system is None else scenario.reviews.system
     return replace(style, persona_in_system=scenario.reviews.persona_in_system,
-                   exemplar_turn=scenario.reviews.exemplar_turn)
+                   exemplar_turn=scenario.reviews.exemplar_turn, system=system)
 
 
 def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
@@ -215,10 +226,9 @@ def _agent_profiles(scenario: Scenario, population: Population | None
         if scenario.experiments is not None:
             profiles["arm"] = assign_arms(scenario.experiments, n, scenario.seed)
         return profiles, texts, draw
-    _, test = review_records(scenario)
-    idx = rng.choice(len(test), size=n, replace=n > len(test))
-    contexts = [test.contexts[i] for i in idx]
-    return pd.DataFrame({"context": contexts}), contexts, None
+    _, test = review_split(scenario)
+    rows = test.iloc[rng.choice(len(test), size=n, replace=n > len(test))].reset_index(drop=True)
+    return rows.drop(columns="text"), list(rows["context"]), None
 
 
 def _print_population(draw: AgentDraw) -> None:
@@ -368,6 +378,14 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         if draw is not None and draw.heldout_weights is not None:
             held["weight"] = draw.heldout_weights  # the real respondents stand for the same target population
         atomic_write_parquet(run_dir / "heldout.parquet", held)
+    else:  # reviews: the held-out real texts, then the generated ones scored against them
+        from popsim.eval.text_fidelity import write_text_fidelity  # popsim.eval loads the plotting stack
+
+        atomic_write_parquet(run_dir / "heldout.parquet", review_split(scenario)[1].reset_index(drop=True))
+        t = time.perf_counter()
+        encoder = encoder or SentenceEncoder(scenario.encoder.name, cache_path=cache_dir() / "embeddings.sqlite")
+        write_text_fidelity(run_dir, encoder.encode, seed=scenario.seed)
+        timings["text_fidelity"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     _manifest(scenario, run_dir, status="complete", timings=timings, lm_calls=model.lm_calls,
               n_responses=len(responses), method=method,

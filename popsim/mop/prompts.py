@@ -36,9 +36,12 @@ from typing import Literal
 
 from popsim.lm.base import Chat, Prompt
 
-__all__ = ["PromptStyle", "build_prompt", "INSTRUCTION"]
+__all__ = ["PromptStyle", "build_prompt", "INSTRUCTION", "REVIEWER"]
 
 INSTRUCTION = "You embody the persona in the description to complete the task."
+REVIEWER = "You are a person writing a review in your own words."
+"""The reviews' system message: without one, SmolLM2's template makes the writer "a helpful AI assistant named
+SmolLM, trained by Hugging Face", and its reviews open as that assistant (docs/experiments.md, 2026-12-06)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class PromptStyle:
         exemplar_turn: ``chat`` only: the exemplar is an earlier exchange of the conversation (the task for
             x_j as a user turn, y_j as the assistant's answer) instead of a sentence ("You have written ...")
             inside the prompt; a small chat model imitates its own earlier answer more closely.
+        system: ``chat`` only, with ``persona_in_system=False``: the system message. A chat template given
+            none inserts the model's own identity (SmolLM2: "You are a helpful AI assistant named SmolLM,
+            trained by Hugging Face"), which the model then writes as; ``""`` leaves the template's default.
     """
 
     kind: Literal["chat", "transcript"] = "chat"
@@ -67,6 +73,7 @@ class PromptStyle:
     plain_intro: str = "Review of"
     persona_in_system: bool = False
     exemplar_turn: bool = False
+    system: str = ""
 
     @classmethod
     def survey(cls) -> PromptStyle:
@@ -76,7 +83,7 @@ class PromptStyle:
     def reviews(cls) -> PromptStyle:
         """Paper wording; contexts name the item, e.g. "a movie you rate 8/10" or "the movie Heat"."""
         return cls(kind="chat", exemplar_intro="You have written a review for",
-                   task_intro="Please write a review for")
+                   task_intro="Please write a review for", system=REVIEWER)
 
 
 Exemplar = tuple[str, str]
@@ -114,7 +121,7 @@ def build_prompt(
             return Chat(messages=(("system", "\n\n".join(parts)), *turns), plain=plain)
         if parts:
             turns[0] = ("user", "\n\n".join([*parts, turns[0][1]]))
-        return Chat(messages=tuple(turns), plain=plain)
+        return Chat(messages=((("system", style.system),) if style.system else ()) + tuple(turns), plain=plain)
     for _, y_j in pairs:
         parts.append(style.exemplar_intro + "\n" + y_j.strip())
     return "\n\n".join(parts) + "\n\n" + context.rstrip() + "\nA:"
