@@ -17,6 +17,8 @@ import pandas as pd
 
 from popsim.config import QuestionSpec, Scenario, _code
 from popsim.exceptions import DataError
+from popsim.questionnaire import apply_skip_logic, multi_select_answers
+from popsim.questions import expand_items
 from popsim.records import ExemplarPool, Records
 from popsim.survey_files import LABELLED_SUFFIXES, FileLabels, missing_for, read_labelled, remove_missing, rule_name
 
@@ -87,7 +89,7 @@ class Population:
     train: pd.DataFrame
     test: pd.DataFrame
     attributes: list[str]
-    questions: list[QuestionSpec]
+    questions: list[QuestionSpec]  # the asked items (a multi_select question: one yes/no item per option)
     missing_removed: dict[str, dict[str, int]] = field(default_factory=dict)  # rule -> question id -> answers
 
 
@@ -155,6 +157,13 @@ def load_population(scenario: Scenario) -> Population:
                                                spec, name)
     removed: dict[str, dict[str, int]] = {}
     for q in scenario.questions:
+        if q.type == "multi_select" and q.columns is not None:
+            answers, counts = multi_select_answers(frame, q, missing_for(q, cfg.missing), labels.options)
+            for rule, n in counts.items():
+                removed.setdefault(rule, {})[q.id] = n
+            for item, values in answers.items():
+                out[f"q_{item}"] = values
+            continue
         if q.column is None:
             continue
         values = _require_column(frame, q.column, f"questions[{q.id}].column")
@@ -172,7 +181,8 @@ def load_population(scenario: Scenario) -> Population:
         for rule, n in counts.items():
             removed.setdefault(rule, {})[q.id] = n
         out[f"q_{q.id}"] = values if q.free_text else _label_answers(values, q)
-    out = out.reset_index(drop=True)
+    items = expand_items(scenario.questions)
+    out = apply_skip_logic(out, [q for q in items if f"q_{q.id}" in out.columns]).reset_index(drop=True)
     rng = np.random.default_rng(scenario.seed)
     is_test = np.zeros(len(out), dtype=bool)
     is_test[rng.permutation(len(out))[: int(round(cfg.test_fraction * len(out)))]] = True
@@ -180,7 +190,7 @@ def load_population(scenario: Scenario) -> Population:
         raise DataError(f"data.source '{cfg.source}' has {len(out)} rows, too few to split with "
                         f"data.test_fraction {cfg.test_fraction}; use more rows (data.max_rows) or another fraction")
     return Population(out, out[~is_test].reset_index(drop=True), out[is_test].reset_index(drop=True),
-                      list(cfg.attributes), list(scenario.questions), removed)
+                      list(cfg.attributes), items, removed)
 
 
 def render_template(template: str, values: dict[str, str]) -> str:

@@ -55,8 +55,8 @@ class PersonaAgent(mesa.Agent):
         model = self.model
         out = []
         for q in model.questions:
-            if (round_, q.id) in self.answers:
-                continue
+            if (round_, q.id) in self.answers or model.asked(self, q, round_) is not True:
+                continue  # answered, not asked (ask_if not met), or waiting for an answer its ask_if tests
             neighbours = model.neighbour_summary(self, q.id, round_) if round_ > 1 else ""
             prompt = model.prompt_for(self, q, neighbours)
             options = None if q.free_text else tuple(q.option_labels)

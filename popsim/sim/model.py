@@ -28,6 +28,7 @@ from popsim.data import survey_context
 from popsim.lm.base import LanguageModel, Prompt
 from popsim.mop.model import MixtureOfPersonas
 from popsim.mop.prompts import PromptStyle, build_prompt
+from popsim.questions import SkipLogic
 from popsim.sim.agent import PersonaAgent, Request
 from popsim.sim.calibration import OptionBias
 
@@ -113,6 +114,7 @@ class PopulationModel(mesa.Model):
         self.seed = seed
         self.questions = list(questions)
         self.question_by_id = {q.id: q for q in self.questions}
+        self.skip_logic = SkipLogic(self.questions)
         self.lm = lm
         self.mop = mop
         self.method = method
@@ -179,13 +181,29 @@ class PopulationModel(mesa.Model):
         counts = Counter(answers).most_common()
         return "People you know answered: " + ", ".join(f"{a} ({c})" for a, c in counts) + "."
 
+    def asked(self, agent: PersonaAgent, question: QuestionSpec, round_: int) -> bool | None:
+        """Whether ``agent`` is asked ``question`` this round under its ``ask_if`` (None: an item the condition
+        tests is still unanswered). Items before ``question`` that the agent was not asked count as settled."""
+        if question.ask_if is None:
+            return True
+        answers: dict[str, str | None] = {}
+        for item in self.questions:
+            if item.id == question.id:
+                break
+            if (round_, item.id) in agent.answers:
+                answers[item.id] = agent.answers[(round_, item.id)]
+            elif self.skip_logic.asked(item, answers, agent.profile) is False:
+                answers[item.id] = None
+        return self.skip_logic.asked(question, answers, agent.profile)
+
     def answer_rng(self, agent: int, round_: int, question: str) -> np.random.Generator:
         q = zlib.crc32(question.encode())
         return np.random.default_rng(np.random.SeedSequence([self.seed, agent, round_, q]))
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> None:
-        """One round: every agent answers every question it has not answered yet."""
+        """One round: every agent answers every question it has not answered yet and is asked (``ask_if``:
+        questions whose condition tests earlier answers wait for them, in a later batch of the same chunk)."""
         self.round += 1
         agents = sorted(self.agents, key=lambda a: a.person_id)
         if self.active is not None:
@@ -193,11 +211,11 @@ class PopulationModel(mesa.Model):
         chunks = [agents[i : i + self.chunk_agents] for i in range(0, len(agents), self.chunk_agents)]
         bar = tqdm(total=len(agents), desc=f"round {self.round}", disable=not self.progress, unit="agent")
         for chunk in chunks:
-            requests = [r for a in chunk for r in a.requests(self.round)]
-            if requests:
-                rows = self.answer(requests)
-                if self.on_chunk is not None:
-                    self.on_chunk(rows)
+            rows = []
+            while requests := [r for a in chunk for r in a.requests(self.round)]:  # ask_if: wave after wave
+                rows += self.answer(requests)
+            if rows and self.on_chunk is not None:
+                self.on_chunk(rows)
             bar.update(len(chunk))
         bar.close()
         self.datacollector.collect(self)
