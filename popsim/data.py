@@ -17,8 +17,8 @@ import pandas as pd
 
 from popsim.config import QuestionSpec, Scenario, _code
 from popsim.exceptions import DataError
-from popsim.questionnaire import apply_skip_logic, multi_select_answers
-from popsim.questions import expand_items
+from popsim.questionnaire import apply_skip_logic, multi_select_answers, ranking_answers
+from popsim.questions import expand_items, item_options
 from popsim.records import ExemplarPool, Records
 from popsim.survey_files import LABELLED_SUFFIXES, FileLabels, missing_for, read_labelled, remove_missing, rule_name
 
@@ -157,8 +157,9 @@ def load_population(scenario: Scenario) -> Population:
                                                spec, name)
     removed: dict[str, dict[str, int]] = {}
     for q in scenario.questions:
-        if q.type == "multi_select" and q.columns is not None:
-            answers, counts = multi_select_answers(frame, q, missing_for(q, cfg.missing), labels.options)
+        if q.type in ("multi_select", "ranking") and q.columns is not None:
+            read = multi_select_answers if q.type == "multi_select" else ranking_answers
+            answers, counts = read(frame, q, missing_for(q, cfg.missing), labels.options)
             for rule, n in counts.items():
                 removed.setdefault(rule, {})[q.id] = n
             for item, values in answers.items():
@@ -220,7 +221,7 @@ def survey_context(profile: str, question: QuestionSpec, neighbours: str = "") -
 
 
 def _mc_questions(population: Population, ids: set[str] | None = None) -> list[QuestionSpec]:
-    return [q for q in population.questions if not q.free_text and q.column is not None
+    return [q for q in population.questions if not q.free_text and f"q_{q.id}" in population.train.columns
             and (ids is None or q.id in ids)]
 
 
@@ -236,7 +237,7 @@ def survey_records(population: Population, *, question_ids: set[str] | None = No
                 continue
             contexts.append(survey_context(profile, q))
             responses.append(str(answer))
-            options.append(tuple(q.option_labels))
+            options.append(item_options(q, {p.id: row[f"q_{p.id}"] for p in population.questions}))
             groups.append(row["id"])
             weights.append(row["weight"])
             gate.append(profile)

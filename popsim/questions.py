@@ -6,7 +6,11 @@ A question is asked as one or more *items*, each a single-choice question the LM
 * ``multi_select`` ("select all that apply"): one yes/no item per option, id ``<question>[<option>]``,
   "Q: <text> Do you select "<option>"? A: Yes/No", each drawn on its own (the LM scores every option
   independently, as a respondent ticks boxes one by one); the share choosing an option is its items' "Yes"
-  share, compared with the real share option by option (each a 2-way distribution).
+  share, compared with the real share option by option (each a 2-way distribution);
+* ``ranking``: ranked the way people rank by hand, top first: position items ``<question>[#1]``,
+  ``[#2]``, ... ask "Which one do you rank first?" over all options, then "... second?" over the options
+  not yet ranked, and so on; the option left last takes the last rank, so every option gets a distinct rank.
+  Evaluation scores each option's rank distribution (:func:`popsim.questionnaire.scored_items`).
 
 ``ask_if`` makes a question conditional, as in a questionnaire's skip logic. A condition tests an
 attribute of the respondent or the answer to an earlier question::
@@ -30,8 +34,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-__all__ = ["QuestionSpec", "Condition", "SkipLogic", "expand_items", "check_questionnaire", "YES", "NO",
-           "item_parent"]
+__all__ = ["QuestionSpec", "Condition", "SkipLogic", "expand_items", "item_options", "rank_position",
+           "check_questionnaire", "YES", "NO", "item_parent"]
 
 YES, NO = "Yes", "No"
 """The options of a multi_select item."""
@@ -103,13 +107,15 @@ class Condition(_Strict):
         else:
             yield self
 
-    def describe(self) -> str:
-        """The condition in words, e.g. "sep_beds is not Never"."""
+    def describe(self, labels: Mapping[str, Mapping[str, str]] | None = None) -> str:
+        """The condition in words, e.g. "sep_beds is not Never" (``labels``: question -> code -> wording)."""
         if self.all is not None or self.any is not None:
             join = " and " if self.all is not None else " or "
-            return "(" + join.join(c.describe() for c in (self.all or self.any or [])) + ")"
+            return "(" + join.join(c.describe(labels) for c in (self.all or self.any or [])) + ")"
         verb = "is" if self.in_ is not None else "is not"
-        return f"{self.question or self.attribute} {verb} {' or '.join(self.in_ or self.not_in or [])}"
+        words = (labels or {}).get(self.question or "", {})
+        return f"{self.question or self.attribute} {verb} " + " or ".join(
+            words.get(v, v) for v in self.in_ or self.not_in or [])
 
 
 class QuestionSpec(_Strict):
@@ -118,15 +124,16 @@ class QuestionSpec(_Strict):
     id: str = Field(description="Short unique id, used in outputs.")
     text: str = Field(description="The question as asked (on an SPSS/Stata/SAS file: the variable label if left "
                       "out).")
-    type: Literal["single", "scale", "multi_select"] = Field(
+    type: Literal["single", "scale", "multi_select", "ranking"] = Field(
         "single", description="single: choose one option; scale: choose one point of an ordered scale (options "
         "or `points`, low to high; the report adds mean scores); multi_select: select all that apply (one yes/no "
-        "item per option, data in one column per option, see `columns`).")
+        "item per option, data in one column per option, see `columns`); ranking: order the options (asked "
+        "top first, then the next among those left; data: one rank column per option, see `columns`).")
     column: str | None = Field(None, description="Data column with real answers (omit for a new question).")
     columns: dict[str, str] | None = Field(
         None, description="multi_select: option (wording or code) -> the data column saying whether it was chosen "
         "(empty, 0, No or False = not chosen; anything else = chosen; a respondent whose cells are all empty "
-        "gave no answer).")
+        "gave no answer); ranking: option -> the column holding its rank (1 = first).")
     options: dict[str, str] | list[str] | None = Field(
         None, description="Answer codes -> wording (ordered: ordinal metrics use this order), or a list of "
         "wordings when the data holds the wording itself. Omit for a free-text question, or on an SPSS/Stata/SAS "
@@ -191,9 +198,11 @@ class QuestionSpec(_Strict):
             raise ValueError(f"{where} needs options, or free_text: true")
         if self.options is not None and len(self.option_labels) != len(set(self.option_labels)):
             raise ValueError(f"{where} has duplicate option wordings; give each option its own wording")
-        if self.type == "multi_select":
+        if self.type == "ranking" and len(self.option_labels) < 2:
+            raise ValueError(f"{where} is a ranking: give at least two options to rank")
+        if self.type in ("multi_select", "ranking"):
             if self.column is not None:
-                raise ValueError(f"{where} is multi_select: its data is one column per option; replace `column` "
+                raise ValueError(f"{where} is {self.type}: its data is one column per option; replace `column` "
                                  "with `columns: {option: column, ...}`")
             if self.columns is not None:
                 known = set(self.code_to_label) | set(self.option_labels)
@@ -206,8 +215,8 @@ class QuestionSpec(_Strict):
                 if left:
                     raise ValueError(f"{where}: `columns` has no column for option '{left[0]}'; add one per option")
         elif self.columns is not None:
-            raise ValueError(f"{where}: `columns` (one data column per option) is for type: multi_select; use "
-                             "`column`, or set type: multi_select")
+            raise ValueError(f"{where}: `columns` (one data column per option) is for type: multi_select or "
+                             "ranking; use `column`, or set the type")
         return self
 
     @property
@@ -223,7 +232,7 @@ class QuestionSpec(_Strict):
         return {label: label for label in self.option_labels}
 
     def option_columns(self) -> dict[str, str]:
-        """multi_select: option wording -> its data column (empty without data)."""
+        """multi_select / ranking: option wording -> its data column (empty without data)."""
         return {self.code_to_label.get(k, k): c for k, c in (self.columns or {}).items()}
 
     @property
@@ -250,14 +259,31 @@ def _item_text(text: str, option: str) -> str:
     return f'{text} Do you select "{option}"?'
 
 
-def expand_items(questions: Sequence[QuestionSpec]) -> list[QuestionSpec]:
-    """The items the simulator asks and evaluation scores, in questionnaire order (see the module docstring).
+_ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
 
-    A multi_select question becomes one yes/no item per option (``column``: that option's data column); every
-    other question is its own item. Items keep their question's ``ask_if``.
+
+def rank_position(item: str) -> int | None:
+    """n for a ranking's position item ``q[#n]``, else None."""
+    _, option = item_parent(item)
+    return int(option[1:]) if option and option.startswith("#") and option[1:].isdigit() else None
+
+
+def expand_items(questions: Sequence[QuestionSpec]) -> list[QuestionSpec]:
+    """The items the simulator asks, in questionnaire order (see the module docstring).
+
+    A multi_select question becomes one yes/no item per option (``column``: that option's data column); a
+    ranking of k options becomes k - 1 position items ``q[#1]`` ... (which option comes first, then next among
+    those left: :func:`item_options`; the last is what remains); every other question is its own item. Items
+    keep their question's ``ask_if``.
     """
     items = []
     for q in questions:
+        if q.type == "ranking":
+            for n in range(1, len(q.option_labels)):
+                place = _ORDINALS[n - 1] if n <= len(_ORDINALS) else f"number {n}"
+                items.append(QuestionSpec(id=item_id(q.id, f"#{n}"), text=f"{q.text.strip()} Which one do you rank "
+                                          f"{place}?", options=q.option_labels, ask_if=q.ask_if))
+            continue
         if q.type != "multi_select":
             items.append(q)
             continue
@@ -266,6 +292,17 @@ def expand_items(questions: Sequence[QuestionSpec]) -> list[QuestionSpec]:
             items.append(QuestionSpec(id=item_id(q.id, option), text=_item_text(q.text, option),
                                       column=columns.get(option), options=[YES, NO], ask_if=q.ask_if))
     return items
+
+
+def item_options(item: QuestionSpec, answers: Mapping[str, str | None]) -> tuple[str, ...]:
+    """The options an item is asked with: a ranking position's options less those ranked before it (by the
+    same respondent or agent, ``answers``: item id -> answer); any other item's options."""
+    n = rank_position(item.id)
+    if n is None:
+        return tuple(item.option_labels)
+    question, _ = item_parent(item.id)
+    taken = {answers.get(item_id(question, f"#{m}")) for m in range(1, n)}
+    return tuple(o for o in item.option_labels if o not in taken)
 
 
 class SkipLogic:
@@ -280,7 +317,7 @@ class SkipLogic:
         self._parts: dict[str, list[tuple[str, str]]] = {}  # multi_select question -> [(item, option)]
         for item in self.items:
             parent, option = item_parent(item.id)
-            if option is not None:
+            if option is not None and rank_position(item.id) is None:
                 self._parts.setdefault(parent, []).append((item.id, option))
         self._labels = {q.id: q.code_to_label for q in self.items}
 
@@ -372,9 +409,10 @@ def check_questionnaire(questions: Sequence[QuestionSpec], attributes: Mapping[s
                 raise ValueError(f"{where} names question '{name}', which comes later; move '{name}' before "
                                  f"'{q.id}' (a condition may only name earlier questions)")
             target = by_id[name]
-            if target.free_text:
-                raise ValueError(f"{where} names free-text question '{name}'; a condition can only test a choice "
-                                 "question or an attribute")
+            if target.free_text or target.type == "ranking":
+                kind = "free-text" if target.free_text else "ranking"
+                raise ValueError(f"{where} names {kind} question '{name}'; a condition can only test a choice "
+                                 "question (single, scale, multi_select) or an attribute")
             known = set(target.code_to_label) | set(target.option_labels)
             odd = [v for v in values if v not in known]
             if odd:

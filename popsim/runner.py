@@ -40,7 +40,7 @@ from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
-from popsim.questions import expand_items
+from popsim.questions import expand_items, rank_position
 from popsim.rundir import RunDirectory, fit_key
 from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel
@@ -224,7 +224,7 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"{path} is not a readable option-bias file ({type(exc).__name__}); delete it "
                                  "to learn the offsets again") from None
-    questions = [q for q in population.questions if q.column and not q.free_text]
+    questions = [q for q in population.questions if q.column and not q.free_text and rank_position(q.id) is None]
     sim = scenario.simulation
     train = population.train
     if mop is not None and len(mop.exemplars_.groups):

@@ -27,12 +27,17 @@ SIDES = QuestionSpec.model_validate({
 VEG = QuestionSpec.model_validate({
     "id": "veg", "text": "Would you try a vegetarian steak?", "options": ["Yes", "No"],
     "ask_if": {"any": [{"question": "sides", "in": ["Salad"]}, {"attribute": "age", "in": ["65+"]}]}})
-QUESTIONS = [STEAK, HOW, SIDES, VEG]
+CUTS = QuestionSpec.model_validate({
+    "id": "cuts", "type": "ranking", "text": "Rank these cuts from your favourite down.",
+    "options": ["Ribeye", "Sirloin", "Flank"], "ask_if": {"question": "eats_steak", "in": ["Yes"]},
+    "columns": {"Ribeye": "rank_ribeye", "Sirloin": "rank_sirloin", "Flank": "rank_flank"}})
+QUESTIONS = [STEAK, HOW, SIDES, VEG, CUTS]
+ITEMS = ["eats_steak", "how", "sides[Fries]", "sides[Salad]", "sides[Beans]", "veg", "cuts[#1]", "cuts[#2]"]
 
 
 def test_multi_select_is_one_yes_no_item_per_option() -> None:
     items = expand_items(QUESTIONS)
-    assert [i.id for i in items] == ["eats_steak", "how", "sides[Fries]", "sides[Salad]", "sides[Beans]", "veg"]
+    assert [i.id for i in items] == ITEMS
     salad = items[3]
     assert salad.option_labels == [YES, NO] and salad.column == "side_salad" and salad.ask_if == SIDES.ask_if
     assert salad.text.endswith('Do you select "Salad"?') and "(Select all that apply.)" not in salad.text
@@ -65,6 +70,10 @@ def _steak_table(n: int = 120) -> pd.DataFrame:
     frame.loc[frame["eats"] == 2, ["side_fries"]] = ""
     frame.loc[frame["eats"] == 2, ["side_salad", "side_beans"]] = np.nan
     frame.loc[:9, ["side_fries", "side_salad", "side_beans"]] = [("", np.nan, np.nan)] * 10  # skipped it
+    ranks = np.array([rng.permutation(3) + 1 for _ in range(n)], dtype=float)
+    ranks[11] = [1, 1, 2]  # a tie: no answer
+    frame[["rank_ribeye", "rank_sirloin", "rank_flank"]] = ranks
+    frame.loc[frame["eats"] == 2, ["rank_ribeye", "rank_sirloin", "rank_flank"]] = np.nan
     frame.loc[5, "how"] = "Rare"  # a respondent who says no and still answered: not asked, answer dropped
     frame.loc[5, "eats"] = 2
     return frame
@@ -106,10 +115,18 @@ def test_real_data_counts_only_those_asked(tmp_path: Path) -> None:
     veg_asked = r[["q_sides[Salad]"]].eq(YES).any(axis=1) | (r["attr_age"] == "65+")
     assert r.loc[~veg_asked, "q_veg"].isna().all()
     assert pop.missing_removed["'Don't know'"]["veg"] > 0
+    ranked = ~no & (np.arange(len(r)) != 11)
+    first = table.loc[ranked, ["rank_ribeye", "rank_sirloin", "rank_flank"]].to_numpy().argmin(axis=1)
+    assert list(r.loc[ranked, "q_cuts[#1]"]) == [CUTS.option_labels[k] for k in first]
+    assert r.loc[~ranked, ["q_cuts[#1]", "q_cuts[#2]"]].isna().all().all()
+    assert pop.missing_removed["invalid ranking (ties or gaps)"] == {"cuts": 1}
     records = survey_records(pop)  # MoP fits only answers of those asked
     per_question = pd.Series(records.question_ids).value_counts()
     assert per_question["how"] == pop.train["q_how"].notna().sum() < len(pop.train)
     assert per_question["sides[Salad]"] == pop.train["q_sides[Salad]"].notna().sum()
+    second = [(o, resp) for o, resp, q in zip(records.options, records.responses, records.question_ids, strict=True)
+              if q == "cuts[#2]"]
+    assert second and all(len(o) == 2 and resp in o for o, resp in second)  # the top choice is not offered again
 
 
 def test_agents_are_asked_by_their_own_answers_on_smollm2(smollm) -> None:
@@ -136,7 +153,10 @@ def test_agents_are_asked_by_their_own_answers_on_smollm2(smollm) -> None:
             assert pd.notna(row.get(col)) == asked_sides, (agent, col, row.to_dict())
         salad = asked_sides and row["sides[Salad]"] == YES
         assert pd.notna(row.get("veg")) == (salad or ages[agent] == "65+"), (agent, row.to_dict())
-    assert wide.get("how", pd.Series(dtype=object)).dropna().isin(HOW.option_labels).all()
+    assert wide["how"].dropna().isin(HOW.option_labels).all()
+    ranked = wide.loc[eats, ["cuts[#1]", "cuts[#2]"]]
+    assert ranked.notna().all().all() and (ranked["cuts[#1]"] != ranked["cuts[#2]"]).all()  # distinct ranks
+    assert wide.loc[~eats, ["cuts[#1]", "cuts[#2]"]].isna().all().all()
     again = simulate().pivot(index="agent", columns="question", values="answer")
     pd.testing.assert_frame_equal(wide, again)
 
@@ -180,7 +200,7 @@ def test_shipped_questionnaire_runs_and_reports_on_smollm2(tmp_path: Path, monke
         assert (wide[col].notna() == apart).all() if col in wide else not apart.any()
     assert main(["report", str(run_dir)]) == 0
     report = (run_dir / "report" / "report.md").read_text()
-    assert "Questionnaire: skip logic, select all that apply, missing rules, scales" in report
+    assert "Questionnaire: skip logic, select all that apply, missing rules, rankings, scales" in report
     assert "Skip logic: who was asked" in report and "separate_beds is not Never" in report
     assert "Select all that apply: share choosing each option" in report and "| reasons | One of us snores |" in report
     assert "missing: Other (please specify)" in report
@@ -191,3 +211,22 @@ def test_shipped_questionnaire_runs_and_reports_on_smollm2(tmp_path: Path, monke
                            & (questions["group"] == "all")]
     heldout = pd.read_parquet(run_dir / "heldout.parquet")
     assert asked_real["n"].iloc[0] == heldout["where_you_sleep"].notna().sum() < len(heldout)
+
+
+def test_report_scores_rankings_multi_select_and_skips(tmp_path: Path) -> None:
+    """End to end on the steak questionnaire (hash LM: fast): the report's questionnaire section and its
+    per-option rank items."""
+    from popsim.cli import main
+
+    path = _steak_scenario(tmp_path, agents=12)
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "run")]) == 0
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    for part in ("Skip logic: who was asked", "eats_steak is Yes", "Select all that apply", "| sides | Salad |",
+                 "Rankings: mean rank of each option", "| cuts | Ribeye |", "missing: Don't know"):
+        assert part in report, part
+    shares = pd.read_csv(tmp_path / "run" / "report" / "questions.csv")
+    ribeye = shares[(shares["question"] == "cuts[Ribeye]") & (shares["group"] == "all")]
+    assert set(ribeye["option"].astype(str)) == {"1", "2", "3"}
+    real = ribeye[ribeye["source"] == "real"]
+    assert abs(real["share"].sum() - 1) < 1e-9 and real["n"].iloc[0] > 0

@@ -30,10 +30,12 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict, list[str]]:
 
 
 def run_items(config: dict) -> list:
-    """The items a run's scenario asked (a multi_select question: one yes/no item per option)."""
-    from popsim.questions import QuestionSpec, expand_items
+    """The items a run is scored on (a multi_select question: one yes/no item per option; a ranking: each
+    option's rank)."""
+    from popsim.questionnaire import scored_items
+    from popsim.questions import QuestionSpec
 
-    return expand_items([QuestionSpec.model_validate(q) for q in config.get("questions", [])])
+    return scored_items([QuestionSpec.model_validate(q) for q in config.get("questions", [])])
 
 
 def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.DataFrame | None:
@@ -79,6 +81,19 @@ def _in_label_order(real: pd.DataFrame, config: dict) -> pd.DataFrame:
             real[col] = pd.Categorical(values.map(lambda v: None if v is None else str(v)),
                                        categories=list(dict.fromkeys(order + extra)))
     return real
+
+
+def with_ranks(config: dict, responses: dict[str, pd.DataFrame], real: pd.DataFrame
+               ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Runs as wide agent tables and the real table, with each ranking question's per-option rank columns."""
+    from popsim.eval.subgroups import respondent_table
+    from popsim.questionnaire import add_ranks
+    from popsim.questions import QuestionSpec
+
+    questions = [QuestionSpec.model_validate(q) for q in config.get("questions", [])]
+    if not any(q.type == "ranking" for q in questions):
+        return responses, real
+    return {m: add_ranks(respondent_table(f), questions) for m, f in responses.items()}, add_ranks(real, questions)
 
 
 def questionnaire_sections(config: dict, responses: dict[str, pd.DataFrame], real: pd.DataFrame) -> list:
@@ -144,7 +159,10 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
         real_frame = pd.read_parquet(first / "heldout.parquet")
     out_dir = Path(out) if out else first / "report"
     real_frame = _in_label_order(real_frame, config)
-    extra = questionnaire_sections(config, responses, real_frame) if kind == "survey" else []
+    extra = []
+    if kind == "survey":
+        responses, real_frame = with_ranks(config, responses, real_frame)
+        extra = questionnaire_sections(config, responses, real_frame)
     paths = scorers[kind](responses, real_frame, options, attributes, out_dir, by=by, wording=wording,
                           extra_sections=extra)
     print(f"\nReport: {paths['report_html']} (and report.md, CSV tables and figures in "

@@ -1,10 +1,11 @@
-"""The report's questionnaire section: skip logic, select-all-that-apply options, missing rules and scales.
+"""The report's questionnaire section: skip logic, select-all-that-apply options, missing rules, rankings, scales.
 
 Per-question panels already compare every item's answer shares; this section reads the questionnaire as its
 designer would: who was asked each conditional question (real respondents with an answer vs simulated agents
 asked), the shares over those asked, the share choosing each option of a multi_select question (each option a
 yes/no distribution: its TV is the absolute gap), the shares of questions with missing rules (over the answers
-left), and the mean score of each scale (points numbered 1..k low to high, or the points' own numbers).
+left), each ranked option's mean rank, and the mean score of each scale (points numbered 1..k low to high,
+or the points' own numbers).
 """
 
 from __future__ import annotations
@@ -60,29 +61,31 @@ def questionnaire_section(questions: Sequence[QuestionSpec], runs: Mapping[str, 
     multi = [q for q in questions if q.type == "multi_select"]
     with_missing = [q for q in questions if q.missing and q.type != "multi_select"]
     scales = [q for q in questions if q.type == "scale"]
-    if not (conditional or multi or with_missing or scales):
+    if not (conditional or multi or with_missing or scales or any(q.type == "ranking" for q in questions)):
         return None
     w_real = _weights(real, weights_col)
+    labels = {q.id: q.code_to_label for q in questions}
     blocks: list = ["How the questionnaire's own rules came out: real held-out respondents (weighted) beside the "
                     "simulated agents. A conditional question is compared over those asked: real respondents who "
                     "met its condition and answered, agents whose own earlier answers met it."]
     if conditional:
         rows = []
         for q in conditional:
-            row = {"Question": q.id, "Asked if": q.ask_if.describe(),
+            row = {"Question": q.id, "Asked if": q.ask_if.describe(labels),
                    "Real: answered": f"{_answered(real, q)} of {len(real)} ({_pct(_answered(real, q) / len(real))})"}
             for m, f in runs.items():
                 n = _answered(f, q)
                 row[f"{m}: asked"] = f"{n} of {len(f)} ({_pct(n / len(f) if len(f) else np.nan)})"
             rows.append(row)
         blocks.append(Table(pd.DataFrame(rows), caption="Skip logic: who was asked", collapse=False))
-    single = [q for q in dict.fromkeys(conditional + with_missing) if q.type != "multi_select" and not q.free_text]
+    shown = {q.id for q in conditional + with_missing}
+    single = [q for q in questions if q.id in shown and q.type in ("single", "scale") and not q.free_text]
     if single:
         rows = []
         for q in single:
             p, n = _shares(real, q.id, q.option_labels, w_real)
             sims = {m: _shares(f, q.id, q.option_labels, np.ones(len(f))) for m, f in runs.items()}
-            note = "; ".join(x for x in (q.ask_if and f"asked if {q.ask_if.describe()}",
+            note = "; ".join(x for x in (q.ask_if and f"asked if {q.ask_if.describe(labels)}",
                                          q.missing and "missing: " + ", ".join(map(str, q.missing))) if x)
             for k, o in enumerate(q.option_labels):
                 row = {"Question": f"{q.id} ({note}; {n:.0f} real answers)" if k == 0 else "", "Option": o,
@@ -107,6 +110,21 @@ def questionnaire_section(questions: Sequence[QuestionSpec], runs: Mapping[str, 
         blocks.append(Table(pd.DataFrame(rows), caption="Select all that apply: share choosing each option, among "
                             "those who answered (the gap is also the option's TV as a yes/no distribution)",
                             collapse=False))
+    rankings = [q for q in questions if q.type == "ranking"]
+    if rankings:
+        rows = []
+        for q in rankings:
+            ranks = [str(r) for r in range(1, len(q.option_labels) + 1)]
+            points = np.arange(1, len(ranks) + 1, dtype=float)
+            for option in q.option_labels:
+                col = f"{q.id}[{option}]"
+                row = {"Question": q.id, "Option": option,
+                       "Real mean rank": _mean(_shares(real, col, ranks, w_real)[0], points)}
+                for m, f in runs.items():
+                    row[f"{m} mean rank"] = _mean(_shares(f, col, ranks, np.ones(len(f)))[0], points)
+                rows.append(row)
+        blocks.append(Table(pd.DataFrame(rows), caption="Rankings: mean rank of each option (1 = first), among "
+                            "those who ranked", collapse=False))
     if scales:
         rows = []
         for q in scales:
@@ -119,7 +137,8 @@ def questionnaire_section(questions: Sequence[QuestionSpec], runs: Mapping[str, 
             rows.append(row)
         blocks.append(Table(pd.DataFrame(rows), caption="Scales: mean score over those who answered",
                             collapse=False))
-    return Section("questionnaire", "Questionnaire: skip logic, select all that apply, missing rules, scales",
+    return Section("questionnaire", "Questionnaire: skip logic, select all that apply, missing rules, rankings, "
+                   "scales",
                    blocks)
 
 

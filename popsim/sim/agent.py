@@ -59,17 +59,19 @@ class PersonaAgent(mesa.Agent):
                 continue  # answered, not asked (ask_if not met), or waiting for an answer its ask_if tests
             neighbours = model.neighbour_summary(self, q.id, round_) if round_ > 1 else ""
             prompt = model.prompt_for(self, q, neighbours)
-            options = None if q.free_text else tuple(q.option_labels)
+            options = None if q.free_text else model.options_for(self, q, round_)
             out.append(Request(self.person_id, q.id, prompt, options, self.temperature))
         return out
 
-    def answer(self, round_: int, question: str, probs: np.ndarray | None, text: str | None) -> str:
-        """Record the answer: sample an option from ``probs`` with this agent's own seeded stream."""
+    def answer(self, round_: int, question: str, probs: np.ndarray | None, text: str | None,
+               options: tuple[str, ...] | None = None) -> str:
+        """Record the answer: sample an option from ``probs`` (over ``options``, default the question's) with this
+        agent's own seeded stream."""
         if probs is not None:
-            q = self.model.question_by_id[question]
+            labels = options or tuple(self.model.question_by_id[question].option_labels)
             rng = self.model.answer_rng(self.person_id, round_, question)
             choice = int(rng.choice(len(probs), p=probs))
-            text = q.option_labels[choice]
-            self.probs[(round_, question)] = dict(zip(q.option_labels, probs.tolist(), strict=True))
+            text = labels[choice]
+            self.probs[(round_, question)] = dict(zip(labels, probs.tolist(), strict=True))
         self.answers[(round_, question)] = text or ""
         return self.answers[(round_, question)]

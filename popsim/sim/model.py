@@ -28,7 +28,7 @@ from popsim.data import survey_context
 from popsim.lm.base import LanguageModel, Prompt
 from popsim.mop.model import MixtureOfPersonas
 from popsim.mop.prompts import PromptStyle, build_prompt
-from popsim.questions import SkipLogic
+from popsim.questions import SkipLogic, item_id, item_options, item_parent, rank_position
 from popsim.sim.agent import PersonaAgent, Request
 from popsim.sim.calibration import OptionBias
 
@@ -183,7 +183,14 @@ class PopulationModel(mesa.Model):
 
     def asked(self, agent: PersonaAgent, question: QuestionSpec, round_: int) -> bool | None:
         """Whether ``agent`` is asked ``question`` this round under its ``ask_if`` (None: an item the condition
-        tests is still unanswered). Items before ``question`` that the agent was not asked count as settled."""
+        tests is still unanswered). Items before ``question`` that the agent was not asked count as settled. A
+        ranking's position n waits for position n - 1 (its options are those still unranked)."""
+        n = rank_position(question.id)
+        if n is not None and n > 1:
+            previous = self.question_by_id[item_id(item_parent(question.id)[0], f"#{n - 1}")]
+            if (round_, previous.id) not in agent.answers:
+                return False if self.asked(agent, previous, round_) is False else None
+            return True
         if question.ask_if is None:
             return True
         answers: dict[str, str | None] = {}
@@ -195,6 +202,12 @@ class PopulationModel(mesa.Model):
             elif self.skip_logic.asked(item, answers, agent.profile) is False:
                 answers[item.id] = None
         return self.skip_logic.asked(question, answers, agent.profile)
+
+    def options_for(self, agent: PersonaAgent, question: QuestionSpec, round_: int) -> tuple[str, ...]:
+        """The options ``agent`` is asked with (a ranking position: those it has not ranked yet)."""
+        if rank_position(question.id) is None:
+            return tuple(question.option_labels)
+        return item_options(question, {q: a for (r, q), a in agent.answers.items() if r == round_})
 
     def answer_rng(self, agent: int, round_: int, question: str) -> np.random.Generator:
         q = zlib.crc32(question.encode())
@@ -245,7 +258,7 @@ class PopulationModel(mesa.Model):
                 probs.append(_stable_probs(lp))
         for r, k in zip(choice, keys, strict=True):
             agent = self.by_id[r.agent]
-            text = agent.answer(self.round, r.question, probs[k], None)
+            text = agent.answer(self.round, r.question, probs[k], None, r.options)
             rows.append(self._row(agent, r.question, text))
         for start in range(0, len(free), self.requests_per_call):
             batch = free[start : start + self.requests_per_call]
