@@ -131,19 +131,20 @@ def test_real_data_counts_only_those_asked(tmp_path: Path) -> None:
 
 def test_agents_are_asked_by_their_own_answers_on_smollm2(smollm) -> None:
     """The real SmolLM2 answers; each agent is asked a conditional question exactly when its own earlier
-    answers (or attributes) meet the condition, and the same seed gives the same answers."""
+    answers (or attributes) meet the condition, ranks distinct options, and the same seed gives the same
+    answers whatever the chunking."""
     items = expand_items(QUESTIONS)
-    ages = ["18-29", "65+", "30-44", "18-29", "65+", "30-44", "18-29", "30-44"]
+    ages = ["18-29", "65+", "30-44", "18-29", "65+", "30-44"]
     profiles = pd.DataFrame({"attr_age": ages})
 
-    def simulate() -> pd.DataFrame:
+    def simulate(chunk: int) -> pd.DataFrame:
         model = PopulationModel(questions=items, lm=smollm, mop=None, profiles=profiles,
                                 profile_texts=[f"age: {a}" for a in ages], method="silicon", seed=3,
-                                progress=False, chunk_agents=3, requests_per_call=64)
+                                progress=False, chunk_agents=chunk, requests_per_call=64)
         model.step()
         return model.responses()
 
-    wide = simulate().pivot(index="agent", columns="question", values="answer")
+    wide = simulate(6).pivot(index="agent", columns="question", values="answer")
     assert wide["eats_steak"].notna().all()
     eats = wide["eats_steak"] == "Yes"
     assert 0 < eats.sum() < len(wide)  # both branches are exercised (same seed, same answers)
@@ -157,7 +158,7 @@ def test_agents_are_asked_by_their_own_answers_on_smollm2(smollm) -> None:
     ranked = wide.loc[eats, ["cuts[#1]", "cuts[#2]"]]
     assert ranked.notna().all().all() and (ranked["cuts[#1]"] != ranked["cuts[#2]"]).all()  # distinct ranks
     assert wide.loc[~eats, ["cuts[#1]", "cuts[#2]"]].isna().all().all()
-    again = simulate().pivot(index="agent", columns="question", values="answer")
+    again = simulate(4).pivot(index="agent", columns="question", values="answer")
     pd.testing.assert_frame_equal(wide, again)
 
 
@@ -230,3 +231,17 @@ def test_report_scores_rankings_multi_select_and_skips(tmp_path: Path) -> None:
     assert set(ribeye["option"].astype(str)) == {"1", "2", "3"}
     real = ribeye[ribeye["source"] == "real"]
     assert abs(real["share"].sum() - 1) < 1e-9 and real["n"].iloc[0] > 0
+
+
+def test_scale_points_and_validate_counts_invalid_rankings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from popsim.cli import main
+    from popsim.eval.questionnaire import _points
+
+    scale = QuestionSpec.model_validate({"id": "nps", "type": "scale", "text": "Recommend us?", "points": [0, 10]})
+    assert scale.option_labels == [str(p) for p in range(11)] and list(_points(scale)) == list(range(11))
+    agree = QuestionSpec(id="a", text="Agree?", type="scale", options={1: "disagree", 2: "neutral", 3: "agree"})
+    assert list(_points(agree)) == [1, 2, 3]
+    assert main(["validate", str(_steak_scenario(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "missing: invalid ranking (ties or gaps) removed 1 answer (cuts 1)" in out
+    assert "missing: 'Don't know' removed" in out
