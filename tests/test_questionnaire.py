@@ -189,11 +189,11 @@ def test_shipped_questionnaire_runs_and_reports_on_smollm2(tmp_path: Path, monke
     monkeypatch.setenv("POPSIM_CACHE_DIR", str(tmp_path / "cache"))
     config = yaml.safe_load(SCENARIO.read_text())
     config["data"]["source"] = str(SCENARIO.parent / config["data"]["source"])
-    config["mop"].update(n_personas=2, n_exemplars=12, max_train_records=16, epochs=1)
+    config["mop"].update(n_personas=2, n_exemplars=12, max_train_records=12, epochs=1)
     small = tmp_path / "questionnaire.yaml"
     small.write_text(yaml.safe_dump(config, sort_keys=False))
     run_dir = tmp_path / "run"
-    assert main(["run", str(small), "--out", str(run_dir), "--agents", "16", "--quiet"]) == 0
+    assert main(["run", str(small), "--out", str(run_dir), "--agents", "12", "--quiet"]) == 0
     responses = pd.read_parquet(run_dir / "responses.parquet")
     wide = responses.pivot(index="agent", columns="question", values="answer")
     apart = wide["separate_beds"] != "Never"
