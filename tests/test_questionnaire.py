@@ -231,6 +231,12 @@ def test_report_scores_rankings_multi_select_and_skips(tmp_path: Path) -> None:
     assert set(ribeye["option"].astype(str)) == {"1", "2", "3"}
     real = ribeye[ribeye["source"] == "real"]
     assert abs(real["share"].sum() - 1) < 1e-9 and real["n"].iloc[0] > 0
+    responses = pd.read_parquet(tmp_path / "run" / "responses.parquet")  # no agent asked `how`: still a report
+    responses[responses["question"] != "how"].to_parquet(tmp_path / "run" / "responses.parquet")
+    assert main(["report", str(tmp_path / "run")]) == 0
+    shares = pd.read_csv(tmp_path / "run" / "report" / "questions.csv")
+    how = shares[(shares["question"] == "how") & (shares["group"] == "all")].set_index("source")
+    assert how.loc["real", "n"].min() > 0 and (how.loc["mop", "n"] == 0).all()
 
 
 def test_scale_points_and_validate_counts_invalid_rankings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

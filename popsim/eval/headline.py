@@ -83,17 +83,24 @@ def _in_label_order(real: pd.DataFrame, config: dict) -> pd.DataFrame:
     return real
 
 
-def with_ranks(config: dict, responses: dict[str, pd.DataFrame], real: pd.DataFrame
-               ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """Runs as wide agent tables and the real table, with each ranking question's per-option rank columns."""
+def scored_tables(config: dict, responses: dict[str, pd.DataFrame], real: pd.DataFrame
+                  ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Runs as wide agent tables and the real table, with each ranking question's per-option rank columns, and
+    an empty column for an item no agent was asked (ask_if), so that it is scored as unanswered."""
     from popsim.eval.subgroups import respondent_table
     from popsim.questionnaire import add_ranks
     from popsim.questions import QuestionSpec
 
     questions = [QuestionSpec.model_validate(q) for q in config.get("questions", [])]
-    if not any(q.type == "ranking" for q in questions):
-        return responses, real
-    return {m: add_ranks(respondent_table(f), questions) for m, f in responses.items()}, add_ranks(real, questions)
+    items = [q.id for q in run_items(config) if not q.free_text and q.options]
+    wide = {}
+    for method, frame in responses.items():
+        table = add_ranks(respondent_table(frame), questions)
+        for item in items:
+            if item not in table.columns:
+                table[item] = pd.Series([None] * len(table), index=table.index, dtype=object)
+        wide[method] = table
+    return wide, add_ranks(real, questions)
 
 
 def questionnaire_sections(config: dict, responses: dict[str, pd.DataFrame], real: pd.DataFrame) -> list:
@@ -161,7 +168,7 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
     real_frame = _in_label_order(real_frame, config)
     extra = []
     if kind == "survey":
-        responses, real_frame = with_ranks(config, responses, real_frame)
+        responses, real_frame = scored_tables(config, responses, real_frame)
         extra = questionnaire_sections(config, responses, real_frame)
     paths = scorers[kind](responses, real_frame, options, attributes, out_dir, by=by, wording=wording,
                           extra_sections=extra)
