@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from popsim import runner
 from popsim.config import QuestionSpec, load_scenario
 from popsim.data import load_population, survey_records
 from popsim.questions import NO, YES, Condition, SkipLogic, expand_items
@@ -180,7 +181,8 @@ def test_shipped_questionnaire_validates_and_reports_counts(capsys: pytest.Captu
     assert pop.respondents.loc[~never, "q_reasons[One of us snores]"].notna().sum() > 100
 
 
-def test_shipped_questionnaire_runs_and_reports_on_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_questionnaire_runs_and_reports_on_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           smollm, encoder) -> None:
     """The shipped scenario end to end on the real SmolLM2 (few agents, a smaller MoP): the conditional
     questions are answered only by agents who ever sleep apart, and the report compares the shares of the
     ask_if question, the multi_select options and the question with missing rules, real beside simulated."""
@@ -193,7 +195,8 @@ def test_shipped_questionnaire_runs_and_reports_on_smollm2(tmp_path: Path, monke
     small = tmp_path / "questionnaire.yaml"
     small.write_text(yaml.safe_dump(config, sort_keys=False))
     run_dir = tmp_path / "run"
-    assert main(["run", str(small), "--out", str(run_dir), "--agents", "12", "--quiet"]) == 0
+    scenario = load_scenario(small, {"output": str(run_dir), "simulation.agents": 12})
+    runner.run(scenario, lm=smollm, encoder=encoder, verbose=False)  # the session's SmolLM2: no reload
     responses = pd.read_parquet(run_dir / "responses.parquet")
     wide = responses.pivot(index="agent", columns="question", values="answer")
     apart = wide["separate_beds"] != "Never"
