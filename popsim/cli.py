@@ -115,8 +115,10 @@ def _print_run(result) -> None:
 
 
 def _print_missing(scenario) -> None:
-    """With `missing` rules: load the data and say how many answers each rule removed, per question."""
-    if scenario.kind != "survey" or not (scenario.data.missing or any(q.missing for q in scenario.questions)):
+    """With `missing` rules (or a ranking, whose ties and gaps are no answer): load the data and say how many
+    answers each rule removed, per question."""
+    if scenario.kind != "survey" or not (scenario.data.missing or any(q.missing or q.type == "ranking"
+                                                                      for q in scenario.questions)):
         return
     from popsim.data import load_population
 

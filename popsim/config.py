@@ -13,31 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from popsim.exceptions import ScenarioError
 from popsim.mop.presets import resolve_preset
 from popsim.population_config import ExperimentsConfig, PopulationConfig, check_experiments, check_population
+from popsim.questions import QuestionSpec, _code, _Strict, check_questionnaire
 from popsim.schema_errors import explain, one_line, parse_yaml
 
 __all__ = [
     "Scenario", "DataConfig", "AttributeSpec", "QuestionSpec", "ReviewsSpec", "MopConfig", "SimulationConfig",
     "NetworkConfig", "LMConfig", "EncoderConfig", "load_scenario", "config_hash",
 ]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        """pydantic reads `agents: true` as 1; a boolean where a number belongs is a typo, so refuse it."""
-        if isinstance(v, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation in (int, float, int | None, float | None):
-                raise ValueError(f"must be a number, not {str(v).lower()}")
-        return v
 
 
 class AttributeSpec(_Strict):
@@ -61,62 +48,6 @@ class AttributeSpec(_Strict):
             if self.bin_labels is not None and len(self.bin_labels) != len(self.bins) - 1:
                 raise ValueError("bin_labels needs exactly len(bins) - 1 labels")
         return self
-
-
-class QuestionSpec(_Strict):
-    """A multiple-choice (or free-text) survey question."""
-
-    id: str = Field(description="Short unique id, used in outputs.")
-    text: str = Field(description="The question as asked (on an SPSS/Stata/SAS file: the variable label if left "
-                      "out).")
-    column: str | None = Field(None, description="Data column with real answers (omit for a new question).")
-    options: dict[str, str] | list[str] | None = Field(
-        None, description="Answer codes -> wording (ordered: ordinal metrics use this order), or a list of "
-        "wordings when the data holds the wording itself. Omit for a free-text question, or on an SPSS/Stata/SAS "
-        "file to take the column's value labels (less its missing codes).")
-    free_text: bool = Field(False, description="Answer in free text instead of choosing an option.")
-    missing: list[str | int | float] | None = Field(
-        None, description="Answers (codes or texts, or an SPSS/Stata value label) that mean no answer, e.g. "
-        "[\"Don't know\", 8, 9]; replaces data.missing for this question ([] = none). Other answers, \"None\" "
-        "and \"NA\" included, are answers.")
-
-    @field_validator("options", mode="before")
-    @classmethod
-    def _codes_as_text(cls, v: Any) -> Any:
-        return {_code(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
-
-    @field_validator("missing")
-    @classmethod
-    def _missing_not_an_option(cls, v: list | None, info: ValidationInfo) -> list | None:
-        options = info.data.get("options")
-        taken = set() if not options else (set(options) | set(options.values())) if isinstance(options, dict) \
-            else set(options)
-        for rule in v or []:
-            if _code(rule) in taken:
-                shown = _code(rule) if isinstance(rule, int | float) else f"'{rule}'"
-                raise ValueError(f"names {shown}, which is also an option of question '{info.data.get('id')}'; "
-                                 "remove it from missing or from options")
-        return v
-
-    @model_validator(mode="after")
-    def _options_or_free(self) -> QuestionSpec:
-        if not self.free_text and not self.options:
-            raise ValueError(f"question '{self.id}' needs options, or free_text: true")
-        if self.options is not None and len(self.option_labels) != len(set(self.option_labels)):
-            raise ValueError(f"question '{self.id}' has duplicate option wordings; give each option its own wording")
-        return self
-
-    @property
-    def option_labels(self) -> list[str]:
-        if self.options is None:
-            return []
-        return list(self.options.values()) if isinstance(self.options, dict) else list(self.options)
-
-    @property
-    def code_to_label(self) -> dict[str, str]:
-        if isinstance(self.options, dict):
-            return dict(self.options)
-        return {label: label for label in self.option_labels}
 
 
 class ReviewsSpec(_Strict):
@@ -324,13 +255,14 @@ class Scenario(_Strict):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             if dup:
                 raise ValueError(f"`questions` ids must be unique; duplicated: {', '.join(dup)}; rename one of them")
+            check_questionnaire(self.questions, self.data.attributes)
         if self.kind == "reviews" and self.reviews is None:
             raise ValueError("a reviews scenario needs a `reviews` section; add one")
         if self.simulation.option_bias == "learned":
             if self.kind != "survey":
                 raise ValueError("simulation.option_bias: learned is for surveys (it corrects option choices); "
                                  "remove it from a reviews scenario")
-            if not any(q.column and not q.free_text for q in self.questions):
+            if not any(q.has_data and not q.free_text for q in self.questions):
                 raise ValueError("simulation.option_bias: learned needs at least one multiple-choice question "
                                  "with a data `column` to learn from; add one or set option_bias: none")
         check_population(self)
@@ -340,13 +272,6 @@ class Scenario(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output) if self.output else Path("runs") / self.name
-
-
-def _code(key: Any) -> str:
-    """Answer codes as text: 1, 1.0 and '1' are the same code."""
-    if isinstance(key, float) and key.is_integer():
-        key = int(key)
-    return str(key)
 
 
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:

@@ -9,6 +9,7 @@ package so shipped scenarios run on a fresh machine. In a CSV only empty cells a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pandas as pd
 from popsim.config import QuestionSpec, Scenario, _code
 from popsim.exceptions import DataError
 from popsim.option_order import Order, options_line, orders_for
+from popsim.questionnaire import apply_skip_logic, multi_select_answers, ranking_answers
+from popsim.questions import expand_items, item_options
 from popsim.records import ExemplarPool, Records
 from popsim.survey_files import LABELLED_SUFFIXES, FileLabels, missing_for, read_labelled, remove_missing, rule_name
 
@@ -88,7 +91,7 @@ class Population:
     train: pd.DataFrame
     test: pd.DataFrame
     attributes: list[str]
-    questions: list[QuestionSpec]
+    questions: list[QuestionSpec]  # the asked items (a multi_select question: one yes/no item per option)
     missing_removed: dict[str, dict[str, int]] = field(default_factory=dict)  # rule -> question id -> answers
 
 
@@ -156,6 +159,14 @@ def load_population(scenario: Scenario) -> Population:
                                                spec, name)
     removed: dict[str, dict[str, int]] = {}
     for q in scenario.questions:
+        if q.type in ("multi_select", "ranking") and q.columns is not None:
+            read = multi_select_answers if q.type == "multi_select" else ranking_answers
+            answers, counts = read(frame, q, missing_for(q, cfg.missing), labels.options)
+            for rule, n in counts.items():
+                removed.setdefault(rule, {})[q.id] = n
+            for item, values in answers.items():
+                out[f"q_{item}"] = values
+            continue
         if q.column is None:
             continue
         values = _require_column(frame, q.column, f"questions[{q.id}].column")
@@ -173,7 +184,8 @@ def load_population(scenario: Scenario) -> Population:
         for rule, n in counts.items():
             removed.setdefault(rule, {})[q.id] = n
         out[f"q_{q.id}"] = values if q.free_text else _label_answers(values, q)
-    out = out.reset_index(drop=True)
+    items = expand_items(scenario.questions)
+    out = apply_skip_logic(out, [q for q in items if f"q_{q.id}" in out.columns]).reset_index(drop=True)
     rng = np.random.default_rng(scenario.seed)
     is_test = np.zeros(len(out), dtype=bool)
     is_test[rng.permutation(len(out))[: int(round(cfg.test_fraction * len(out)))]] = True
@@ -181,7 +193,7 @@ def load_population(scenario: Scenario) -> Population:
         raise DataError(f"data.source '{cfg.source}' has {len(out)} rows, too few to split with "
                         f"data.test_fraction {cfg.test_fraction}; use more rows (data.max_rows) or another fraction")
     return Population(out, out[~is_test].reset_index(drop=True), out[is_test].reset_index(drop=True),
-                      list(cfg.attributes), list(scenario.questions), removed)
+                      list(cfg.attributes), items, removed)
 
 
 def render_template(template: str, values: dict[str, str]) -> str:
@@ -197,23 +209,25 @@ def profile_text(row: pd.Series, attributes: list[str]) -> str:
     return "; ".join(parts) if parts else "no details given"
 
 
-def question_line(question: QuestionSpec, order: Order | None = None) -> str:
-    """"Q: <text>", plus an "Options:" line when the options are listed (``simulation.option_order``)."""
-    listed = options_line(question.option_labels, order)
+def question_line(question: QuestionSpec, order: Order | None = None, labels: Sequence[str] | None = None) -> str:
+    """"Q: <text>", plus an "Options:" line when the options are listed (``simulation.option_order``);
+    ``labels``: the options as asked (a ranking position: those left), default the question's."""
+    listed = options_line(question.option_labels if labels is None else labels, order)
     return "Q: " + question.text.strip() + ("\n" + listed if listed else "")
 
 
-def survey_context(profile: str, question: QuestionSpec, neighbours: str = "", order: Order | None = None) -> str:
+def survey_context(profile: str, question: QuestionSpec, neighbours: str = "", order: Order | None = None,
+                   labels: Sequence[str] | None = None) -> str:
     """The context x for one question: the agent's profile, optional neighbour answers, the question."""
     lines = ["About you: " + profile + "."]
     if neighbours:
         lines.append(neighbours)
-    lines.append(question_line(question, order))
+    lines.append(question_line(question, order, labels))
     return "\n".join(lines)
 
 
 def _mc_questions(population: Population, ids: set[str] | None = None) -> list[QuestionSpec]:
-    return [q for q in population.questions if not q.free_text and q.column is not None
+    return [q for q in population.questions if not q.free_text and f"q_{q.id}" in population.train.columns
             and (ids is None or q.id in ids)]
 
 
@@ -232,11 +246,12 @@ def survey_records(population: Population, *, question_ids: set[str] | None = No
             answer = row[f"q_{q.id}"]
             if answer is None or pd.isna(answer):
                 continue
-            orders = orders_for(option_order, len(q.option_labels), seed=seed, who=str(row["id"]), question=q.id)
+            asked_with = item_options(q, {p.id: row[f"q_{p.id}"] for p in population.questions})
+            orders = orders_for(option_order, len(asked_with), seed=seed, who=str(row["id"]), question=q.id)
             for order in orders:
-                contexts.append(survey_context(profile, q, order=order))
+                contexts.append(survey_context(profile, q, order=order, labels=asked_with))
                 responses.append(str(answer))
-                options.append(tuple(q.option_labels))
+                options.append(asked_with)
                 groups.append(row["id"])
                 weights.append(row["weight"] / len(orders))
                 gate.append(profile)

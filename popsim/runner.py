@@ -52,6 +52,7 @@ from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
 from popsim.population import AgentDraw, draw_agents
+from popsim.questions import expand_items, rank_position
 from popsim.rundir import RunDirectory, fit_key
 from popsim.sim.arms import arm_plans, assign_arms
 from popsim.sim.calibration import OptionBias, answer_shares
@@ -260,7 +261,7 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"{path} is not a readable option-bias file ({type(exc).__name__}); delete it "
                                  "to learn the offsets again") from None
-    questions = [q for q in scenario.questions if q.column and not q.free_text]
+    questions = [q for q in population.questions if q.column and not q.free_text and rank_position(q.id) is None]
     sim = scenario.simulation
     train = population.train
     if mop is not None and len(mop.exemplars_.groups):
@@ -337,7 +338,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         option_bias = learn_option_bias(scenario, population, lm, mop, run_dir, verbose=verbose)
         timings["option_bias"] = time.perf_counter() - t
     t = time.perf_counter()
-    questions = (list(scenario.questions) if scenario.kind == "survey"
+    questions = (expand_items(scenario.questions) if scenario.kind == "survey"
                  else [QuestionSpec(id="review", text="", free_text=True)])
     folder = RunDirectory(run_dir)
     done = folder.completed(folder.load_parts())  # unreadable parts are set aside with a warning, redone

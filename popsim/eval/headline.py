@@ -23,15 +23,19 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict, list[str]]:
     except (OSError, ValueError):
         raise RunDirectoryError(f"{run_dir} is not a complete popsim run (no responses.parquet/manifest.json); "
                                 "run `popsim run` first") from None
-    questions = manifest["config"].get("questions", [])
-    options = {}
-    for q in questions:
-        opts = q.get("options")
-        if opts and not q.get("free_text"):
-            options[q["id"]] = list(opts.values()) if isinstance(opts, dict) else list(opts)
+    options = {q.id: q.option_labels for q in run_items(manifest["config"]) if not q.free_text and q.options}
     attributes = [c.removeprefix("attr_") for c in responses.columns if c.startswith("attr_")]
     last = responses[responses["round"] == responses["round"].max()]
     return last, options, attributes
+
+
+def run_items(config: dict) -> list:
+    """The items a run is scored on (a multi_select question: one yes/no item per option; a ranking: each
+    option's rank)."""
+    from popsim.questionnaire import scored_items
+    from popsim.questions import QuestionSpec
+
+    return scored_items([QuestionSpec.model_validate(q) for q in config.get("questions", [])])
 
 
 def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.DataFrame | None:
@@ -78,6 +82,37 @@ def _in_label_order(real: pd.DataFrame, config: dict) -> pd.DataFrame:
             real[col] = pd.Categorical(values.map(lambda v: None if v is None else str(v)),
                                        categories=list(dict.fromkeys(order + extra)))
     return real
+
+
+def scored_tables(config: dict, responses: dict[str, pd.DataFrame], real: pd.DataFrame
+                  ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Runs as wide agent tables and the real table, with each ranking question's per-option rank columns, and
+    an empty column for an item no agent was asked (ask_if), so that it is scored as unanswered."""
+    from popsim.eval.subgroups import respondent_table
+    from popsim.questionnaire import add_ranks
+    from popsim.questions import QuestionSpec
+
+    questions = [QuestionSpec.model_validate(q) for q in config.get("questions", [])]
+    items = [q.id for q in run_items(config) if not q.free_text and q.options]
+    wide = {}
+    for method, frame in responses.items():
+        table = add_ranks(respondent_table(frame), questions)
+        for item in items:
+            if item not in table.columns:
+                table[item] = pd.Series([None] * len(table), index=table.index, dtype=object)
+        wide[method] = table
+    return wide, add_ranks(real, questions)
+
+
+def questionnaire_sections(config: dict, responses: dict[str, pd.DataFrame], real: pd.DataFrame) -> list:
+    """The questionnaire section (skip logic, multi_select options, missing rules, scales), if it has any."""
+    from popsim.eval.questionnaire import questionnaire_section
+    from popsim.eval.subgroups import respondent_table
+    from popsim.questions import QuestionSpec
+
+    questions = [QuestionSpec.model_validate(q) for q in config.get("questions", [])]
+    section = questionnaire_section(questions, {m: respondent_table(f) for m, f in responses.items()}, real)
+    return [] if section is None else [section]
 
 
 def _scorers() -> dict:
@@ -159,8 +194,12 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
     out_dir = Path(out) if out else first / "report"
     extra = _extra_sections(run_dirs, responses, options, config)
     responses = {m: _control_arm(f, config) for m, f in responses.items()}
-    paths = scorers[kind](responses, _in_label_order(real_frame, config), options, attributes, out_dir, by=by,
-                          wording=wording, extra_sections=extra, **({"config": config} if kind == "reviews" else {}))
+    real_frame = _in_label_order(real_frame, config)
+    if kind == "survey":
+        responses, real_frame = scored_tables(config, responses, real_frame)
+        extra += questionnaire_sections(config, responses, real_frame)
+    paths = scorers[kind](responses, real_frame, options, attributes, out_dir, by=by, wording=wording,
+                          extra_sections=extra, **({"config": config} if kind == "reviews" else {}))
     print(f"\nReport: {paths['report_html']} (and report.md, CSV tables and figures in "
           f"{paths['report_html'].parent})")
     return 0

@@ -70,27 +70,30 @@ class PersonaAgent(mesa.Agent):
         model = self.model
         out = []
         for q in model.questions:
-            if (round_, q.id) in self.answers:
-                continue
+            if (round_, q.id) in self.answers or model.asked(self, q, round_) is not True:
+                continue  # answered, not asked (ask_if not met), or waiting for an answer its ask_if tests
             q = model.question_for(self, q)
             neighbours = model.neighbour_summary(self, q.id, round_) if round_ > 1 else ""
             if q.free_text:
                 prompt = model.prompt_for(self, q, neighbours)
                 out.append(Request(self.person_id, q.id, prompt, None, self.temperature))
                 continue
-            orders = model.option_orders(self, q)
-            prompts = [model.prompt_for(self, q, neighbours, order) for order in orders]
-            out.append(Request(self.person_id, q.id, prompts[0], tuple(q.option_labels), self.temperature,
+            options = model.options_for(self, q, round_)
+            orders = model.option_orders(self, q, len(options))
+            prompts = [model.prompt_for(self, q, neighbours, order, options) for order in orders]
+            out.append(Request(self.person_id, q.id, prompts[0], options, self.temperature,
                                alternates=tuple(prompts[1:]), order=order_text(orders)))
         return out
 
-    def answer(self, round_: int, question: str, probs: np.ndarray | None, text: str | None) -> str:
-        """Record the answer: sample an option from ``probs`` with this agent's own seeded stream."""
+    def answer(self, round_: int, question: str, probs: np.ndarray | None, text: str | None,
+               options: tuple[str, ...] | None = None) -> str:
+        """Record the answer: sample an option from ``probs`` (over ``options``, default the question's) with this
+        agent's own seeded stream."""
         if probs is not None:
-            q = self.model.question_for(self, self.model.question_by_id[question])
+            labels = options or tuple(self.model.question_for(self, self.model.question_by_id[question]).option_labels)
             rng = self.model.answer_rng(self.person_id, round_, question)
             choice = int(rng.choice(len(probs), p=probs))
-            text = q.option_labels[choice]
-            self.probs[(round_, question)] = dict(zip(q.option_labels, probs.tolist(), strict=True))
+            text = labels[choice]
+            self.probs[(round_, question)] = dict(zip(labels, probs.tolist(), strict=True))
         self.answers[(round_, question)] = text or ""
         return self.answers[(round_, question)]

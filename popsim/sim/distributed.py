@@ -175,7 +175,7 @@ def simulate_on_ray(model: PopulationModel, scenario: Scenario, run_dir: RunDire
     ray = require_ray()
     agents = sorted(model.agents, key=lambda a: a.person_id)
     rounds = range(1, scenario.simulation.rounds + 1)
-    if all((a.person_id, r, q.id) in model.done for a in agents for r in rounds for q in model.questions):
+    if not any(a.requests(r) for r in rounds for a in agents):  # every question answered or skipped (ask_if)
         return 0  # a rerun of a finished run: no need to start Ray and load LM replicas
     shards = plan_shards(len(agents), model.chunk_agents, workers)
     started = _start_ray(ray, len(shards))

@@ -29,6 +29,7 @@ from popsim.lm.base import LanguageModel, Prompt
 from popsim.mop.model import MixtureOfPersonas
 from popsim.mop.prompts import PromptStyle, build_prompt
 from popsim.option_order import Order, orders_for
+from popsim.questions import SkipLogic, item_id, item_options, item_parent, rank_position
 from popsim.sim.agent import PersonaAgent, Request
 from popsim.sim.arms import ArmPlan
 from popsim.sim.calibration import OptionBias
@@ -150,6 +151,7 @@ class PopulationModel(mesa.Model):
         self.seed = seed
         self.questions = list(questions)
         self.question_by_id = {q.id: q for q in self.questions}
+        self.skip_logic = SkipLogic(self.questions)
         self.lm = lm
         self.mop = mop
         self.method = method
@@ -202,13 +204,16 @@ class PopulationModel(mesa.Model):
         plan = self.arms.get(agent.profile.get("arm")) if self.arms else None
         return question if plan is None else plan.question(question)
 
-    def option_orders(self, agent: PersonaAgent, question: QuestionSpec) -> list[Order | None]:
-        """The option orders ``agent`` is shown for ``question`` (its own seeded draw when shuffled)."""
-        return orders_for(self.option_order, len(question.option_labels), seed=self.seed, who=agent.person_id,
-                          question=question.id)
+    def option_orders(self, agent: PersonaAgent, question: QuestionSpec, n_options: int | None = None
+                      ) -> list[Order | None]:
+        """The option orders ``agent`` is shown for ``question`` (its own seeded draw when shuffled) over its
+        ``n_options`` options as asked (default all the question's)."""
+        n = len(question.option_labels) if n_options is None else n_options
+        return orders_for(self.option_order, n, seed=self.seed, who=agent.person_id, question=question.id)
 
     def prompt_for(self, agent: PersonaAgent, question: QuestionSpec, neighbours: str = "",
-                   order: Order | None = None) -> Prompt:
+                   order: Order | None = None, labels: Sequence[str] | None = None) -> Prompt:
+        """``labels``: the options as asked, listed in ``order`` (a ranking position: those left)."""
         plan = self.arms.get(agent.profile.get("arm")) if self.arms else None
         if plan is not None and plan.context:
             neighbours = plan.context + ("\n" + neighbours if neighbours else "")
@@ -220,9 +225,9 @@ class PopulationModel(mesa.Model):
         if self.style.kind == "chat":
             context = agent.profile_text + (("\n" + neighbours) if neighbours else "")
         elif agent.profile_text:
-            context = survey_context(agent.profile_text, question, neighbours, order)
+            context = survey_context(agent.profile_text, question, neighbours, order, labels)
         else:
-            context = ((neighbours + "\n") if neighbours else "") + question_line(question, order)
+            context = ((neighbours + "\n") if neighbours else "") + question_line(question, order, labels)
         return build_prompt(persona, exemplars or None, context, self.style)
 
     def neighbour_summary(self, agent: PersonaAgent, question: str, round_: int) -> str:
@@ -236,13 +241,42 @@ class PopulationModel(mesa.Model):
         counts = Counter(answers).most_common()
         return "People you know answered: " + ", ".join(f"{a} ({c})" for a, c in counts) + "."
 
+    def asked(self, agent: PersonaAgent, question: QuestionSpec, round_: int) -> bool | None:
+        """Whether ``agent`` is asked ``question`` this round under its ``ask_if`` (None: an item the condition
+        tests is still unanswered). Items before ``question`` that the agent was not asked count as settled. A
+        ranking's position n waits for position n - 1 (its options are those still unranked)."""
+        n = rank_position(question.id)
+        if n is not None and n > 1:
+            previous = self.question_by_id[item_id(item_parent(question.id)[0], f"#{n - 1}")]
+            if (round_, previous.id) not in agent.answers:
+                return False if self.asked(agent, previous, round_) is False else None
+            return True
+        if question.ask_if is None:
+            return True
+        answers: dict[str, str | None] = {}
+        for item in self.questions:
+            if item.id == question.id:
+                break
+            if (round_, item.id) in agent.answers:
+                answers[item.id] = agent.answers[(round_, item.id)]
+            elif self.skip_logic.asked(item, answers, agent.profile) is False:
+                answers[item.id] = None
+        return self.skip_logic.asked(question, answers, agent.profile)
+
+    def options_for(self, agent: PersonaAgent, question: QuestionSpec, round_: int) -> tuple[str, ...]:
+        """The options ``agent`` is asked with (a ranking position: those it has not ranked yet)."""
+        if rank_position(question.id) is None:
+            return tuple(question.option_labels)
+        return item_options(question, {q: a for (r, q), a in agent.answers.items() if r == round_})
+
     def answer_rng(self, agent: int, round_: int, question: str) -> np.random.Generator:
         q = zlib.crc32(question.encode())
         return np.random.default_rng(np.random.SeedSequence([self.seed, agent, round_, q]))
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> None:
-        """One round: every agent answers every question it has not answered yet."""
+        """One round: every agent answers every question it has not answered yet and is asked (``ask_if``:
+        questions whose condition tests earlier answers wait for them, in a later batch of the same chunk)."""
         self.round += 1
         agents = sorted(self.agents, key=lambda a: a.person_id)
         if self.active is not None:
@@ -250,11 +284,11 @@ class PopulationModel(mesa.Model):
         chunks = [agents[i : i + self.chunk_agents] for i in range(0, len(agents), self.chunk_agents)]
         bar = tqdm(total=len(agents), desc=f"round {self.round}", disable=not self.progress, unit="agent")
         for chunk in chunks:
-            requests = [r for a in chunk for r in a.requests(self.round)]
-            if requests:
-                rows = self.answer(requests)
-                if self.on_chunk is not None:
-                    self.on_chunk(rows)
+            rows = []
+            while requests := [r for a in chunk for r in a.requests(self.round)]:  # ask_if: wave after wave
+                rows += self.answer(requests)
+            if rows and self.on_chunk is not None:
+                self.on_chunk(rows)
             bar.update(len(chunk))
         bar.close()
         self.datacollector.collect(self)
@@ -289,7 +323,7 @@ class PopulationModel(mesa.Model):
             agent = self.by_id[r.agent]
             p = probs[ks[0]] if len(ks) == 1 else _mean_probs([probs[k] for k in ks])
             agent.orders[(self.round, r.question)] = r.order
-            text = agent.answer(self.round, r.question, p, None)
+            text = agent.answer(self.round, r.question, p, None, r.options)
             rows.append(self._row(agent, r.question, text))
         for start in range(0, len(free), self.requests_per_call):
             batch = free[start : start + self.requests_per_call]
