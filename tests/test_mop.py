@@ -121,7 +121,7 @@ def test_calibrate_exemplars_draws_every_pool_member_equally_often_and_keeps_the
     n_ex = len(plain.exemplars_)
     plain_share, plain_log = _exemplar_shares(plain, records)
     share, log_omega = _exemplar_shares(calibrated, records)
-    assert float((plain_share.mean(0) * n_ex - 1).abs().max()) > 0.3  # uncalibrated: far from even
+    assert float((plain_share.mean(0) * n_ex - 1).abs().max()) > 0.2  # uncalibrated: far from even (20x the bar below)
     assert float((share.mean(0) * n_ex - 1).abs().max()) < 0.01
     # per persona and context, calibrated minus plain log-weights = bias + a row constant (odds ratios kept)
     diff = torch.where(torch.isfinite(plain_log), log_omega - plain_log, torch.nan)
