@@ -37,7 +37,10 @@ class KVCacheGeneration:
     _project: Callable[[torch.Tensor], torch.Tensor]
     encode_prompt: Callable[[Any], list[int]]
 
-    def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
+    def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=(),
+                 ignore_eos: bool = False) -> list[str]:
+        """See :meth:`LanguageModel.generate`; ``ignore_eos`` (this backend only, as vLLM's) samples
+        exactly ``max_new_tokens`` per row, end-of-text tokens included (for throughput benchmarks)."""
         temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
         n = len(prompts)
         prompt_ids = [self.encode_prompt(p) for p in prompts]
@@ -47,7 +50,7 @@ class KVCacheGeneration:
         for rows in token_budget_batches(lengths, budget):
             outs = self._generate_batch(
                 [prompt_ids[r] for r in rows], [temps[r] for r in rows], [seeds[r] for r in rows],
-                max_new_tokens,
+                max_new_tokens, set() if ignore_eos else self._eos_ids,
             )
             for r, toks in zip(rows, outs, strict=True):
                 texts[r] = cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=True), stop)
@@ -67,7 +70,8 @@ class KVCacheGeneration:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int], max_new_tokens: int
+        self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int], max_new_tokens: int,
+        eos_ids: set[int],
     ) -> list[list[int]]:
         n = len(prompt_ids)
         ids, mask, positions = self._left_padded(prompt_ids)
@@ -89,7 +93,7 @@ class KVCacheGeneration:
                 if done[r]:
                     next_tokens.append(self._pad_id)
                     continue
-                if tok in self._eos_ids:
+                if tok in eos_ids:
                     done[r] = True
                 else:
                     out_tokens[r].append(tok)
