@@ -67,7 +67,7 @@ class SlotCache:
 
         For models that mix full and sliding-window layers, a mask per layer type (transformers takes the
         mapping as given)."""
-        keys = torch.arange(self.max_len, device=positions.device)
+        keys = torch.arange(self.keys[0].shape[2], device=positions.device)  # a size, not an int: no recompile
         full = (keys.view(1, 1, -1) <= positions.unsqueeze(-1)).unsqueeze(1)
         if "sliding_attention" not in self.layer_types or not self.window:
             return full
