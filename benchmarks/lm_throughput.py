@@ -5,6 +5,14 @@ What is measured, in one run (all on the device ``HFLanguageModel`` picks, norma
 * ``generate_speedup`` - 64 short chat prompts ("Write a one-sentence review of movie #i" and
   similar), ~20 new tokens each, sampled with one seed per row: one ``generate`` call per prompt
   versus one batched ``generate`` call for all of them. Ratio = per-prompt time / batched time.
+* ``generate_tok_s`` / ``generate_roofline_fraction`` - decode near the hardware limit: SmolLM2 in
+  bf16, 64 plain-text prompts of ~15 tokens with no prefix shared between them (each opens with its
+  own first token), exactly 64 new tokens each (``ignore_eos``: no stop at end of text), temperature
+  0.8, one seed per row; the whole ``generate`` call is timed (prompt encoding included). Tokens/s is
+  64 x 64 over its time (median of ``--reps``); the fraction is the achieved FLOP/s over the bf16
+  matmul reference below, measured right after each repetition (median of the per-repetition
+  fractions), with ``2 x (parameters excluding the token embedding + vocab x hidden)`` FLOPs per new
+  token (prompt tokens and attention scores are not counted).
 * ``score_speedup`` - 64 (prompt, continuation) pairs, prompts of ~100 tokens (persona as system
   message + an exemplar review + a task) and ~20-token continuations: one ``score`` call per pair
   versus one batched ``score`` call. Ratio = per-pair time / batched time.
@@ -40,12 +48,16 @@ inflates ``generate_speedup`` and ``score_speedup``; rerun on a quiet machine (o
 
 The last line printed is always::
 
-    RESULT generate_speedup=X score_speedup=Y score_vs_raw=Z bf16_vs_fp32=A roofline_fraction=B
+    RESULT generate_speedup=X score_speedup=Y score_vs_raw=Z bf16_vs_fp32=A roofline_fraction=B \
+        generate_tok_s=C generate_roofline_fraction=D
+
+(one line; ``--only decode`` prints only the last two keys).
 
 Usage::
 
-    python benchmarks/lm_throughput.py            # ~3.5 min on 2 quiet CPU cores
-    python benchmarks/lm_throughput.py --quick    # ~1 min
+    python benchmarks/lm_throughput.py                # ~4 min on 2 quiet CPU cores
+    python benchmarks/lm_throughput.py --quick        # ~1.5 min
+    python benchmarks/lm_throughput.py --only decode  # generate_tok_s and generate_roofline_fraction only
 """
 
 from __future__ import annotations
@@ -98,6 +110,46 @@ CONTINUATIONS = [
 ]
 
 
+# one opening word per decode prompt, each its own first token in SmolLM2's vocabulary: no shared prefix
+OPENERS = (
+    "Today Last After Before When While During Although Because Since Every Some Many Most Few One Two Three "
+    "Four Five Six Seven Eight Ten My Our Your His Her Their This That These Those Dear Please Imagine Consider "
+    "Describe Explain Write Tell Give Share List Name Review Rate Compare Recommend Seeing Reading Having Being "
+    "Going Looking Thinking Feeling Remember Ask Answer Start Begin Open"
+).split()
+DECODE_ROWS = 64
+DECODE_TOKENS = 64
+
+
+def decode_prompts(lm: HFLanguageModel) -> list[str]:
+    prompts = [f"{OPENERS[i]}: a short review of the {GENRES[i % len(GENRES)]} movie #{i + 1}.\n"
+               for i in range(DECODE_ROWS)]
+    firsts = {lm.encode_prompt(p)[0] for p in prompts}
+    assert len(firsts) == DECODE_ROWS, "decode prompts must not share a first token"
+    return prompts
+
+
+def decode_roofline(lm: HFLanguageModel, flops_per_token: int, reps: int) -> tuple[float, float, list[float]]:
+    """(new tokens/s, fraction of the bf16 matmul reference, the reference per repetition in GFLOP/s)."""
+    prompts = decode_prompts(lm)
+    seeds = [2000 + i for i in range(DECODE_ROWS)]
+    kw = dict(max_new_tokens=DECODE_TOKENS, temperature=0.8, seed=seeds, ignore_eos=True)
+    lm.generate(prompts, **kw)  # warm-up (compiles at these shapes)
+    times, gflops = [], []
+    for _ in range(reps):
+        times.append(timed(lambda: lm.generate(prompts, **kw)))
+        gflops.append(matmul_gflops(torch.bfloat16, reps=5))
+    n_new = DECODE_ROWS * DECODE_TOKENS
+    fractions = [n_new * flops_per_token / t / 1e9 / g for t, g in zip(times, gflops)]
+    tok_s = n_new / statistics.median(times)
+    print(f"decode: {DECODE_ROWS} prompts x {DECODE_TOKENS} new tokens, {lm.dtype}: "
+          f"{', '.join(f'{t:.2f}' for t in times)} s per call, {tok_s:.0f} new tokens/s; "
+          f"{flops_per_token / 1e6:.0f}M FLOPs per new token; bf16 matmul "
+          f"{', '.join(f'{g:.0f}' for g in gflops)} GFLOP/s; fractions "
+          f"{', '.join(f'{f:.3f}' for f in fractions)}")
+    return tok_s, statistics.median(fractions), gflops
+
+
 def gen_prompts(n: int) -> list[Chat]:
     return [
         Chat.of(TASKS[i % len(TASKS)].format(i=i + 1, genre=GENRES[i % len(GENRES)])) for i in range(n)
@@ -147,7 +199,9 @@ def main() -> None:
                     "(default all, quick 8)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's default, normally one per core)")
-    ap.add_argument("--new-tokens", type=int, default=20, help="max_new_tokens for generation")
+    ap.add_argument("--new-tokens", type=int, default=20, help="max_new_tokens for generate_speedup")
+    ap.add_argument("--only", choices=["all", "decode"], default="all",
+                    help="decode: only generate_tok_s and generate_roofline_fraction")
     args = ap.parse_args()
     rows = args.rows or (32 if args.quick else 64)
     reps = args.reps or (2 if args.quick else 3)
@@ -170,6 +224,14 @@ def main() -> None:
     print(f"model {lm.name} dtype {lm.dtype} device {lm.device}: {n_params / 1e6:.1f}M params, "
           f"{(n_params - n_embed) / 1e6:.1f}M excluding the embedding; FLOPs/token body "
           f"{body_flops / 1e6:.0f}M, vocabulary projection {head_flops / 1e6:.0f}M")
+
+    # ---------------------------------------------------------------- decode roofline
+    gen_tok_s, gen_fraction, _ = decode_roofline(lm, body_flops + head_flops, reps)
+    decode_keys = f"generate_tok_s={gen_tok_s:.0f} generate_roofline_fraction={gen_fraction:.3f}"
+    if args.only == "decode":
+        print(f"total benchmark time {time.perf_counter() - t_start:.0f} s; load average at end {load_average()}")
+        print(f"RESULT {decode_keys}")
+        return
 
     # ---------------------------------------------------------------- (a) generation
     # The per-prompt loop is cut into `reps` chunks, each followed by one batched call, so a burst of
@@ -298,7 +360,7 @@ def main() -> None:
     print(
         f"RESULT generate_speedup={generate_speedup:.2f} score_speedup={score_speedup:.2f} "
         f"score_vs_raw={score_vs_raw:.2f} bf16_vs_fp32={bf16_vs_fp32:.2f} "
-        f"roofline_fraction={roofline_fraction:.3f}"
+        f"roofline_fraction={roofline_fraction:.3f} {decode_keys}"
     )
 
 

@@ -5,9 +5,9 @@ upcast / pow / mean / rsqrt / mul chain, SiLU x up-projection, the rotary embedd
 the residual adds) do not speed up with the dtype; on SmolLM2-135M they took about as long as all the
 matmuls together. Two compiled paths cover them:
 
-* every ``*RMSNorm`` and ``*MLP`` block is compiled, which serves generation: its layers are called with
-  a KV cache, whose Python-side bookkeeping (per-layer indices, lazily initialised tensors) would make
-  dynamo recompile once per layer;
+* every ``*RMSNorm`` and ``*MLP`` block is compiled, which serves generation's prompt encoding: its
+  layers are called with a KV cache, whose per-layer index would make dynamo recompile a layer forward
+  once per layer (generation's decode step is compiled whole instead, see :mod:`popsim.lm.generate`);
 * every ``*DecoderLayer`` also gets a compiled forward that is taken only when no KV cache is passed,
   i.e. by scoring (flat or prefix-tree). There Inductor fuses the rotary embedding and residual adds as
   well, and attention runs inside the graph as the same SDPA call (measured ~9% faster per forward than

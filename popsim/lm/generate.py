@@ -1,139 +1,212 @@
-"""KV-cached sampling for the transformers backend, apart from its scoring passes.
+"""Sampling for the transformers backend: a static slot cache, continuous batching and a compiled decode step.
 
 :class:`KVCacheGeneration` is mixed into :class:`~popsim.lm.hf.HFLanguageModel`, which provides the
-decoder body, the vocabulary projection and the token ids it reads (listed on the class). Each row has
-its own torch ``Generator``, so a row's sample depends only on its own prompt, temperature and seed.
+decoder body, the vocabulary projection and the token ids it reads (listed on the class).
+
+How a ``generate`` call runs:
+
+* one :class:`~popsim.lm.slot_cache.SlotCache` is allocated for the call: ``batch_tokens // max_len``
+  slots (at most one per prompt, at least two) of ``max_len`` = longest prompt + ``max_new_tokens``, rounded up to
+  64 tokens;
+* waiting prompts (longest first) are encoded into free slots together (a *prefill* pass, which also
+  samples their first token); every other token comes from one *decode step* over all slots;
+* when a row ends (end of text or ``max_new_tokens``) its slot is refilled from the waiting prompts as
+  soon as an eighth of the slots are free (or none is busy), so the batch stays full instead of idling
+  until its longest text ends (continuous batching);
+* the decode step - decoder body over the cache, vocabulary projection and sampling - is one
+  ``torch.compile``'d function where the model's blocks are compiled (bf16 on CPU by default; see
+  :mod:`popsim.lm.compile`); elsewhere it runs eagerly, the same code;
+* sampling is Gumbel-max with counter-based noise (:mod:`popsim.lm.sampling`): vectorised over rows,
+  and a row's token depends only on its own logits, temperature, seed and step.
+
+So a row's text depends only on its own prompt, temperature and seed: its keys sit at the same cache
+indices in any batch, its noise is its own, and in fp32 its logits do not depend on the other rows
+(tested). In bf16 a matmul's rounding can depend on the batch's shape, which may flip a near-tie.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from popsim.lm.base import generation_rows, plain_stops
-from popsim.lm.prefix_tree import token_budget_batches
+from popsim.lm.sampling import pick_tokens, seed_keys
+from popsim.lm.slot_cache import SlotCache
 
-__all__ = ["KVCacheGeneration", "sample_rows", "cut_at_stop"]
+__all__ = ["KVCacheGeneration", "cut_at_stop"]
+
+_LEN_STEP = 64  # cache lengths are rounded up to this, so compiled steps see few distinct shapes
+_REFILL_FRACTION = 8  # refill once 1/8 of the slots are free
 
 
 class KVCacheGeneration:
-    """``generate`` as a small KV-cached loop over token-budget batches of rows.
+    """``generate`` over a slot cache with continuous batching.
 
     Comes first among the bases (its ``generate`` implements the abstract one). Needs from the class it is
-    mixed into: ``_body`` (the decoder), ``_project`` (hidden -> fp32 logits),
-    ``_cache_kwarg``, ``_pad_id``, ``_eos_ids``, ``device``, ``tokenizer``, ``batch_tokens`` and
-    ``encode_prompt``.
+    mixed into: ``_body`` (the decoder), ``_project`` (hidden -> fp32 logits), ``_cache_kwarg``,
+    ``_pad_id``, ``_eos_ids``, ``model``, ``dtype``, ``device``, ``tokenizer``, ``batch_tokens``,
+    ``compiled_blocks``, ``compile_sampler`` and ``encode_prompt``.
     """
 
     _body: Any
     _cache_kwarg: str
     _pad_id: int
     _eos_ids: set[int]
+    model: Any
+    dtype: torch.dtype
     device: torch.device
     tokenizer: Any
     batch_tokens: int
+    compiled_blocks: int
+    compile_sampler: bool
     _project: Callable[[torch.Tensor], torch.Tensor]
     encode_prompt: Callable[[Any], list[int]]
+    _decode_step_fn: Callable[..., torch.Tensor] | None = None
 
-    def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=()) -> list[str]:
+    def generate(self, prompts, *, max_new_tokens=64, temperature=1.0, seed=0, stop=(),
+                 ignore_eos: bool = False) -> list[str]:
+        """See :meth:`LanguageModel.generate`; ``ignore_eos`` (this backend only, as vLLM's) samples
+        exactly ``max_new_tokens`` per row, end-of-text tokens included (for throughput benchmarks)."""
         temps, seeds = generation_rows(prompts, max_new_tokens, temperature, seed)
-        n = len(prompts)
         prompt_ids = [self.encode_prompt(p) for p in prompts]
         stops = [plain_stops(self.tokenizer, p, stop) for p in prompts]
         # a template-free chat's answer: a blank line it opens with ends nothing, so leading space is dropped
         strip = [len(s) > len(tuple(stop)) for s in stops]
-        texts: list[str] = [""] * n
-        budget = max(self.batch_tokens, 1)
-        lengths = [len(p) + max_new_tokens for p in prompt_ids]
-        for rows in token_budget_batches(lengths, budget):
-            outs = self._generate_batch(
-                [prompt_ids[r] for r in rows], [temps[r] for r in rows], [seeds[r] for r in rows],
-                max_new_tokens, [(stops[r], strip[r]) for r in rows],
-            )
-            for r, toks in zip(rows, outs, strict=True):
-                texts[r] = cut_at_stop(self._row_text(toks, strip[r]), stops[r])
-        return texts
+        eos = set() if ignore_eos else self._eos_ids
+        outs = self._generate_ids(prompt_ids, temps, seeds, max_new_tokens, eos)
+        return [cut_at_stop(self._row_text(toks, lead), st) for toks, lead, st in zip(outs, strip, stops, strict=True)]
 
     def _row_text(self, tokens: list[int], strip: bool) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return text.lstrip() if strip else text
 
-    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded ids, mask and position ids (positions count real tokens only)."""
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            if s:
-                ids[r, width - len(s) :] = torch.tensor(s)
-                mask[r, width - len(s) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
-
+    # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
-    def _generate_batch(
-        self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int], max_new_tokens: int,
-        stops: list[tuple[tuple[str, ...], bool]] | None = None,
-    ) -> list[list[int]]:
-        """Sampled token ids per row; a row ends at an end-of-sequence token or, with ``stops`` (per row: stop
-        strings and whether leading space is dropped), once its text holds a stop string (its sample up to
-        there is the same either way; a base model rarely emits end-of-sequence, so this saves its steps)."""
-        n = len(prompt_ids)
-        ids, mask, positions = self._left_padded(prompt_ids)
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        out_tokens: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
-        cache = None
-        step_ids = ids
-        for _ in range(max_new_tokens):
-            out = self._body(
-                input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{self._cache_kwarg: cache},
-            )
-            cache = getattr(out, self._cache_kwarg)
-            logits = self._project(out.last_hidden_state[:, -1]).cpu()
-            sampled = sample_rows(logits, temps, generators, done)
-            next_tokens = []
-            for r, tok in enumerate(sampled):
-                if done[r]:
-                    next_tokens.append(self._pad_id)
-                    continue
-                if tok in self._eos_ids:
-                    done[r] = True
-                else:
-                    out_tokens[r].append(tok)
-                    if stops and stops[r][0] and _holds_stop(self._row_text(out_tokens[r], stops[r][1]), stops[r][0]):
-                        done[r] = True
-                next_tokens.append(tok)
-            if all(done):
-                break
-            step_ids = torch.tensor(next_tokens, device=self.device).view(n, 1)
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)
-            positions = positions[:, -1:] + 1
-        return out_tokens
+    def _generate_ids(self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int],
+                      max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
+        """New token ids per row (end-of-text excluded), continuous batching over one slot cache."""
+        n, dev = len(prompt_ids), self.device
+        max_len = -(-(max(map(len, prompt_ids)) + max_new_tokens) // _LEN_STEP) * _LEN_STEP
+        # at least two slots even for one prompt: compiled graphs specialise on a batch of one
+        n_slots = max(2, min(n, self.batch_tokens // max_len))
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        cache = SlotCache(config, n_slots, max_len, self.dtype, dev)
+        row_keys = seed_keys(seeds, dev)
+        row_temps = torch.tensor(temps, dtype=torch.float32, device=dev)
+        # per-slot state, on the device: the step reads it without a copy
+        slot_keys = torch.zeros((n_slots, 2), dtype=torch.long, device=dev)
+        slot_temps = torch.ones(n_slots, dtype=torch.float32, device=dev)
+        slot_steps = torch.zeros(n_slots, dtype=torch.long, device=dev)
+        slot_pos = torch.zeros(n_slots, dtype=torch.long, device=dev)
+        next_ids = torch.full((n_slots,), self._pad_id, dtype=torch.long, device=dev)
+        out: list[list[int]] = [[] for _ in range(n)]
+        owner: list[int | None] = [None] * n_slots  # row held by each slot
+        waiting = deque(sorted(range(n), key=lambda r: -len(prompt_ids[r])))
+
+        def take(slot: int, token: int) -> None:
+            """Record a slot's sampled token; free the slot when its row ends."""
+            row = owner[slot]
+            assert row is not None
+            if token in eos_ids:
+                owner[slot] = None
+                return
+            out[row].append(token)
+            if len(out[row]) >= max_new_tokens:
+                owner[slot] = None
+
+        while waiting or any(o is not None for o in owner):
+            free = [s for s, o in enumerate(owner) if o is None]
+            busy = n_slots - len(free)
+            if waiting and free and (busy == 0 or len(free) >= max(1, n_slots // _REFILL_FRACTION)):
+                slots = free[: len(waiting)]
+                rows = [waiting.popleft() for _ in slots]
+                slot_index = torch.tensor(slots, device=dev)
+                row_index = torch.tensor(rows, device=dev)
+                first = self._prefill(cache, slot_index, [prompt_ids[r] for r in rows],
+                                      row_temps[row_index], row_keys[row_index])
+                slot_keys[slot_index] = row_keys[row_index]
+                slot_temps[slot_index] = row_temps[row_index]
+                slot_steps[slot_index] = 1
+                slot_pos[slot_index] = torch.tensor([len(prompt_ids[r]) for r in rows], device=dev)
+                next_ids[slot_index] = first
+                for s, r, tok in zip(slots, rows, first.tolist(), strict=True):
+                    owner[s] = r
+                    take(s, tok)
+                continue  # rows that ended at their first token free their slot before a step runs
+            tokens = self._decode_step(cache, next_ids, slot_pos, slot_temps, slot_keys, slot_steps)
+            for s, tok in enumerate(tokens.tolist()):
+                if owner[s] is not None:
+                    take(s, tok)
+            next_ids = tokens
+            # idle slots keep writing at their last index, which their next occupant's prefill masks
+            slot_pos = (slot_pos + 1).clamp_max(max_len - 1)
+            slot_steps = slot_steps + 1
+        return out
+
+    # ------------------------------------------------------------------ passes
+    def _prefill(self, cache: SlotCache, slots: torch.Tensor, prompts: list[list[int]], temps: torch.Tensor,
+                 keys: torch.Tensor) -> torch.Tensor:
+        """Encode ``prompts`` into ``slots`` (right-padded: token i at index i) and sample each first token."""
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, : len(p)] = torch.tensor(p)
+        positions = torch.arange(width, device=self.device).expand(len(prompts), width)
+        cache.set_pass(slots, positions)
+        hidden = self._body(input_ids=ids.to(self.device), attention_mask=cache.mask(positions),
+                            position_ids=positions, use_cache=True, **{self._cache_kwarg: cache}).last_hidden_state
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        logits = self._project(hidden[torch.arange(len(prompts), device=self.device), last])
+        return self._sample(logits, temps, keys, torch.zeros_like(last))
+
+    def _sample(self, logits: torch.Tensor, temps: torch.Tensor, keys: torch.Tensor,
+                steps: torch.Tensor) -> torch.Tensor:
+        """:func:`pick_tokens`, compiled on CPU (eagerly its ~30 integer ops over rows x vocabulary each
+        make a full tensor: slower than the float64 sampler it replaced) unless compiling is off."""
+        if self.device.type == "cpu" and self.compile_sampler:
+            try:
+                return _compiled_sampler()(logits, temps, keys, steps)
+            except Exception as exc:  # noqa: BLE001 - any backend failure means "sample eagerly"
+                self.compile_sampler = False
+                warnings.warn(f"compiled sampling unavailable ({type(exc).__name__}); sampling eagerly",
+                              RuntimeWarning, stacklevel=2)
+        return pick_tokens(logits, temps, keys, steps)
+
+    def _decode_step(self, cache: SlotCache, ids: torch.Tensor, positions: torch.Tensor, temps: torch.Tensor,
+                     keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """One token per slot (every slot runs; idle ones are ignored by the caller)."""
+        cache.set_pass(None, positions.unsqueeze(1))
+        args = (cache, ids, positions, temps, keys, steps)
+        if self._decode_step_fn is None:
+            if self.compiled_blocks:  # the model's blocks compiled: compile the whole step too
+                self._decode_step_fn = torch.compile(self._step, dynamic=True)
+                try:
+                    return self._decode_step_fn(*args)
+                except Exception as exc:  # noqa: BLE001 - any backend failure means "step eagerly"
+                    warnings.warn(f"compiled decode step unavailable ({type(exc).__name__}: {exc}); "
+                                  "decoding eagerly", RuntimeWarning, stacklevel=2)
+            self._decode_step_fn = self._step
+        return self._decode_step_fn(*args)
+
+    def _step(self, cache: SlotCache, ids: torch.Tensor, positions: torch.Tensor, temps: torch.Tensor,
+              keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        pos = positions.unsqueeze(1)
+        hidden = self._body(input_ids=ids.unsqueeze(1), attention_mask=cache.mask(pos), position_ids=pos,
+                            use_cache=True, **{self._cache_kwarg: cache}).last_hidden_state[:, -1]
+        if torch.compiler.is_compiling():
+            return pick_tokens(self._project(hidden), temps, keys, steps)
+        return self._sample(self._project(hidden), temps, keys, steps)
 
 
-def sample_rows(
-    logits: torch.Tensor, temps: list[float], generators: list[torch.Generator], done: list[bool]
-) -> list[int]:
-    """One token per row by the exponential race (Gumbel-max): argmax(logits / t - log E), E ~ Exp(1).
-
-    Each live row draws its noise from its own generator, so its text depends only on its seed, never on
-    the other rows (done rows draw nothing). Unlike inverse-CDF sampling, whose cumulative sum drifts
-    with float noise from batch make-up and flips tokens near interval edges, the race only flips when
-    the two best perturbed scores tie to within that noise. Temperature <= 1e-6 means greedy.
-    """
-    n, vocab = logits.shape
-    noise = torch.ones((n, vocab), dtype=torch.float64)
-    for r, (g, d) in enumerate(zip(generators, done, strict=True)):
-        if not d and temps[r] > 1e-6:
-            noise[r].exponential_(generator=g)
-    t = torch.tensor(temps, dtype=torch.float64).clamp_min(1e-6).unsqueeze(1)
-    picks = (logits.double() / t - noise.log()).argmax(dim=1)
-    greedy = logits.argmax(dim=1)
-    return [int(greedy[r]) if temps[r] <= 1e-6 else int(picks[r]) for r in range(n)]
+@functools.cache
+def _compiled_sampler() -> Callable[..., torch.Tensor]:
+    return torch.compile(pick_tokens, dynamic=True)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -144,6 +217,3 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
             cut = min(cut, i)
     return text[:cut]
 
-
-def _holds_stop(text: str, stop: Sequence[str]) -> bool:
-    return any(s and s in text for s in stop)

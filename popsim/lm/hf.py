@@ -12,8 +12,9 @@ Speed notes (LM passes are nearly all of popsim's cost):
 * in bf16 on CPU the decoder layers (for cache-free scoring passes) and the norm and MLP blocks (for
   generation) are compiled (:mod:`popsim.lm.compile`): eager elementwise kernels would otherwise cost
   as much as the matmuls;
-* generation is a small KV-cached loop with one torch ``Generator`` per row, so a row's sample depends
-  only on its own prompt, temperature and seed (:mod:`popsim.lm.generate`).
+* generation runs over a preallocated slot cache with continuous batching, its decode step compiled
+  where the blocks are, and samples with counter-based Gumbel noise, so a row's sample depends only on
+  its own prompt, temperature and seed (:mod:`popsim.lm.generate`).
 
 :attr:`HFLanguageModel.identity` (weights' digest, dtype, device type, attention and compile path) keys
 the machine-wide score cache, so a bf16 fit never reuses fp32 scores (see :mod:`popsim.lm.identity`).
@@ -133,6 +134,7 @@ class HFLanguageModel(KVCacheGeneration, LanguageModel):
         self._cache_kwarg = "cache" if takes_cache else "past_key_values"
         self.tree_tiles = tree_tiles
         self.compiled_blocks = 0
+        self.compile_sampler = compile != "off"  # generation's sampler, on CPU (see popsim.lm.generate)
         if should_compile(compile, self.device, self.dtype):
             register_attention(self.model)
             self.compiled_blocks = compile_elementwise_blocks(self.model, self._warm_up)
