@@ -163,7 +163,8 @@ def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
 def mop_estimator(scenario: Scenario, lm: LanguageModel | None, encoder: SentenceEncoder | None, *,
                   verbose: bool = True) -> MixtureOfPersonas:
     """The unfitted estimator the scenario's ``mop:`` section describes: every key is the estimator
-    parameter of the same name, except ``exemplar_questions`` (how survey exemplars are built)."""
+    parameter of the same name, except ``exemplar_questions`` and ``exemplars_per_agent`` (how exemplars are
+    built and shown)."""
     return MixtureOfPersonas(lm, encoder, style=prompt_style(scenario), random_state=scenario.seed,
                              cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
                              **scenario.mop.estimator_params())
