@@ -223,7 +223,8 @@ def test_every_mop_key_of_a_scenario_reaches_the_estimator():
     for key, value in changed.items():
         name = key.removeprefix("mop.")
         assert params["random_state" if name == "seed" else name] == value, name
-    unset = set(type(scenario.mop).model_fields) - {k.removeprefix("mop.") for k in changed} - {"exemplar_questions"}
+    unset = set(type(scenario.mop).model_fields) - {k.removeprefix("mop.") for k in changed} - {"exemplar_questions",
+                                                                                      "exemplars_per_agent"}
     assert all(params[name] == getattr(scenario.mop, name) for name in unset)
     assert params["style"] == PromptStyle.survey()
 

@@ -198,8 +198,8 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
     if kind == "survey":
         responses, real_frame = scored_tables(config, responses, real_frame)
         extra += questionnaire_sections(config, responses, real_frame)
-    paths = scorers[kind](responses, real_frame, options, attributes, out_dir, by=by, wording=wording,
-                          extra_sections=extra, **({"config": config} if kind == "reviews" else {}))
+    extras = {"config": config} if kind == "reviews" else {"extra_sections": extra}
+    paths = scorers[kind](responses, real_frame, options, attributes, out_dir, by=by, wording=wording, **extras)
     print(f"\nReport: {paths['report_html']} (and report.md, CSV tables and figures in "
           f"{paths['report_html'].parent})")
     return 0
