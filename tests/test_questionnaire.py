@@ -196,7 +196,7 @@ def test_shipped_questionnaire_runs_and_reports_on_smollm2(tmp_path: Path, monke
     small.write_text(yaml.safe_dump(config, sort_keys=False))
     run_dir = tmp_path / "run"
     scenario = load_scenario(small, {"output": str(run_dir), "simulation.agents": 12})
-    runner.run(scenario, lm=smollm, encoder=encoder, verbose=False)  # the session's SmolLM2: no reload
+    runner.run(scenario, lm=smollm, encoder=encoder, verbose=False)  # the suite's shared SmolLM2: no reload
     responses = pd.read_parquet(run_dir / "responses.parquet")
     wide = responses.pivot(index="agent", columns="question", values="answer")
     apart = wide["separate_beds"] != "Never"

@@ -45,8 +45,8 @@ def should_compile(setting: str, device: torch.device, dtype: torch.dtype) -> bo
 
 
 # Graph variants one compiled layer forward may hold before dynamo runs it eagerly: mask kinds (causal,
-# padded, dense tree, strip + band) x batch of one or more, x every model loaded in the process (a test
-# session loads several). torch's default of 8 was reached in the test suite.
+# padded, dense tree, strip + band) x batch of one or more, x every model loaded in the process (the test
+# suite loads several). torch's default of 8 was reached there.
 _RECOMPILE_LIMIT = 64
 
 
