@@ -424,6 +424,27 @@ def test_the_matrix_is_big_and_distinct() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+def fails_in_one_line(case: Case, argv: list[str], case_dir: Path, before: object,
+                      capsys: pytest.CaptureFixture) -> None:
+    """The API raises ``case.error`` with one line saying ``case.says``; the CLI prints it and exits 2; neither
+    changes ``case_dir`` from ``before`` (its :func:`tree`)."""
+    with pytest.raises(PopsimError) as info:
+        api(argv)
+    assert type(info.value) is case.error, f"{type(info.value).__name__}: {info.value}"
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    for part in case.says:
+        assert part in message, f"{part!r} not in: {message}"
+    assert tree(case_dir) == before, "the failed call wrote or changed files"
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.err == f"popsim: error: {message}\n"
+    assert out.out == ""
+    assert tree(case_dir) == before, "the failed CLI call wrote or changed files"
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture,
                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,21 +456,7 @@ def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest, c
     if case.patch is not None:
         case.patch(case_dir / "run", monkeypatch)
     try:
-        with pytest.raises(PopsimError) as info:
-            api(argv)
-        assert type(info.value) is case.error, f"{type(info.value).__name__}: {info.value}"
-        message = str(info.value)
-        assert len(message.splitlines()) == 1
-        for part in case.says:
-            assert part in message, f"{part!r} not in: {message}"
-        assert tree(case_dir) == before, "the failed call wrote or changed files"
-
-        capsys.readouterr()
-        assert main(argv) == 2
-        out = capsys.readouterr()
-        assert out.err == f"popsim: error: {message}\n"
-        assert out.out == ""
-        assert tree(case_dir) == before, "the failed CLI call wrote or changed files"
+        fails_in_one_line(case, argv, case_dir, before, capsys)
     finally:
         for path in [case_dir, *case_dir.rglob("*")]:  # undo read_only, so pytest can clean up
             if not path.is_symlink():

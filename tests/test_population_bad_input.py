@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from popsim.cli import main
-from popsim.exceptions import DataError, PopsimError, ScenarioError
+from popsim.exceptions import DataError, ScenarioError
 
-from .test_bad_input import Case, api, put, scenario, tree
+from .test_bad_input import Case, fails_in_one_line, put, scenario, tree
 
 SEX = {"man": 0.48, "woman": 0.52}
 
@@ -85,17 +84,4 @@ def test_bad_population_or_experiment(case: Case, tmp_path: Path, capsys: pytest
     case_dir = tmp_path / "case"
     case_dir.mkdir()
     argv = case.make(case_dir, None)
-    before = tree(case_dir)
-    with pytest.raises(PopsimError) as info:
-        api(argv)
-    assert type(info.value) is case.error, f"{type(info.value).__name__}: {info.value}"
-    message = str(info.value)
-    assert len(message.splitlines()) == 1
-    for part in case.says:
-        assert part in message, f"{part!r} not in: {message}"
-    assert tree(case_dir) == before, "the failed call wrote or changed files"
-    capsys.readouterr()
-    assert main(argv) == 2
-    out = capsys.readouterr()
-    assert out.err == f"popsim: error: {message}\n"
-    assert tree(case_dir) == before
+    fails_in_one_line(case, argv, case_dir, tree(case_dir), capsys)
