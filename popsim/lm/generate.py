@@ -107,6 +107,7 @@ class KVCacheGeneration:
         next_ids = torch.full((n_slots,), self._pad_id, dtype=torch.long, device=dev)
         out: list[list[int]] = [[] for _ in range(n)]
         owner: list[int | None] = [None] * n_slots  # row held by each slot
+        index_of: list[int] = [0] * n_slots  # where each slot writes its next token (slot_pos, on the host)
         waiting = deque(sorted(range(n), key=lambda r: -len(prompt_ids[r])))
 
         def take(slot: int, token: int) -> None:
@@ -134,18 +135,22 @@ class KVCacheGeneration:
                 slot_temps[slot_index] = row_temps[row_index]
                 slot_steps[slot_index] = 1
                 slot_pos[slot_index] = torch.tensor([len(prompt_ids[r]) for r in rows], device=dev)
+                for s, r in zip(slots, rows, strict=True):
+                    index_of[s] = len(prompt_ids[r])
                 next_ids[slot_index] = first
                 for s, r, tok in zip(slots, rows, first.tolist(), strict=True):
                     owner[s] = r
                     take(s, tok)
                 continue  # rows that ended at their first token free their slot before a step runs
-            tokens = self._decode_step(cache, next_ids, slot_pos, slot_temps, slot_keys, slot_steps)
+            live = 1 + max(index_of[s] for s, o in enumerate(owner) if o is not None)
+            tokens = self._decode_step(cache, next_ids, slot_pos, slot_temps, slot_keys, slot_steps, live)
             for s, tok in enumerate(tokens.tolist()):
                 if owner[s] is not None:
                     take(s, tok)
             next_ids = tokens
             # idle slots keep writing at their last index, which their next occupant's prefill masks
             slot_pos = (slot_pos + 1).clamp_max(max_len - 1)
+            index_of = [min(i + 1, max_len - 1) for i in index_of]
             slot_steps = slot_steps + 1
         return out
 
@@ -158,7 +163,7 @@ class KVCacheGeneration:
         for r, p in enumerate(prompts):
             ids[r, : len(p)] = torch.tensor(p)
         positions = torch.arange(width, device=self.device).expand(len(prompts), width)
-        cache.set_pass(slots, positions)
+        cache.set_pass(slots, positions, live=width)
         hidden = self._body(input_ids=ids.to(self.device), attention_mask=cache.mask(positions),
                             position_ids=positions, use_cache=True, **{self._cache_kwarg: cache}).last_hidden_state
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
@@ -179,9 +184,10 @@ class KVCacheGeneration:
         return pick_tokens(logits, temps, keys, steps)
 
     def _decode_step(self, cache: SlotCache, ids: torch.Tensor, positions: torch.Tensor, temps: torch.Tensor,
-                     keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """One token per slot (every slot runs; idle ones are ignored by the caller)."""
-        cache.set_pass(None, positions.unsqueeze(1))
+                     keys: torch.Tensor, steps: torch.Tensor, live: int) -> torch.Tensor:
+        """One token per slot (every slot runs; idle ones are ignored by the caller), reading the cache below
+        ``live`` (past every busy row's current index)."""
+        cache.set_pass(None, positions.unsqueeze(1), live=live)
         args = (cache, ids, positions, temps, keys, steps)
         if self._decode_step_fn is None:
             if self.compiled_blocks:  # the model's blocks compiled: compile the whole step too
