@@ -84,7 +84,8 @@ def text_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int, o
             if method == "mop-no-exemplar":
                 draw["exemplar"] = np.full(len(contexts), -1)
         else:
-            draw = assign_mixture(method, mop, contexts, rng)
+            # every method samples at the same temperature: the baselines at MoP's (fixed) tau_init, not 1.0
+            draw = assign_mixture(method, mop, contexts, rng, tau_default=cfg["tau_init"])
         prompts = []
         for k, j, c in zip(draw["persona"], draw["exemplar"], contexts, strict=True):
             prompts.append(task_prompt(c, style) if k < 0 and j < 0 else
