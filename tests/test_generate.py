@@ -138,3 +138,37 @@ def test_compiled_bf16_decode_step_matches_eager(smollm_bf16):
     finally:
         smollm_bf16._decode_step_fn = saved
     assert sum(a == b for a, b in zip(compiled, eager)) >= 2 and all(compiled)
+
+
+def test_shared_prefixes_groups_long_common_prefixes():
+    from popsim.lm.generate import shared_prefixes
+
+    head = list(range(100, 130))  # 30 shared tokens
+    prompts = [head + [1, 2], [7, 8, 9], head + [3], head[:20] + [4, 5], head + [1, 2, 6]]
+    shares = shared_prefixes(prompts)
+    assert shares[1] == (1, 0)  # shares nothing
+    groups = {lead for lead, length in shares if length}
+    assert len(groups) == 1 and all(prompts[r][:n] == prompts[lead][:n] for r, (lead, n) in enumerate(shares))
+    assert all(n < len(prompts[r]) for r, (_, n) in enumerate(shares))  # each row keeps a token to encode
+    # the best split: the four head rows share 20 tokens (60 saved) or three share 30 (60 saved): never less
+    assert sum(n for r, (lead, n) in enumerate(shares) if lead != r) >= 60
+    assert shared_prefixes([[1] * 40, [2] * 40]) == [(0, 0), (1, 0)]
+
+
+def test_shared_prefix_prefill_equals_separate_prompts(tiny_lm):
+    """Prompts sharing a long prefix (encoded once, then copied) decode as each does alone (greedy, fp32)."""
+    head = "You are a person answering a survey. Your persona: a retired teacher who gardens and reads. "
+    prompts = [head + "Q: roads?", head + "Q: schools and their teachers?", "Unrelated", head * 2]
+    got = tiny_lm.generate(prompts, max_new_tokens=8, temperature=0.0, ignore_eos=True)
+    assert got == [hf_greedy(tiny_lm, p, 8) for p in prompts]
+
+
+def test_smollm_shared_prefix_rows_equal_rows_alone(smollm):
+    """fp32 SmolLM2, sampled: chats with the same system message and persona give the same texts together
+    (their prefix encoded once) as one by one."""
+    persona = "You are a 54-year-old nurse from Ohio who cooks for a large family and likes mystery novels."
+    prompts = [Chat.of(f"Write one sentence about {x}.", system=persona) for x in ("coffee", "rain", "trains")]
+    kw = dict(max_new_tokens=10, temperature=0.9)
+    together = smollm.generate(prompts, seed=[1, 2, 3], **kw)
+    alone = [smollm.generate([p], seed=[s], **kw)[0] for p, s in zip(prompts, [1, 2, 3])]
+    assert together == alone and len(set(together)) == 3

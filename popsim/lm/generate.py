@@ -8,8 +8,9 @@ How a ``generate`` call runs:
 * one :class:`~popsim.lm.slot_cache.SlotCache` is allocated for the call: ``batch_tokens // max_len``
   slots (at most one per prompt, at least two) of ``max_len`` = longest prompt + ``max_new_tokens``, rounded up to
   64 tokens;
-* waiting prompts (longest first) are encoded into free slots together (a *prefill* pass, which also
-  samples their first token); every other token comes from one *decode step* over all slots;
+* waiting prompts (longest first) are encoded into free slots together (a *prefill*, which also samples
+  their first token); prompts of one prefill that share a long prefix have it encoded once and copied into
+  each other's slots (:func:`shared_prefixes`); every other token comes from one *decode step* over all slots;
 * when a row ends (end of text or ``max_new_tokens``) its slot is refilled from the waiting prompts as
   soon as an eighth of the slots are free (or none is busy), so the batch stays full instead of idling
   until its longest text ends (continuous batching);
@@ -38,10 +39,11 @@ from popsim.lm.base import generation_rows, plain_stops
 from popsim.lm.sampling import pick_tokens, seed_keys
 from popsim.lm.slot_cache import SlotCache
 
-__all__ = ["KVCacheGeneration", "cut_at_stop"]
+__all__ = ["KVCacheGeneration", "cut_at_stop", "shared_prefixes"]
 
 _LEN_STEP = 64  # cache lengths are rounded up to this, so compiled steps see few distinct shapes
 _REFILL_FRACTION = 8  # refill once 1/8 of the slots are free
+_MIN_SHARED = 16  # prompts sharing fewer leading tokens each encode them themselves
 
 
 class KVCacheGeneration:
@@ -157,18 +159,38 @@ class KVCacheGeneration:
     # ------------------------------------------------------------------ passes
     def _prefill(self, cache: SlotCache, slots: torch.Tensor, prompts: list[list[int]], temps: torch.Tensor,
                  keys: torch.Tensor) -> torch.Tensor:
-        """Encode ``prompts`` into ``slots`` (right-padded: token i at index i) and sample each first token."""
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
-        for r, p in enumerate(prompts):
+        """Encode ``prompts`` into ``slots`` (token i at index i) and sample each first token.
+
+        Rows that share a long leading run of tokens (an instruction, a persona, an exemplar) have it encoded
+        once, by one of them, and copied into the others' slots (:func:`shared_prefixes`); then every row
+        encodes the rest of its prompt."""
+        shares = shared_prefixes(prompts)
+        leaders = [r for r, (lead, length) in enumerate(shares) if lead == r and length]
+        if leaders:
+            self._encode(cache, slots[leaders], [prompts[r][: shares[r][1]] for r in leaders], [0] * len(leaders))
+            for r, (lead, length) in enumerate(shares):
+                if lead != r:
+                    cache.copy_prefix(int(slots[lead]), int(slots[r]), length)
+        starts = [length for _, length in shares]
+        hidden = self._encode(cache, slots, [p[s:] for p, s in zip(prompts, starts, strict=True)], starts)
+        return self._sample(self._project(hidden), temps, keys, torch.zeros(len(prompts), dtype=torch.long,
+                                                                               device=self.device))
+
+    def _encode(self, cache: SlotCache, slots: torch.Tensor, parts: list[list[int]], starts: list[int]
+                ) -> torch.Tensor:
+        """Run ``parts`` (right-padded) at cache indices ``starts`` onwards of ``slots``; each row's last hidden
+        state. Padding writes past a row's end (clamped into the slot), where its decode steps overwrite it."""
+        width = max(map(len, parts))
+        ids = torch.full((len(parts), width), self._pad_id, dtype=torch.long)
+        for r, p in enumerate(parts):
             ids[r, : len(p)] = torch.tensor(p)
-        positions = torch.arange(width, device=self.device).expand(len(prompts), width)
-        cache.set_pass(slots, positions, live=width)
+        first = torch.tensor(starts, device=self.device).unsqueeze(1)
+        positions = (first + torch.arange(width, device=self.device)).clamp_max(cache.max_len - 1)
+        cache.set_pass(slots, positions, live=max(s + len(p) for s, p in zip(starts, parts, strict=True)))
         hidden = self._body(input_ids=ids.to(self.device), attention_mask=cache.mask(positions),
                             position_ids=positions, use_cache=True, **{self._cache_kwarg: cache}).last_hidden_state
-        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        logits = self._project(hidden[torch.arange(len(prompts), device=self.device), last])
-        return self._sample(logits, temps, keys, torch.zeros_like(last))
+        last = torch.tensor([len(p) - 1 for p in parts], device=self.device)
+        return hidden[torch.arange(len(parts), device=self.device), last]
 
     def _sample(self, logits: torch.Tensor, temps: torch.Tensor, keys: torch.Tensor,
                 steps: torch.Tensor) -> torch.Tensor:
@@ -208,6 +230,50 @@ class KVCacheGeneration:
         if torch.compiler.is_compiling():
             return pick_tokens(self._project(hidden), temps, keys, steps)
         return self._sample(self._project(hidden), temps, keys, steps)
+
+
+def shared_prefixes(prompts: list[list[int]], min_shared: int = _MIN_SHARED) -> list[tuple[int, int]]:
+    """For each prompt, ``(leader, length)``: its first ``length`` tokens equal those of prompt ``leader``, which
+    encodes them once for its group (a leader names itself; ``length`` 0: the prompt shares nothing).
+
+    Prompts sorted by their tokens put long common prefixes next to each other; groups are runs of that order,
+    chosen (dynamic programming over run boundaries) to save the most encoded tokens, each sharing the run's
+    common prefix of at least ``min_shared`` tokens and at most every member's length - 1 (every row encodes at
+    least its last token, whose logits give its first sample)."""
+    order = sorted(range(len(prompts)), key=lambda r: prompts[r])
+    n = len(order)
+
+    def lcp(a: list[int], b: list[int]) -> int:
+        k = 0
+        for x, y in zip(a, b):  # noqa: B905 - lengths differ by design
+            if x != y:
+                break
+            k += 1
+        return k
+
+    adjacent = [lcp(prompts[order[i - 1]], prompts[order[i]]) for i in range(1, n)]
+    best = [0] * (n + 1)  # tokens saved by the first i prompts of the order
+    cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last run, its shared length)
+    for i in range(1, n + 1):
+        best[i], cut[i] = best[i - 1], (i - 1, 0)
+        common, shortest = 1 << 30, len(prompts[order[i - 1]])
+        for j in range(i - 2, -1, -1):  # the last run is order[j:i]
+            common = min(common, adjacent[j])
+            shortest = min(shortest, len(prompts[order[j]]))
+            length = min(common, shortest - 1)
+            if length < min_shared:
+                break
+            if best[j] + (i - j - 1) * length > best[i]:
+                best[i], cut[i] = best[j] + (i - j - 1) * length, (j, length)
+    out: list[tuple[int, int]] = [(r, 0) for r in range(n)]
+    i = n
+    while i > 0:
+        j, length = cut[i]
+        if length:
+            for k in order[j:i]:
+                out[k] = (order[j], length)
+        i = j
+    return out
 
 
 @functools.cache

@@ -62,6 +62,12 @@ class SlotCache:
         live = self.max_len if live is None else min(self.max_len, -(-live // _LIVE_STEP) * _LIVE_STEP)
         self.live = self._indices[:live]
 
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Copy the keys and values of slot ``source``'s first ``length`` indices into slot ``target``."""
+        for keys, values in zip(self.keys, self.values, strict=True):
+            keys[target, :, :length] = keys[source, :, :length]
+            values[target, :, :length] = values[source, :, :length]
+
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (rows, kv_heads, T, dim) ``key``/``value`` at each row's positions; return its slots' full buffers."""
