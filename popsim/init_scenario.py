@@ -3,7 +3,8 @@
 Columns are sorted into an id column, a weight, respondent attributes and multiple-choice questions (the
 rest is listed as skipped). On an SPSS/Stata/SAS file the variable labels become the question wording and
 the value labels the option wording; answers labelled "don't know" / "refused" become ``data.missing``
-rules. Skip patterns (a question empty exactly when another has certain answers) are written as comments.
+rules. A skip pattern (a question empty exactly when an earlier one has certain answers) becomes the
+question's ``ask_if``, with a comment to check it.
 The draft validates and runs as written; its comments say what to check before trusting the results.
 """
 
@@ -106,8 +107,9 @@ def _options(values: pd.Series, value_labels: dict[str, str], missing: set[str])
     return [c for c in seen if c not in missing], []
 
 
-def _skip_note(q: pd.Series, others: list[tuple[str, pd.Series, dict[str, str]]]) -> str | None:
-    """``asked only when P is 'Yes'`` when ``q`` is empty exactly on the rows where P has the other answers."""
+def _skip_pattern(q: pd.Series, others: list[tuple[str, pd.Series, dict[str, str]]]) -> tuple[str, list[str]] | None:
+    """``(P, answers)`` when ``q`` is empty exactly on the rows where column P has an answer not in ``answers``
+    (the wordings of P's answers on the rows where ``q`` was asked): a skip pattern."""
     empty = q.isna()
     if not empty.any() or empty.all():
         return None
@@ -117,9 +119,7 @@ def _skip_note(q: pd.Series, others: list[tuple[str, pd.Series, dict[str, str]]]
         asked = [v for v, row in by_value.iterrows() if not row["any"]]
         skipped = [v for v, row in by_value.iterrows() if row["all"]]
         if asked and skipped and len(asked) + len(skipped) == len(by_value) and "(empty)" not in asked:
-            shown = " or ".join(repr(wording.get(v, v)) for v in asked)
-            return (f"asked only when '{name}' is {shown} (empty exactly for the others): agents are asked it "
-                    "regardless; keep it only if the wording makes sense to everyone, else drop or reword it")
+            return name, [str(wording.get(v, v)) for v in asked]
     return None
 
 
@@ -160,8 +160,10 @@ def classify(frame: pd.DataFrame, questions: dict[str, str], value_labels: dict[
             draft.skipped.append(f"{name}: numeric with {distinct} distinct values (not multiple choice)")
     wordings = {name: value_labels.get(name) or {c: c for c in _codes(values).dropna().unique()}
                 for name, values in candidates}
+    ids = {name: re.sub(r"\W+", "_", name).strip("_") or f"q{i + 1}" for i, (name, _) in enumerate(candidates)}
+    answer_words: dict[str, set[str]] = {}  # each question's option wordings, for ask_if
     for i, (name, values) in enumerate(candidates):
-        qid = re.sub(r"\W+", "_", name).strip("_") or f"q{i + 1}"
+        qid = ids[name]
         options, unlabelled = _options(values, value_labels.get(name, {}), set(no_answer))
         notes = []
         text = questions.get(name)
@@ -172,10 +174,20 @@ def classify(frame: pd.DataFrame, questions: dict[str, str], value_labels: dict[
             notes.append(f"TODO: write the wording of answer codes {unlabelled[:8]} (no value labels)")
             if not value_labels.get(name):
                 draft.maybe_missing += [c for c in MISSING_CODES if str(c) in unlabelled]
-        others = [(other, v, wordings[other]) for other, v in candidates if other != name]
-        if (skip := _skip_note(values, others)) is not None:
-            notes.append(skip)
-        draft.questions.append({"id": qid, "column": name, "text": text, "options": options})
+        earlier = [(other, v, wordings[other]) for other, v in candidates[:i]]
+        question = {"id": qid, "column": name, "text": text, "options": options}
+        if (skip := _skip_pattern(values, earlier)) is not None:
+            parent, asked = skip
+            shown = (f"asked only when '{ids[parent]}' is {' or '.join(repr(a) for a in asked)} "
+                     "(empty exactly for the others)")
+            if set(asked) <= answer_words[parent]:
+                question["ask_if"] = {"question": ids[parent], "in": asked}
+                notes.append(f"{shown}: ask_if below asks agents the same way; check it against the questionnaire")
+            else:  # a condition on a no-answer code, which is no option to test
+                notes.append(f"{shown}: agents are asked it regardless; keep it only if the wording makes sense "
+                             "to everyone, else drop or reword it")
+        draft.questions.append(question)
+        answer_words[name] = {str(o) for o in (options.values() if isinstance(options, dict) else options)}
         if notes:
             draft.notes[qid] = notes
     draft.maybe_missing = sorted(set(draft.maybe_missing))

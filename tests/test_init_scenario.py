@@ -70,12 +70,17 @@ def test_init_on_spss_file_uses_labels_notes_skip_pattern_and_runs(tmp_path: Pat
     assert questions["q_trust"]["options"] == {1: "a lot", 2: "some", 3: "not at all"}  # wording, DK -> missing
     note = next(line for line in text.splitlines() if "asked only when" in line)
     assert "'q_own' is 'Yes'" in note and text.index(note) < text.index("id: q_why")
+    assert questions["q_why"]["ask_if"] == {"question": "q_own", "in": ["Yes"]}  # the skip pattern, as skip logic
     scenario = load_scenario(out, {**SMALL, "lm.name": "smollm2-135m-instruct", "output": str(tmp_path / "run")})
     assert [q.id for q in scenario.questions] == list(questions)
     result = runner.run(scenario, verbose=False)
     responses = pd.read_parquet(result.run_dir / "responses.parquet")
-    assert len(responses) == 4 * 4
-    assert set(responses.loc[responses["question"] == "q_own", "answer"]) <= {"Yes", "No"}
+    owns = responses.loc[responses["question"] == "q_own", "answer"]
+    assert set(owns) <= {"Yes", "No"}
+    # q_why only for the agents who answered q_own "Yes" (its ask_if), the other three for all four agents
+    assert len(responses) == 4 * 3 + int((owns == "Yes").sum())
+    asked_why = set(responses.loc[responses["question"] == "q_why", "agent"])
+    assert asked_why == set(responses.loc[(responses["question"] == "q_own") & (responses["answer"] == "Yes"), "agent"])
 
     assert main(["init", str(tmp_path / "mine.sav")]) == 0  # without -o: the same YAML on standard output
     printed = capsys.readouterr().out
