@@ -7,9 +7,18 @@ answers), on the items the fit saw, exactly as ``simulation.option_bias: learned
 ``popsim/runner.py`` (``learn_option_bias``). From those answers it learns
 
 - one sharpness ``s`` per method (a softmax temperature 1/s on the option log-probabilities), chosen on a grid
-  by the likelihood of what the calibration agents' real respondents answered, and
-- at that ``s``, option offsets per answer scale (:class:`popsim.sim.calibration.OptionBias`) that make the
-  calibration answers' mean option probabilities match the training respondents' weighted shares.
+  as the one whose calibrated answers match the training respondents' weighted shares best *per question*
+  (mean TV over the seen items between the calibration agents' mean calibrated probabilities and the real
+  shares), and
+- at each ``s``, option offsets per answer scale (:class:`popsim.sim.calibration.OptionBias`) that make the
+  calibration answers' mean option probabilities match the training respondents' weighted shares, pooled over
+  the scale's items.
+
+Until 2026-12-07 ``s`` maximised the likelihood of each calibration agent's own respondent's answers. For LMs
+that predict individuals this weakly, that likelihood grows as the answers flatten, so every method took the
+grid's flattest ``s`` (0.105): its calibrated answers became the scale's pooled real shares on every item,
+and all methods scored alike. The per-question criterion scores what the benchmark scores (shares per item)
+and rewards a method only for the item-to-item differences it gets right.
 
 The calibrated answer of an agent is drawn again from ``softmax(s * log p + b)`` with the agent's own answer
 stream (the raw answer came from the same stream), so raw and calibrated scores differ only by the
@@ -25,6 +34,7 @@ import pandas as pd
 from scipy.special import log_softmax
 
 from popsim.data import Population
+from popsim.eval.metrics import total_variation, weighted_distribution
 from popsim.sim.calibration import OptionBias, answer_shares
 from popsim.sim.model import PopulationModel
 
@@ -39,7 +49,7 @@ class Calibration:
 
     sharpness: float
     bias: OptionBias
-    log_likelihood: float  # mean log-likelihood of the calibration agents' real answers at the chosen fit
+    item_tv: float  # mean TV over the seen items, calibrated calibration answers vs real shares, at this fit
 
     def adjust(self, options, probs: np.ndarray) -> np.ndarray:
         logp = self.sharpness * np.log(np.clip(np.asarray(probs, dtype=float), 1e-9, None))
@@ -47,7 +57,8 @@ class Calibration:
         return np.exp(z)
 
     def describe(self) -> str:
-        return f"s={self.sharpness:.2f} (tau x{1 / self.sharpness:.2f}), {len(self.bias.offsets)} scales offset"
+        return (f"s={self.sharpness:.2f} (tau x{1 / self.sharpness:.2f}), {len(self.bias.offsets)} scales offset, "
+                f"item TV {self.item_tv:.3f}")
 
 
 def calibration_rows(pop: Population, mop, n: int, seed: int) -> pd.DataFrame:
@@ -66,7 +77,7 @@ def fit_calibration(model: PopulationModel, rows: pd.DataFrame, pop: Population,
     on the ``seen`` items) against the training respondents' weighted shares on those items."""
     questions = [model.question_by_id[q] for q in model.question_by_id if q in seen]
     target = answer_shares(pop.train, questions, pop.train["weight"].to_numpy())
-    scales, probs, real = [], [], []
+    scales, probs, items = [], [], []
     for r in model.responses().itertuples():
         truth = rows.at[r.agent, f"q_{r.question}"]
         if r.question not in seen or r.probs is None or pd.isna(truth):
@@ -74,16 +85,21 @@ def fit_calibration(model: PopulationModel, rows: pd.DataFrame, pop: Population,
         scale = tuple(model.question_by_id[r.question].option_labels)
         scales.append(scale)
         probs.append(np.array([r.probs[o] for o in scale], dtype=float))
-        real.append(scale.index(truth))
+        items.append(r.question)
+    weights = pop.train["weight"].to_numpy(float)
+    real = {q: weighted_distribution(pop.train[f"q_{q}"].to_numpy(object), model.question_by_id[q].option_labels,
+                                     weights) for q in set(items)}
     best = None
     for s in SHARPNESS:
         sharp = [np.exp(log_softmax(s * np.log(np.clip(p, 1e-9, None)))) for p in probs]
         bias = OptionBias.fit(list(zip(scales, sharp, strict=True)), target)
         cal = Calibration(float(s), bias, 0.0)
-        ll = float(np.mean([np.log(max(cal.adjust(sc, p)[k], 1e-12)) for sc, p, k in zip(scales, probs, real,
-                                                                                         strict=True)]))
-        if best is None or ll > best.log_likelihood:
-            best = Calibration(float(s), bias, ll)
+        per_item: dict[str, list[np.ndarray]] = {}
+        for sc, p, q in zip(scales, probs, items, strict=True):
+            per_item.setdefault(q, []).append(cal.adjust(sc, p))
+        mean_tv = float(np.mean([total_variation(real[q], np.mean(per_item[q], axis=0)) for q in real]))
+        if best is None or mean_tv < best.item_tv:
+            best = Calibration(float(s), bias, mean_tv)
     assert best is not None
     return best
 
