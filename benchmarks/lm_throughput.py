@@ -13,6 +13,11 @@ What is measured, in one run (all on the device ``HFLanguageModel`` picks, norma
   matmul reference below, measured right after each repetition (median of the per-repetition
   fractions), with ``2 x (parameters excluding the token embedding + vocab x hidden)`` FLOPs per new
   token (prompt tokens and attention scores are not counted).
+* ``generate_shared_prefix_speedup`` - the score workload's 64 prompts below (persona as system message, an
+  exemplar review, a task: rows with the same persona and exemplar share ~100 leading tokens), 24 new tokens
+  each, sampled: one ``generate`` call with ``prefix_sharing`` off (every prompt encoded in full) over one with
+  it on (each shared prefix encoded once and copied into the other rows' cache slots). The same bf16 model,
+  repetitions interleaved; also prints the share of prompt tokens sharing saves and how many texts agree.
 * ``score_speedup`` - 64 (prompt, continuation) pairs, prompts of ~100 tokens (persona as system
   message + an exemplar review + a task) and ~20-token continuations: one ``score`` call per pair
   versus one batched ``score`` call. Ratio = per-pair time / batched time.
@@ -49,15 +54,17 @@ inflates ``generate_speedup`` and ``score_speedup``; rerun on a quiet machine (o
 The last line printed is always::
 
     RESULT generate_speedup=X score_speedup=Y score_vs_raw=Z bf16_vs_fp32=A roofline_fraction=B \
-        generate_tok_s=C generate_roofline_fraction=D
+        generate_tok_s=C generate_roofline_fraction=D generate_shared_prefix_speedup=E
 
-(one line; ``--only decode`` prints only the last two keys).
+(one line; ``--only decode`` prints only ``generate_tok_s`` and ``generate_roofline_fraction``, ``--only shared``
+only ``generate_shared_prefix_speedup``).
 
 Usage::
 
     python benchmarks/lm_throughput.py                # ~4 min on 2 quiet CPU cores
     python benchmarks/lm_throughput.py --quick        # ~1.5 min
     python benchmarks/lm_throughput.py --only decode  # generate_tok_s and generate_roofline_fraction only
+    python benchmarks/lm_throughput.py --only shared  # generate_shared_prefix_speedup only
 """
 
 from __future__ import annotations
@@ -169,6 +176,38 @@ def score_pairs(n: int) -> tuple[list[Chat], list[str]]:
     return prompts, conts
 
 
+def shared_prefix_generation(lm: HFLanguageModel, rows: int, reps: int) -> float:
+    """Time ``generate`` over prompts that share prefixes, with ``prefix_sharing`` off over on (median ratio)."""
+    from popsim.lm.generate import shared_prefixes
+
+    prompts, _ = score_pairs(rows)
+    ids = [lm.encode_prompt(p) for p in prompts]
+    shares = shared_prefixes(ids, lm.min_shared_prefix)
+    saved = sum(n for r, (lead, n) in enumerate(shares) if lead != r)
+    kw = dict(max_new_tokens=24, temperature=0.8, seed=[3000 + i for i in range(rows)])
+    texts: dict[bool, list[str]] = {}
+    times: dict[bool, list[float]] = {True: [], False: []}
+
+    def run(sharing: bool) -> None:
+        lm.prefix_sharing = sharing
+        texts[sharing] = lm.generate(prompts, **kw)
+
+    try:
+        run(True), run(False)  # warm-up
+        for _ in range(reps):
+            for sharing in (False, True):
+                times[sharing].append(timed(lambda sharing=sharing: run(sharing)))
+    finally:
+        lm.prefix_sharing = True
+    speedup = statistics.median(off / on for off, on in zip(times[False], times[True]))
+    same = sum(a == b for a, b in zip(texts[True], texts[False]))
+    print(f"shared-prefix generation: {rows} prompts, {sum(map(len, ids))} prompt tokens, {saved} "
+          f"({saved / sum(map(len, ids)):.0%}) encoded once instead of per row; off "
+          f"{', '.join(f'{t:.2f}' for t in times[False])} s, on {', '.join(f'{t:.2f}' for t in times[True])} s; "
+          f"texts equal in {same}/{rows} rows ({lm.dtype}); generate_shared_prefix_speedup {speedup:.2f}")
+    return speedup
+
+
 def right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -200,8 +239,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's default, normally one per core)")
     ap.add_argument("--new-tokens", type=int, default=20, help="max_new_tokens for generate_speedup")
-    ap.add_argument("--only", choices=["all", "decode"], default="all",
-                    help="decode: only generate_tok_s and generate_roofline_fraction")
+    ap.add_argument("--only", choices=["all", "decode", "shared"], default="all",
+                    help="decode: only generate_tok_s and generate_roofline_fraction; shared: only "
+                    "generate_shared_prefix_speedup")
     args = ap.parse_args()
     rows = args.rows or (32 if args.quick else 64)
     reps = args.reps or (2 if args.quick else 3)
@@ -225,7 +265,12 @@ def main() -> None:
           f"{(n_params - n_embed) / 1e6:.1f}M excluding the embedding; FLOPs/token body "
           f"{body_flops / 1e6:.0f}M, vocabulary projection {head_flops / 1e6:.0f}M")
 
-    # ---------------------------------------------------------------- decode roofline
+    # ---------------------------------------------------------------- shared prefixes, decode roofline
+    shared_key = f"generate_shared_prefix_speedup={shared_prefix_generation(lm, rows, reps):.2f}"
+    if args.only == "shared":
+        print(f"total benchmark time {time.perf_counter() - t_start:.0f} s; load average at end {load_average()}")
+        print(f"RESULT {shared_key}")
+        return
     gen_tok_s, gen_fraction, _ = decode_roofline(lm, body_flops + head_flops, reps)
     decode_keys = f"generate_tok_s={gen_tok_s:.0f} generate_roofline_fraction={gen_fraction:.3f}"
     if args.only == "decode":
@@ -360,7 +405,7 @@ def main() -> None:
     print(
         f"RESULT generate_speedup={generate_speedup:.2f} score_speedup={score_speedup:.2f} "
         f"score_vs_raw={score_vs_raw:.2f} bf16_vs_fp32={bf16_vs_fp32:.2f} "
-        f"roofline_fraction={roofline_fraction:.3f} {decode_keys}"
+        f"roofline_fraction={roofline_fraction:.3f} {decode_keys} {shared_key}"
     )
 
 

@@ -43,7 +43,6 @@ __all__ = ["KVCacheGeneration", "cut_at_stop", "shared_prefixes"]
 
 _LEN_STEP = 64  # cache lengths are rounded up to this, so compiled steps see few distinct shapes
 _REFILL_FRACTION = 8  # refill once 1/8 of the slots are free
-_MIN_SHARED = 16  # prompts sharing fewer leading tokens each encode them themselves
 
 
 class KVCacheGeneration:
@@ -52,7 +51,7 @@ class KVCacheGeneration:
     Comes first among the bases (its ``generate`` implements the abstract one). Needs from the class it is
     mixed into: ``_body`` (the decoder), ``_project`` (hidden -> fp32 logits), ``_cache_kwarg``,
     ``_pad_id``, ``_eos_ids``, ``model``, ``dtype``, ``device``, ``tokenizer``, ``batch_tokens``,
-    ``compiled_blocks``, ``compile_sampler`` and ``encode_prompt``.
+    ``compiled_blocks``, ``compile_sampler``, ``prefix_sharing``, ``min_shared_prefix`` and ``encode_prompt``.
     """
 
     _body: Any
@@ -66,6 +65,8 @@ class KVCacheGeneration:
     batch_tokens: int
     compiled_blocks: int
     compile_sampler: bool
+    prefix_sharing: bool
+    min_shared_prefix: int
     _project: Callable[[torch.Tensor], torch.Tensor]
     encode_prompt: Callable[[Any], list[int]]
     _decode_step_fn: Callable[..., torch.Tensor] | None = None
@@ -164,7 +165,8 @@ class KVCacheGeneration:
         Rows that share a long leading run of tokens (an instruction, a persona, an exemplar) have it encoded
         once, by one of them, and copied into the others' slots (:func:`shared_prefixes`); then every row
         encodes the rest of its prompt."""
-        shares = shared_prefixes(prompts)
+        shares = (shared_prefixes(prompts, self.min_shared_prefix) if self.prefix_sharing
+                  else [(r, 0) for r in range(len(prompts))])
         leaders = [r for r, (lead, length) in enumerate(shares) if lead == r and length]
         if leaders:
             self._encode(cache, slots[leaders], [prompts[r][: shares[r][1]] for r in leaders], [0] * len(leaders))
@@ -232,7 +234,7 @@ class KVCacheGeneration:
         return self._sample(self._project(hidden), temps, keys, steps)
 
 
-def shared_prefixes(prompts: list[list[int]], min_shared: int = _MIN_SHARED) -> list[tuple[int, int]]:
+def shared_prefixes(prompts: list[list[int]], min_shared: int = 16) -> list[tuple[int, int]]:
     """For each prompt, ``(leader, length)``: its first ``length`` tokens equal those of prompt ``leader``, which
     encodes them once for its group (a leader names itself; ``length`` 0: the prompt shares nothing).
 

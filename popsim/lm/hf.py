@@ -57,7 +57,8 @@ class HFLanguageModel(KVCacheGeneration, LanguageModel):
             cores (SmolLM2, ~125-token rows), and ``batch_tokens`` elsewhere. Generation always uses
             ``batch_tokens``: its decode steps are memory-bound and want many rows.
         prefix_sharing: score through the prefix tree (shared prefixes and repeated prompts encoded
-            once); off encodes every (prompt, continuation) pair in full (for benchmarks).
+            once), and let prompts generated together encode a shared prefix once; off encodes every
+            prompt (and every (prompt, continuation) pair) in full (for benchmarks).
         min_shared_prefix: tokens two prompts must share to be encoded as one prefix.
         max_tree_tokens: longest packed prefix tree; a group of prompts that does not fit is split and
             its shared prefix encoded once per part. ``None``: 2048 (at most ``score_batch_tokens``) where
