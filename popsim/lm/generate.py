@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from popsim.lm.base import generation_rows, plain_stops
+from popsim.lm.prefix_tree import common_prefix_length
 from popsim.lm.sampling import pick_tokens, seed_keys
 from popsim.lm.slot_cache import SlotCache
 
@@ -106,11 +107,10 @@ class KVCacheGeneration:
         slot_keys = torch.zeros((n_slots, 2), dtype=torch.long, device=dev)
         slot_temps = torch.ones(n_slots, dtype=torch.float32, device=dev)
         slot_steps = torch.zeros(n_slots, dtype=torch.long, device=dev)
-        slot_pos = torch.zeros(n_slots, dtype=torch.long, device=dev)
         next_ids = torch.full((n_slots,), self._pad_id, dtype=torch.long, device=dev)
         out: list[list[int]] = [[] for _ in range(n)]
         owner: list[int | None] = [None] * n_slots  # row held by each slot
-        index_of: list[int] = [0] * n_slots  # where each slot writes its next token (slot_pos, on the host)
+        index_of: list[int] = [0] * n_slots  # the cache index each slot writes its next token at
         waiting = deque(sorted(range(n), key=lambda r: -len(prompt_ids[r])))
 
         def take(slot: int, token: int) -> None:
@@ -137,22 +137,19 @@ class KVCacheGeneration:
                 slot_keys[slot_index] = row_keys[row_index]
                 slot_temps[slot_index] = row_temps[row_index]
                 slot_steps[slot_index] = 1
-                slot_pos[slot_index] = torch.tensor([len(prompt_ids[r]) for r in rows], device=dev)
-                for s, r in zip(slots, rows, strict=True):
-                    index_of[s] = len(prompt_ids[r])
                 next_ids[slot_index] = first
                 for s, r, tok in zip(slots, rows, first.tolist(), strict=True):
-                    owner[s] = r
+                    owner[s], index_of[s] = r, len(prompt_ids[r])
                     take(s, tok)
                 continue  # rows that ended at their first token free their slot before a step runs
             live = 1 + max(index_of[s] for s, o in enumerate(owner) if o is not None)
+            slot_pos = torch.tensor(index_of, dtype=torch.long, device=dev)
             tokens = self._decode_step(cache, next_ids, slot_pos, slot_temps, slot_keys, slot_steps, live)
             for s, tok in enumerate(tokens.tolist()):
                 if owner[s] is not None:
                     take(s, tok)
             next_ids = tokens
             # idle slots keep writing at their last index, which their next occupant's prefill masks
-            slot_pos = (slot_pos + 1).clamp_max(max_len - 1)
             index_of = [min(i + 1, max_len - 1) for i in index_of]
             slot_steps = slot_steps + 1
         return out
@@ -245,15 +242,7 @@ def shared_prefixes(prompts: list[list[int]], min_shared: int = 16) -> list[tupl
     order = sorted(range(len(prompts)), key=lambda r: prompts[r])
     n = len(order)
 
-    def lcp(a: list[int], b: list[int]) -> int:
-        k = 0
-        for x, y in zip(a, b):  # noqa: B905 - lengths differ by design
-            if x != y:
-                break
-            k += 1
-        return k
-
-    adjacent = [lcp(prompts[order[i - 1]], prompts[order[i]]) for i in range(1, n)]
+    adjacent = [common_prefix_length(prompts[order[i - 1]], prompts[order[i]]) for i in range(1, n)]
     best = [0] * (n + 1)  # tokens saved by the first i prompts of the order
     cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last run, its shared length)
     for i in range(1, n + 1):
