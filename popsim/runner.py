@@ -51,6 +51,7 @@ from popsim.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from popsim.lm import LanguageModel, load_lm
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.mop.presets import resolve_preset
 from popsim.population import AgentDraw, draw_agents
 from popsim.questions import expand_items, rank_position
 from popsim.rundir import RunDirectory, fit_key
@@ -244,6 +245,13 @@ def _print_population(draw: AgentDraw) -> None:
           f"of {len(draw.profiles)} agents")
 
 
+def _baseline_temperature(scenario: Scenario) -> float:
+    """The sampling temperature of the baselines: MoP's ``tau_init`` (its preset's, or the scenario's own), so
+    a baseline run samples as MoP starts, fitted or not."""
+    return float(resolve_preset(scenario.mop.preset, free_text=scenario.kind == "reviews",
+                                overrides=scenario.mop.model_dump())["tau_init"])
+
+
 def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageModel,
                       mop: MixtureOfPersonas | None, run_dir: Path, *, verbose: bool = True) -> OptionBias:
     """``simulation.option_bias: learned``: simulate ``calibration_agents`` training respondents (drawn by
@@ -276,6 +284,7 @@ def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageMo
         style=mop.style_ if mop is not None else prompt_style(scenario), seed=scenario.seed,
         requests_per_call=sim.requests_per_call, chunk_agents=sim.chunk_agents, progress=verbose,
         option_order=sim.option_order, exemplars_per_agent=scenario.mop.exemplars_per_agent,
+        baseline_temperature=_baseline_temperature(scenario),
     )
     model.step()
     answered = [r for r in model.responses().itertuples() if not pd.isna(rows.at[r.agent, f"q_{r.question}"])]
@@ -352,6 +361,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         done=done, on_chunk=folder.part_writer(), progress=verbose, option_bias=option_bias,
         option_order=scenario.simulation.option_order, exemplars_per_agent=scenario.mop.exemplars_per_agent,
         arms=arm_plans(scenario.experiments, questions) if scenario.experiments else None,
+        baseline_temperature=_baseline_temperature(scenario),
     )
     if workers is not None:
         from popsim.sim.distributed import simulate_on_ray

@@ -157,6 +157,9 @@ def test_every_method_runs_from_one_flag_and_reports_side_by_side(tmp_path, caps
         assert (agents[method][["persona", "exemplar"]] == -1).all().all()
         assert not (dirs[method] / "mop").exists()  # nothing to fit
     assert agents["uniform"]["temperature"].nunique() == 1  # tau_init, no learned temperatures
+    # every baseline samples at MoP's starting temperature (the preset's tau_init), fitted or not
+    for method in ("uniform", "persona-only", "no-persona", "silicon"):
+        assert set(agents[method]["temperature"]) == set(agents["uniform"]["temperature"]) != {1.0}
     # the same people are simulated by every method; only how they are prompted differs
     for method in agents:
         pd.testing.assert_series_equal(agents[method]["profile"], agents["mop"]["profile"])

@@ -40,15 +40,18 @@ METHODS = ("mop", "uniform", "persona-only", "no-persona", "silicon")
 
 
 def assign_mixture(method: str, mop: MixtureOfPersonas | None, gate_texts: Sequence[str],
-                   rng: np.random.Generator, tau_default: float = 1.0) -> dict[str, np.ndarray]:
+                   rng: np.random.Generator, tau_default: float | None = None) -> dict[str, np.ndarray]:
     """Persona, exemplar (-1 = none) and temperature per agent for MoP or a baseline.
 
     mop: drawn from the learned gates; uniform: persona and exemplar uniform, tau = tau_init;
-    persona-only: uniform persona, no exemplar, tau 1; no-persona and silicon: neither, tau 1
-    (silicon keeps the agent's real profile in its prompt, no-persona drops it too).
+    persona-only: uniform persona, no exemplar; no-persona and silicon: neither (silicon keeps the agent's real
+    profile in its prompt, no-persona drops it too). The baselines sample at ``tau_default``, by default MoP's
+    ``tau_init`` (1.0 without a fitted MoP), so no method gets a temperature the others do not.
     """
     n = len(gate_texts)
     none = np.full(n, -1)
+    if tau_default is None:
+        tau_default = float(mop.settings_["tau_init"]) if mop is not None else 1.0
     if method == "mop":
         assert mop is not None
         return mop.sample(gate_texts, rng)
@@ -120,6 +123,8 @@ class PopulationModel(mesa.Model):
             first is the paper's draw, the others more draws from the same Omega_k(x) without replacement.
         arms: a survey experiment's arms by name (:mod:`popsim.sim.arms`); an agent whose profile has an
             ``arm`` is asked that arm's question variants, with its preamble/information before each question.
+        baseline_temperature: the sampling temperature of the baselines without learned ones (persona-only,
+            no-persona, silicon); ``None``: the fitted MoP's ``tau_init``, or 1.0 without one.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class PopulationModel(mesa.Model):
         option_order: str = "unlisted",
         exemplars_per_agent: int = 1,
         arms: Mapping[str, ArmPlan] | None = None,
+        baseline_temperature: float | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -173,7 +179,7 @@ class PopulationModel(mesa.Model):
         self.lm_calls = 0
         gate_texts = [t or "a member of the population" for t in profile_texts]
         if draws is None:
-            draws = assign_mixture(method, mop, gate_texts, self.rng)
+            draws = assign_mixture(method, mop, gate_texts, self.rng, tau_default=baseline_temperature)
         if "more_exemplars" not in draws:
             draws = {**draws, "more_exemplars": more_exemplars(method, mop, gate_texts, draws,
                                                                exemplars_per_agent - 1, seed)}
