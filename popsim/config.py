@@ -130,12 +130,16 @@ class MopConfig(_Strict):
         "(preset).")
     offset_learning_rate: float | None = Field(None, gt=0, description="Adam step size of the option offsets.")
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
+    exemplar_asked: bool = Field(False, description="Survey: an exemplar's transcript always includes its answer "
+                                 "to the question the agent is asked (in place of another answer), in training "
+                                 "as in simulation; the LM follows that answer and not the others.")
     exemplars_per_agent: int = Field(1, gt=0, description="Exemplars each agent draws from its Omega_k(x) and is "
                                      "shown (transcripts, or earlier reviews); 1 as in the paper.")
 
     def estimator_params(self) -> dict[str, Any]:
         """The keys set in the scenario, as estimator parameters (unset ones keep the estimator's default)."""
-        return self.model_dump(exclude={"exemplar_questions", "exemplars_per_agent"}, exclude_none=True)
+        return self.model_dump(exclude={"exemplar_questions", "exemplar_asked", "exemplars_per_agent"},
+                               exclude_none=True)
 
     @model_validator(mode="after")
     def _personas_fit_in_pool(self) -> MopConfig:

@@ -265,7 +265,7 @@ def survey_records(population: Population, *, question_ids: set[str] | None = No
 
 def survey_exemplars(
     population: Population, n: int, *, n_questions: int = 6, seed: int = 0, question_ids: set[str] | None = None,
-    cover_scales: bool = False,
+    cover_scales: bool = False, asked: bool = False,
 ) -> ExemplarPool:
     """N train respondents as exemplars: x_j = profile, y_j = a transcript of some of their answers.
 
@@ -273,12 +273,14 @@ def survey_exemplars(
     wordings) the respondent answered, then fills up at random; so, when ``n_questions`` is at least the
     number of scales, an agent asked a question on any scale has seen its exemplar answer on that scale.
     ``False``: ``n_questions`` at random. Either way the transcript lists its questions in survey order.
+    ``asked``: the pool keeps every answer (of ``question_ids``), so an agent asked a question sees its
+    exemplar's answer to it (:meth:`ExemplarPool.output_for`; ``mop.exemplar_asked``).
     """
     rng = np.random.default_rng(seed)
     questions = _mc_questions(population, question_ids)
     train = population.train
     chosen = rng.choice(len(train), size=min(n, len(train)), replace=False)
-    inputs, outputs, groups, attrs = [], [], [], []
+    inputs, outputs, groups, attrs, answers, shown = [], [], [], [], [], []
     for i in sorted(chosen):
         row = train.iloc[i]
         answered = [q for q in questions if not pd.isna(row[f"q_{q.id}"])]
@@ -288,12 +290,15 @@ def survey_exemplars(
             pick = _scale_covering_pick(answered, n_questions, rng)
         else:
             pick = rng.choice(len(answered), size=min(n_questions, len(answered)), replace=False)
-        lines = [question_line(answered[p]) + "\nA: " + str(row[f"q_{answered[p].id}"]) for p in sorted(pick)]
+        every = {q.id: question_line(q) + "\nA: " + str(row[f"q_{q.id}"]) for q in answered}
+        shown.append(tuple(answered[p].id for p in sorted(pick)))
+        answers.append(every)
         inputs.append(profile_text(row, population.attributes))
-        outputs.append("\n".join(lines))
+        outputs.append("\n".join(every[q] for q in shown[-1]))
         groups.append(row["id"])
         attrs.append({a: row[f"attr_{a}"] for a in population.attributes})
-    return ExemplarPool(inputs, outputs, np.asarray(groups), pd.DataFrame(attrs))
+    return ExemplarPool(inputs, outputs, np.asarray(groups), pd.DataFrame(attrs),
+                        answers if asked else None, shown if asked else None)
 
 
 def _scale_covering_pick(questions: list[QuestionSpec], n: int, rng: np.random.Generator) -> np.ndarray:

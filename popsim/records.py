@@ -70,6 +70,10 @@ class Records:
     def __len__(self) -> int:
         return len(self.contexts)
 
+    def question_id(self, i: int) -> str | None:
+        """Record i's survey question id (``None`` without ids: free text)."""
+        return self.question_ids[i] if self.question_ids is not None else None
+
     def subset(self, index: Sequence[int] | np.ndarray) -> Records:
         idx = np.asarray(index, dtype=int)
         return Records(
@@ -94,12 +98,17 @@ class ExemplarPool:
     """N exemplars (x_j, y_j), each with the group (person) it came from and optional attributes.
 
     ``texts`` is what the encoder sees for h(x_j, y_j) and what persona synthesis clusters.
+    ``answers`` (surveys, optional): per exemplar, every answered question's transcript line by question id (in
+    survey order) and ``shown`` the ids ``outputs`` lists; then :meth:`output_for` shows an agent asked a
+    question the exemplar's own answer to it (see ``mop.exemplar_asked``).
     """
 
     inputs: list[str]
     outputs: list[str]
     groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
     attributes: pd.DataFrame | None = None
+    answers: list[dict[str, str]] | None = None
+    shown: list[tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.inputs)
@@ -112,8 +121,25 @@ class ExemplarPool:
         else:  # ids of their own: record groups default to row numbers, and "0".."N-1" would mask strangers
             object.__setattr__(self, "groups", np.asarray([f"exemplar-{j}" for j in range(n)]))
 
+        if (self.answers is None) != (self.shown is None) or (self.answers is not None and not
+                                                               len(self.answers) == len(self.shown or ()) == n):
+            raise DataError("an exemplar pool's answers and shown ids go together, one entry per exemplar")
+
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def output_for(self, j: int, question_id: str | None = None) -> str:
+        """y_j as shown to someone asked ``question_id``: with ``answers``, the transcript always holds the
+        exemplar's answer to that question (in place of its last other answer, so its length stays), because
+        this LM follows an exemplar's answer to the asked question and ignores answers to other ones; else
+        ``outputs[j]``."""
+        if self.answers is None or self.shown is None or question_id is None:
+            return self.outputs[j]
+        answers, shown = self.answers[j], self.shown[j]
+        if question_id not in answers or question_id in shown:
+            return self.outputs[j]
+        keep = set(shown[:-1]) | {question_id}
+        return "\n".join(line for q, line in answers.items() if q in keep)
 
     @property
     def has_groups(self) -> bool:

@@ -164,8 +164,8 @@ def saved_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder,
 def mop_estimator(scenario: Scenario, lm: LanguageModel | None, encoder: SentenceEncoder | None, *,
                   verbose: bool = True) -> MixtureOfPersonas:
     """The unfitted estimator the scenario's ``mop:`` section describes: every key is the estimator
-    parameter of the same name, except ``exemplar_questions`` and ``exemplars_per_agent`` (how exemplars are
-    built and shown)."""
+    parameter of the same name, except ``exemplar_questions``, ``exemplar_asked`` and ``exemplars_per_agent``
+    (how exemplars are built and shown)."""
     return MixtureOfPersonas(lm, encoder, style=prompt_style(scenario), random_state=scenario.seed,
                              cache_path=cache_dir() / "scores.sqlite", verbose=verbose,
                              **scenario.mop.estimator_params())
@@ -182,7 +182,7 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
         population = population or load_population(scenario)
         records = survey_records(population, option_order=scenario.simulation.option_order, seed=scenario.seed)
         pool = survey_exemplars(population, model.n_exemplars, n_questions=scenario.mop.exemplar_questions,
-                                seed=scenario.seed)
+                                seed=scenario.seed, asked=scenario.mop.exemplar_asked)
         model.fit(records, pool)
     else:
         train, _ = review_records(scenario)

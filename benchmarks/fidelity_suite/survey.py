@@ -28,14 +28,21 @@ from .data import SURVEYS, agent_rows, load_survey, split_items, split_scales
 def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int, *,
                    new_questions: bool = False) -> MixtureOfPersonas:
     """Fit on the ``seen`` items; ``new_questions`` (protocol b) trains as agents will be asked: never a
-    question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on."""
+    question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on.
+
+    ``cfg["exemplar_asked"]``: protocol (a) fits (every asked item seen) take the shipped survey's settings for
+    new people: a transcript of the exemplar's answer to the asked question alone (``mop.exemplar_asked``,
+    ``exemplar_questions: 1``) and the calibrated exemplar gate; (b) and (c) have no such answer to show."""
+    asked = cfg.get("exemplar_asked", False) and not new_questions
     records = survey_records(pop, question_ids=seen)
-    pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=cfg["exemplar_questions"], seed=seed,
-                            question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False))
+    pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=1 if asked else cfg["exemplar_questions"],
+                            seed=seed, question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False),
+                            asked=asked)
     style = PromptStyle.survey()
     if "instruction" in cfg:
         style = replace(style, instruction=cfg["instruction"])
-    model = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style, **estimator_settings(cfg),
+    settings = {**estimator_settings(cfg), **({"calibrate_exemplars": True} if asked else {})}
+    model = MixtureOfPersonas(lm, encoder, n_personas=cfg["n_personas"], style=style, **settings,
                               mask_answered=new_questions and cfg["mask_answered_b"],
                               cache_path=cache_dir() / "scores-survey.sqlite", random_state=seed, verbose=False)
     return model.fit(records, pool)

@@ -48,7 +48,8 @@ def held_out_log_likelihood(
             ks, js, tau = draw["persona"], draw["exemplar"], draw["temperature"]
         else:
             ks, js, tau = rng.integers(n_k, size=n), rng.integers(n_j, size=n), np.full(n, tau_init)
-        prompts += [model.prompt(int(k), int(j), c) for k, j, c in zip(ks, js, records.contexts, strict=True)]
+        prompts += [model.prompt(int(k), int(j), c, records.question_id(i))
+                    for i, (k, j, c) in enumerate(zip(ks, js, records.contexts, strict=True))]
         taus.append(tau)
     options = records.options * n_samples
     ll, n_tok = pair_log_likelihood(cache, prompts, records.responses * n_samples, options,
@@ -76,7 +77,7 @@ def _exact(model: MixtureOfPersonas, records: Records, method: str) -> tuple[np.
     for i in range(n):
         for k in range(n_k):
             for j in range(n_j):
-                prompts.append(model.prompt(k, j, records.contexts[i]))
+                prompts.append(model.prompt(k, j, records.contexts[i], records.question_id(i)))
                 tau.append(taus[k])
     options = [o for o in records.options for _ in range(n_k * n_j)]
     ll, n_tok = pair_log_likelihood(

@@ -346,11 +346,12 @@ class MixtureOfPersonas:
             self.exemplar_bias_ = calibration.calibrated_exemplar_bias(self, records)
 
     # ------------------------------------------------------------------ prompts and offsets
-    def prompt(self, k: int | None, j: int | None, context: str) -> Prompt:
-        """The prompt for persona k, exemplar j and context (``None`` leaves the part out)."""
+    def prompt(self, k: int | None, j: int | None, context: str, question_id: str | None = None) -> Prompt:
+        """The prompt for persona k, exemplar j and context (``None`` leaves the part out); ``question_id``:
+        the survey question asked (:meth:`ExemplarPool.output_for`)."""
         self._check_fitted()
         persona = None if k is None else self.personas_[k].text
-        exemplar = None if j is None else (self.exemplars_.inputs[j], self.exemplars_.outputs[j])
+        exemplar = None if j is None else (self.exemplars_.inputs[j], self.exemplars_.output_for(j, question_id))
         return build_prompt(persona, exemplar, context, self.style_)
 
     def offsets_for(

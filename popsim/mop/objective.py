@@ -94,7 +94,7 @@ class PairObjective:
         prompts, responses, options = [], [], []
         for row, i in enumerate(batch):
             for k, j in zip(ks[row].tolist(), js[row].tolist(), strict=True):
-                prompts.append(model.prompt(k, j, records.contexts[i]))
+                prompts.append(model.prompt(k, j, records.contexts[i], records.question_id(i)))
                 responses.append(records.responses[i])
                 options.append(records.options[i])
         tau = model.gate_.temperatures[ks.flatten()]

@@ -57,7 +57,9 @@ def save_model(model: MixtureOfPersonas, directory: str | Path) -> Path:
         "personas": [p.to_dict() for p in model.personas_],
         "option_scales": [list(s) for s in scales],
         "exemplars": {"inputs": model.exemplars_.inputs, "outputs": model.exemplars_.outputs,
-                      "groups": [str(g) for g in model.exemplars_.groups]},
+                      "groups": [str(g) for g in model.exemplars_.groups],
+                      "answers": model.exemplars_.answers,
+                      "shown": None if model.exemplars_.shown is None else [list(s) for s in model.exemplars_.shown]},
         "lm": model.lm_name_,
         "lm_identity": getattr(model, "lm_identity_", None),
         "encoder": model.encoder_name_,
@@ -95,7 +97,9 @@ def load_model(
         model.style_ = PromptStyle(**meta["style"])
         model.personas_ = [Persona(**p) for p in meta["personas"]]
         ex = meta["exemplars"]
-        model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]))
+        shown = ex.get("shown")  # older files: no per-question transcripts
+        model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]), None,
+                                        ex.get("answers"), None if shown is None else [tuple(s) for s in shown])
         current = gate_path
         model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
         # older files have no biases: the uncalibrated gate

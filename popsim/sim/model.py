@@ -227,7 +227,8 @@ class PopulationModel(mesa.Model):
         exemplars = []
         if agent.exemplar >= 0 and self.mop is not None:
             pool = self.mop.exemplars_
-            exemplars = [(pool.inputs[j], pool.outputs[j]) for j in (agent.exemplar, *agent.more_exemplars)]
+            exemplars = [(pool.inputs[j], pool.output_for(j, question.id))
+                         for j in (agent.exemplar, *agent.more_exemplars)]
         if self.style.kind == "chat":
             context = agent.profile_text + (("\n" + neighbours) if neighbours else "")
         elif agent.profile_text:
