@@ -46,7 +46,9 @@ TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 # exemplar pool); the headline compares calibrated with calibrated. MoP's internal offsets and learned tau stay
 # part of MoP (the `ablation` switch measures them and the gate). Quick surveys went from 300 to 240 rows to pay
 # for the third survey, protocol (c) and the calibration populations (22.7 min on an idle 2-core Xeon, 2026-12-07,
-# with GSS and non-voters score caches warm).
+# with GSS and non-voters score caches warm). exemplar_asked (2026-12-07): protocol (a) fits show each agent its
+# exemplar's answer to the asked question, one answer per transcript, with a calibrated exemplar gate (the shipped
+# survey's settings); on dev, MoP's calibrated (a) TV 0.154 vs 0.198, lower on each survey (docs/experiments.md).
 SIZES = {
     "quick": {
         "text": dict(TEXT_TRAINING, n_train=300, n_real=160, n_gen=128, n_personas=4, n_exemplars=48,
@@ -55,7 +57,7 @@ SIZES = {
         "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
                        exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
-                       calibration_agents=32, ablation=False, methods="", exemplar_asked=False),
+                       calibration_agents=32, ablation=False, methods="", exemplar_asked=True),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -64,7 +66,7 @@ SIZES = {
         "survey": dict(TRAINING, max_rows=800, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
                        exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
-                       calibration_agents=160, ablation=False, methods="", exemplar_asked=False),
+                       calibration_agents=160, ablation=False, methods="", exemplar_asked=True),
     },
 }
 
