@@ -17,7 +17,7 @@ from popsim.config import load_scenario
 
 SMALL = {"simulation.agents": 4, "simulation.chunk_agents": 4, "simulation.requests_per_call": 16,
          "mop.n_personas": 2, "mop.n_exemplars": 8, "mop.max_train_records": 8, "mop.epochs": 1,
-         "mop.batch_size": 8, "mop.exemplar_questions": 2}
+         "mop.batch_size": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +73,8 @@ def test_init_on_spss_file_uses_labels_notes_skip_pattern_and_runs(tmp_path: Pat
     assert questions["q_why"]["ask_if"] == {"question": "q_own", "in": ["Yes"]}  # the skip pattern, as skip logic
     scenario = load_scenario(out, {**SMALL, "lm.name": "smollm2-135m-instruct", "output": str(tmp_path / "run")})
     assert [q.id for q in scenario.questions] == list(questions)
+    # the draft takes the shipped survey's settings for new people (docs/experiments.md, 2026-12-07)
+    assert raw["mop"]["exemplar_asked"] and raw["mop"]["calibrate_exemplars"] and raw["mop"]["exemplar_questions"] == 1
     result = runner.run(scenario, verbose=False)
     responses = pd.read_parquet(result.run_dir / "responses.parquet")
     owns = responses.loc[responses["question"] == "q_own", "answer"]
