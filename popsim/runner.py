@@ -246,10 +246,13 @@ def _print_population(draw: AgentDraw) -> None:
 
 
 def _baseline_temperature(scenario: Scenario) -> float:
-    """The sampling temperature of the baselines: MoP's ``tau_init`` (its preset's, or the scenario's own), so
-    a baseline run samples as MoP starts, fitted or not."""
-    return float(resolve_preset(scenario.mop.preset, free_text=scenario.kind == "reviews",
-                                overrides=scenario.mop.model_dump())["tau_init"])
+    """The sampling temperature of the baselines without exemplars. Reviews: MoP's ``tau_init`` (its preset's,
+    or the scenario's own), so every method writes at the temperature MoP starts from. Surveys: 1, the LM's own
+    option probabilities: below it a bare-profile prompt gives its dispreferred options ~1e-9 (SmolLM2 on GSS at
+    0.6), and the learned option bias cannot bring them back (an offset of +13 then overshoots elsewhere)."""
+    if scenario.kind == "survey":
+        return 1.0
+    return float(resolve_preset(scenario.mop.preset, free_text=True, overrides=scenario.mop.model_dump())["tau_init"])
 
 
 def learn_option_bias(scenario: Scenario, population: Population, lm: LanguageModel,

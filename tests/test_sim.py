@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -157,9 +158,11 @@ def test_every_method_runs_from_one_flag_and_reports_side_by_side(tmp_path, caps
         assert (agents[method][["persona", "exemplar"]] == -1).all().all()
         assert not (dirs[method] / "mop").exists()  # nothing to fit
     assert agents["uniform"]["temperature"].nunique() == 1  # tau_init, no learned temperatures
-    # every baseline samples at MoP's starting temperature (the preset's tau_init), fitted or not
-    for method in ("uniform", "persona-only", "no-persona", "silicon"):
-        assert set(agents[method]["temperature"]) == set(agents["uniform"]["temperature"]) != {1.0}
+    # survey baselines without exemplars answer from the LM's own option probabilities (tau 1); reviews below
+    for method in ("persona-only", "no-persona", "silicon"):
+        assert set(agents[method]["temperature"]) == {1.0}
+    reviews = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "reviews.yaml")
+    assert runner._baseline_temperature(reviews) == 0.9  # the tuned preset's free-text tau_init, as MoP's
     # the same people are simulated by every method; only how they are prompted differs
     for method in agents:
         pd.testing.assert_series_equal(agents[method]["profile"], agents["mop"]["profile"])
@@ -226,8 +229,8 @@ def test_every_mop_key_of_a_scenario_reaches_the_estimator():
     for key, value in changed.items():
         name = key.removeprefix("mop.")
         assert params["random_state" if name == "seed" else name] == value, name
-    unset = set(type(scenario.mop).model_fields) - {k.removeprefix("mop.") for k in changed} - {"exemplar_questions",
-                                                                                      "exemplars_per_agent"}
+    unset = set(type(scenario.mop).model_fields) - {k.removeprefix("mop.") for k in changed} - {
+        "exemplar_questions", "exemplar_asked", "exemplars_per_agent"}
     assert all(params[name] == getattr(scenario.mop, name) for name in unset)
     assert params["style"] == PromptStyle.survey()
 
