@@ -120,10 +120,9 @@ class ExemplarPool:
             object.__setattr__(self, "groups", _as_groups(self.groups, n))
         else:  # ids of their own: record groups default to row numbers, and "0".."N-1" would mask strangers
             object.__setattr__(self, "groups", np.asarray([f"exemplar-{j}" for j in range(n)]))
-
-        if (self.answers is None) != (self.shown is None) or (self.answers is not None and not
-                                                               len(self.answers) == len(self.shown or ()) == n):
-            raise DataError("an exemplar pool's answers and shown ids go together, one entry per exemplar")
+        if self.answers is not None or self.shown is not None:
+            if self.answers is None or self.shown is None or not len(self.answers) == len(self.shown) == n:
+                raise DataError("an exemplar pool's answers and shown ids go together, one entry per exemplar")
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -133,7 +132,7 @@ class ExemplarPool:
         exemplar's answer to that question (in place of its last other answer, so its length stays), because
         this LM follows an exemplar's answer to the asked question and ignores answers to other ones; else
         ``outputs[j]``."""
-        if self.answers is None or self.shown is None or question_id is None:
+        if self.answers is None or self.shown is None or question_id is None:  # (both or neither: see above)
             return self.outputs[j]
         answers, shown = self.answers[j], self.shown[j]
         if question_id not in answers or question_id in shown:
