@@ -25,7 +25,7 @@ from popsim.records import ExemplarPool, Records
 from popsim.survey_files import LABELLED_SUFFIXES, FileLabels, missing_for, read_labelled, remove_missing, rule_name
 
 __all__ = ["load_table", "Population", "load_population", "profile_text", "survey_records", "survey_exemplars",
-           "review_split", "review_records"]
+           "nearest_questions", "review_split", "review_records"]
 
 
 def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
@@ -265,7 +265,7 @@ def survey_records(population: Population, *, question_ids: set[str] | None = No
 
 def survey_exemplars(
     population: Population, n: int, *, n_questions: int = 6, seed: int = 0, question_ids: set[str] | None = None,
-    cover_scales: bool = False, asked: bool = False,
+    cover_scales: bool = False, asked: bool = False, stand_ins: dict[str, tuple[str, ...]] | None = None,
 ) -> ExemplarPool:
     """N train respondents as exemplars: x_j = profile, y_j = a transcript of some of their answers.
 
@@ -274,7 +274,8 @@ def survey_exemplars(
     number of scales, an agent asked a question on any scale has seen its exemplar answer on that scale.
     ``False``: ``n_questions`` at random. Either way the transcript lists its questions in survey order.
     ``asked``: the pool keeps every answer (of ``question_ids``), so an agent asked a question sees its
-    exemplar's answer to it (:meth:`ExemplarPool.output_for`; ``mop.exemplar_asked``).
+    exemplar's answer to it (:meth:`ExemplarPool.output_for`; ``mop.exemplar_asked``), or to its ``stand_ins``
+    (:func:`nearest_questions`).
     """
     rng = np.random.default_rng(seed)
     questions = _mc_questions(population, question_ids)
@@ -298,7 +299,23 @@ def survey_exemplars(
         groups.append(row["id"])
         attrs.append({a: row[f"attr_{a}"] for a in population.attributes})
     return ExemplarPool(inputs, outputs, np.asarray(groups), pd.DataFrame(attrs),
-                        answers if asked else None, shown if asked else None)
+                        answers if asked else None, shown if asked else None, stand_ins if asked else None)
+
+
+def nearest_questions(questions: Sequence[QuestionSpec], answered: set[str], encoder, *,
+                      k: int = 3) -> dict[str, tuple[str, ...]]:
+    """Per question, up to ``k`` *other* ``answered`` questions on its answer scale, most similar wording first
+    (cosine of ``encoder`` embeddings of the question texts): an exemplar's stand-in answers for a question
+    nobody in the pool answered. Mapping every question, seen ones too, lets training see what new questions
+    will see (a neighbour's answer, never the asked one's)."""
+    vectors = dict(zip([q.id for q in questions], encoder.encode([q.text for q in questions]), strict=True))
+    out = {}
+    for q in questions:
+        same_scale = [o for o in questions if o.id != q.id and o.id in answered
+                      and tuple(o.option_labels) == tuple(q.option_labels)]
+        ranked = sorted(same_scale, key=lambda o: -float(vectors[q.id] @ vectors[o.id]))
+        out[q.id] = tuple(o.id for o in ranked[:k])
+    return out
 
 
 def _scale_covering_pick(questions: list[QuestionSpec], n: int, rng: np.random.Generator) -> np.ndarray:

@@ -100,7 +100,9 @@ class ExemplarPool:
     ``texts`` is what the encoder sees for h(x_j, y_j) and what persona synthesis clusters.
     ``answers`` (surveys, optional): per exemplar, every answered question's transcript line by question id (in
     survey order) and ``shown`` the ids ``outputs`` lists; then :meth:`output_for` shows an agent asked a
-    question the exemplar's own answer to it (see ``mop.exemplar_asked``).
+    question the exemplar's own answer to it (see ``mop.exemplar_asked``). ``stand_ins`` (optional, with
+    ``answers``): question id -> the ids whose answer to show in its place, first answered one wins (see
+    :func:`popsim.data.nearest_questions`: for questions no exemplar answered, the most similar ones).
     """
 
     inputs: list[str]
@@ -109,6 +111,7 @@ class ExemplarPool:
     attributes: pd.DataFrame | None = None
     answers: list[dict[str, str]] | None = None
     shown: list[tuple[str, ...]] | None = None
+    stand_ins: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.inputs)
@@ -123,19 +126,23 @@ class ExemplarPool:
         if self.answers is not None or self.shown is not None:
             if self.answers is None or self.shown is None or not len(self.answers) == len(self.shown) == n:
                 raise DataError("an exemplar pool's answers and shown ids go together, one entry per exemplar")
+        if self.stand_ins is not None and self.answers is None:
+            raise DataError("an exemplar pool's stand-in questions need its answers (survey_exemplars(asked=True))")
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def output_for(self, j: int, question_id: str | None = None) -> str:
         """y_j as shown to someone asked ``question_id``: with ``answers``, the transcript always holds the
-        exemplar's answer to that question (in place of its last other answer, so its length stays), because
-        this LM follows an exemplar's answer to the asked question and ignores answers to other ones; else
-        ``outputs[j]``."""
+        exemplar's answer to that question, or to its first answered stand-in (in place of its last other answer,
+        so its length stays), because this LM follows a lone shown answer on the asked question's scale and
+        barely reads one among several; else ``outputs[j]``."""
         if self.answers is None or self.shown is None or question_id is None:  # (both or neither: see above)
             return self.outputs[j]
         answers, shown = self.answers[j], self.shown[j]
-        if question_id not in answers or question_id in shown:
+        candidates = self.stand_ins.get(question_id, (question_id,)) if self.stand_ins else (question_id,)
+        question_id = next((q for q in candidates if q in answers), None)
+        if question_id is None or question_id in shown:
             return self.outputs[j]
         keep = set(shown[:-1]) | {question_id}
         return "\n".join(line for q, line in answers.items() if q in keep)

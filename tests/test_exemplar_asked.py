@@ -103,3 +103,37 @@ def test_real_smollm_follows_the_exemplars_answer_to_the_asked_question(tmp_path
 
     with_asked, without = agreement(True), agreement(False)
     assert with_asked > without + 0.05, (with_asked, without)
+
+
+def test_stand_ins_show_the_most_similar_other_question_on_the_same_scale(tmp_path, encoder):
+    """``nearest_questions`` + ``stand_ins``: an agent asked a question no exemplar answered (protocol b, a new
+    item) sees its exemplar's answer to the most similar other question on that scale; saved and loaded."""
+    from popsim.data import nearest_questions
+    from popsim.lm.testing import HashLM
+
+    population = load_population(load_scenario(small_survey(tmp_path)))
+    ids = [q.id for q in population.questions]
+    seen = set(ids[:-1])  # the last item is new: no pool member answered it
+    stand_ins = nearest_questions(population.questions, seen, encoder, k=2)
+    assert set(stand_ins) == set(ids)
+    for q in population.questions:
+        assert q.id not in stand_ins[q.id] and set(stand_ins[q.id]) <= seen and len(stand_ins[q.id]) == 2
+        cosine = {o: float(encoder.encode([q.text])[0] @ encoder.encode([population.questions[ids.index(o)].text])[0])
+                  for o in stand_ins[q.id]}
+        assert cosine[stand_ins[q.id][0]] >= cosine[stand_ins[q.id][1]]
+    pool = survey_exemplars(population, 12, n_questions=1, seed=0, question_ids=seen, asked=True,
+                            stand_ins=stand_ins)
+    new = ids[-1]
+    for j in range(len(pool)):
+        shown = pool.output_for(j, new)
+        first = next(q for q in stand_ins[new] if q in pool.answers[j])
+        assert shown == pool.answers[j][first]  # one answer, the nearest answered neighbour's
+        for q in seen:  # seen questions show a neighbour too (never their own answer), as new ones will
+            assert pool.answers[j].get(q, "\0") not in pool.output_for(j, q) or q in pool.shown[j]
+    records = survey_records(population, question_ids=seen).subset(np.arange(16))
+    mop = MixtureOfPersonas(HashLM(), encoder, n_personas=2, n_exemplars=12, epochs=1, batch_size=8,
+                            val_fraction=0, style=PromptStyle.survey(), verbose=False).fit(records, pool)
+    mop.save(tmp_path / "mop")
+    loaded = MixtureOfPersonas.load(tmp_path / "mop", lm=HashLM(), encoder=encoder)
+    assert loaded.exemplars_.stand_ins == stand_ins
+    assert loaded.exemplars_.output_for(0, new) == pool.output_for(0, new)

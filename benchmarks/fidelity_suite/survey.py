@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from popsim.baselines import hot_deck
-from popsim.data import Population, profile_text, survey_exemplars, survey_records
+from popsim.data import Population, nearest_questions, profile_text, survey_exemplars, survey_records
 from popsim.eval.metrics import total_variation, weighted_distribution
 from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table
 from popsim.lm.loading import cache_dir
@@ -26,18 +26,21 @@ from .data import SURVEYS, agent_rows, load_survey, split_items, split_scales
 
 
 def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int, *,
-                   new_questions: bool = False) -> MixtureOfPersonas:
+                   new_questions: bool = False, nearest: bool = False) -> MixtureOfPersonas:
     """Fit on the ``seen`` items; ``new_questions`` (protocol b) trains as agents will be asked: never a
     question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on.
 
     ``cfg["exemplar_asked"]``: protocol (a) fits (every asked item seen) take the shipped survey's settings for
     new people: a transcript of the exemplar's answer to the asked question alone (``mop.exemplar_asked``,
-    ``exemplar_questions: 1``) and the calibrated exemplar gate; (b) and (c) have no such answer to show."""
-    asked = cfg.get("exemplar_asked", False) and not new_questions
+    ``exemplar_questions: 1``) and the calibrated exemplar gate; (b) and (c) have no such answer to show.
+    ``nearest`` (protocol b with ``cfg["exemplar_nearest"]``): the same, showing the exemplar's answer to the
+    most similar *other* seen question on the asked one's scale, in training as for the held-out items."""
+    asked = (cfg.get("exemplar_asked", False) and not new_questions) or nearest
+    stand_ins = nearest_questions(pop.questions, seen, encoder) if nearest else None
     records = survey_records(pop, question_ids=seen)
     pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=1 if asked else cfg["exemplar_questions"],
                             seed=seed, question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False),
-                            asked=asked)
+                            asked=asked, stand_ins=stand_ins)
     style = PromptStyle.survey()
     if "instruction" in cfg:
         style = replace(style, instruction=cfg["instruction"])
@@ -171,7 +174,8 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             log(f"[{name}/{protocol}] skipped: every item is on one answer scale, so no new scale to hold out")
             continue
         t = time.perf_counter()
-        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol != "a")
+        mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol != "a",
+                             nearest=protocol == "b" and cfg.get("exemplar_nearest", False))
         log(f"[{name}/{protocol}] fitted in {time.perf_counter() - t:.0f} s; tau="
             f"{np.round(mop.temperatures_, 3).tolist()}; personas: {[p.text[:50] for p in mop.personas_]}")
         questions = [qmap[q] for q in qmap if q in asked]

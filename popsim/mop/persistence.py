@@ -59,7 +59,9 @@ def save_model(model: MixtureOfPersonas, directory: str | Path) -> Path:
         "exemplars": {"inputs": model.exemplars_.inputs, "outputs": model.exemplars_.outputs,
                       "groups": [str(g) for g in model.exemplars_.groups],
                       "answers": model.exemplars_.answers,
-                      "shown": None if model.exemplars_.shown is None else [list(s) for s in model.exemplars_.shown]},
+                      "shown": None if model.exemplars_.shown is None else [list(s) for s in model.exemplars_.shown],
+                      "stand_ins": None if model.exemplars_.stand_ins is None
+                      else {q: list(ids) for q, ids in model.exemplars_.stand_ins.items()}},
         "lm": model.lm_name_,
         "lm_identity": getattr(model, "lm_identity_", None),
         "encoder": model.encoder_name_,
@@ -97,9 +99,10 @@ def load_model(
         model.style_ = PromptStyle(**meta["style"])
         model.personas_ = [Persona(**p) for p in meta["personas"]]
         ex = meta["exemplars"]
-        shown = ex.get("shown")  # older files: no per-question transcripts
+        shown, stand_ins = ex.get("shown"), ex.get("stand_ins")  # older files: no per-question transcripts
         model.exemplars_ = ExemplarPool(ex["inputs"], ex["outputs"], np.asarray(ex["groups"]), None,
-                                        ex.get("answers"), None if shown is None else [tuple(s) for s in shown])
+                                        ex.get("answers"), None if shown is None else [tuple(s) for s in shown],
+                                        None if stand_ins is None else {q: tuple(i) for q, i in stand_ins.items()})
         current = gate_path
         model.h_g_, model.h_e_ = tensors.pop("h_g"), tensors.pop("h_e")
         # older files have no biases: the uncalibrated gate
