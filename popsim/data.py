@@ -302,18 +302,20 @@ def survey_exemplars(
                         answers if asked else None, shown if asked else None, stand_ins if asked else None)
 
 
-def nearest_questions(questions: Sequence[QuestionSpec], answered: set[str], encoder, *,
-                      k: int = 3) -> dict[str, tuple[str, ...]]:
-    """Per question, up to ``k`` *other* ``answered`` questions on its answer scale, most similar wording first
-    (cosine of ``encoder`` embeddings of the question texts): an exemplar's stand-in answers for a question
-    nobody in the pool answered. Mapping every question, seen ones too, lets training see what new questions
-    will see (a neighbour's answer, never the asked one's)."""
+def nearest_questions(questions: Sequence[QuestionSpec], answered: set[str], encoder, *, k: int = 3,
+                      same_scale: bool = True) -> dict[str, tuple[str, ...]]:
+    """Per question, up to ``k`` *other* ``answered`` questions, most similar wording first (cosine of ``encoder``
+    embeddings of the question texts), on its answer scale (``same_scale``) or only on other scales: an
+    exemplar's stand-in answers for a question nobody in the pool answered. Mapping every question, seen ones
+    too, lets training see what new questions will see (a neighbour's answer, never the asked one's); other
+    scales only, for questions on a scale nobody answered (this LM copies a lone answer on the asked scale)."""
     vectors = dict(zip([q.id for q in questions], encoder.encode([q.text for q in questions]), strict=True))
     out = {}
     for q in questions:
-        same_scale = [o for o in questions if o.id != q.id and o.id in answered
-                      and tuple(o.option_labels) == tuple(q.option_labels)]
-        ranked = sorted(same_scale, key=lambda o: -float(vectors[q.id] @ vectors[o.id]))
+        scale = tuple(q.option_labels)
+        near = [o for o in questions if o.id != q.id and o.id in answered
+                and (tuple(o.option_labels) == scale) == same_scale]
+        ranked = sorted(near, key=lambda o: -float(vectors[q.id] @ vectors[o.id]))
         out[q.id] = tuple(o.id for o in ranked[:k])
     return out
 

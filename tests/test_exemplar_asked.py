@@ -116,6 +116,8 @@ def test_stand_ins_show_the_most_similar_other_question_on_the_same_scale(tmp_pa
     seen = set(ids[:-1])  # the last item is new: no pool member answered it
     stand_ins = nearest_questions(population.questions, seen, encoder, k=2)
     assert set(stand_ins) == set(ids)
+    # every item here is on one scale: none has a neighbour on another scale
+    assert set(nearest_questions(population.questions, seen, encoder, same_scale=False).values()) == {()}
     for q in population.questions:
         assert q.id not in stand_ins[q.id] and set(stand_ins[q.id]) <= seen and len(stand_ins[q.id]) == 2
         cosine = {o: float(encoder.encode([q.text])[0] @ encoder.encode([population.questions[ids.index(o)].text])[0])

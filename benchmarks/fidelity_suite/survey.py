@@ -26,17 +26,19 @@ from .data import SURVEYS, agent_rows, load_survey, split_items, split_scales
 
 
 def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int, *,
-                   new_questions: bool = False, nearest: bool = False) -> MixtureOfPersonas:
+                   new_questions: bool = False, nearest: str = "") -> MixtureOfPersonas:
     """Fit on the ``seen`` items; ``new_questions`` (protocol b) trains as agents will be asked: never a
     question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on.
 
     ``cfg["exemplar_asked"]``: protocol (a) fits (every asked item seen) take the shipped survey's settings for
     new people: a transcript of the exemplar's answer to the asked question alone (``mop.exemplar_asked``,
     ``exemplar_questions: 1``) and the calibrated exemplar gate; (b) and (c) have no such answer to show.
-    ``nearest`` (protocol b with ``cfg["exemplar_nearest"]``): the same, showing the exemplar's answer to the
-    most similar *other* seen question on the asked one's scale, in training as for the held-out items."""
-    asked = (cfg.get("exemplar_asked", False) and not new_questions) or nearest
-    stand_ins = nearest_questions(pop.questions, seen, encoder) if nearest else None
+    ``nearest`` (``cfg["exemplar_nearest"]`` holds the protocol): the same, showing the exemplar's answer to
+    the most similar *other* seen question, on the asked one's scale (``"b"``) or on another scale (``"c"``:
+    held-out scales have no answer to copy, so the seen items are trained and calibrated without one too), in
+    training, in the calibration population and for the held-out items alike."""
+    asked = (cfg.get("exemplar_asked", False) and not new_questions) or bool(nearest)
+    stand_ins = nearest_questions(pop.questions, seen, encoder, same_scale=nearest == "b") if nearest else None
     records = survey_records(pop, question_ids=seen)
     pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=1 if asked else cfg["exemplar_questions"],
                             seed=seed, question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False),
@@ -175,7 +177,7 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             continue
         t = time.perf_counter()
         mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol != "a",
-                             nearest=protocol == "b" and cfg.get("exemplar_nearest", False))
+                             nearest=protocol if protocol in cfg.get("exemplar_nearest", "") else "")
         log(f"[{name}/{protocol}] fitted in {time.perf_counter() - t:.0f} s; tau="
             f"{np.round(mop.temperatures_, 3).tolist()}; personas: {[p.text[:50] for p in mop.personas_]}")
         questions = [qmap[q] for q in qmap if q in asked]
