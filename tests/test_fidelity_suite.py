@@ -1,4 +1,5 @@
-"""The fidelity benchmark's survey pieces that need no LM: protocol (c)'s scale split and the calibration map."""
+"""The fidelity benchmark's survey pieces that need no LM: protocol (c)'s scale split, the calibration map and
+the no-LM scale-shares reference."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from popsim.sim.calibration import OptionBias
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from fidelity_suite.calibration import Calibration  # noqa: E402
 from fidelity_suite.data import split_scales  # noqa: E402
+from fidelity_suite.survey import scale_shares  # noqa: E402
 
 
 def _questions(sizes: dict[tuple[str, ...], int]) -> list[QuestionSpec]:
@@ -49,3 +51,19 @@ def test_calibration_sharpens_then_shifts_only_its_scale():
     assert sharp.adjust(("a", "b", "c"), p) == pytest.approx(expected / expected.sum())
     other = p**2 / (p**2).sum()  # a scale without offsets (protocol (c)): only the sharpness transfers
     assert sharp.adjust(("x", "y", "z"), p) == pytest.approx(other)
+
+
+def test_scale_shares_draw_the_seen_items_pooled_weighted_shares_and_uniform_on_a_new_scale():
+    import pandas as pd
+
+    questions = _questions({("a", "b"): 2, ("x", "y", "z"): 1})  # a0, a1 seen; x0 on a scale nobody saw
+    train = pd.DataFrame({"q_a0": ["a", "a", "b", "b"], "q_a1": ["a", "b", "b", None], "q_x0": ["x"] * 4,
+                          "weight": [3.0, 1.0, 1.0, 1.0], "attr_sex": ["f", "m", "f", "m"]})
+    pop = SimpleNamespace(questions=questions, train=train, attributes=["sex"])
+    agents = pd.DataFrame({"attr_sex": ["f", "m"] * 5000})
+    out = scale_shares(pop, agents, questions, {"a0", "a1"}, np.random.default_rng(0))
+    assert list(out["attr_sex"]) == list(agents["attr_sex"]) and len(out) == len(agents)
+    # pooled over a0 and a1, weighted: "a" has weight 3 + 1 + 3 = 7 of 3 + 1 + 1 + 1 + 3 + 1 + 1 = 11
+    for q in ("a0", "a1"):
+        assert (out[q] == "a").mean() == pytest.approx(7 / 11, abs=0.02)
+    assert out["x0"].value_counts(normalize=True).to_numpy() == pytest.approx([1 / 3] * 3, abs=0.02)

@@ -57,15 +57,16 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
         base = g.loc[[m for m in SURVEY_BASELINES_B if m in g.index], "tv"]
         row = {"dataset": d, "protocol": p, "calibration": c, "mop": g.loc["mop", "tv"], "best_baseline": base.min(),
                "which": base.idxmin(), "noise": g.loc["mop", "noise_floor"]}
-        if "hot-deck" in g.index:
-            row["hot-deck"] = g.loc["hot-deck", "tv"]
+        for reference in ("hot-deck", "scale-shares"):
+            if reference in g.index:
+                row[reference] = g.loc[reference, "tv"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def ablation_table(summary: pd.DataFrame) -> pd.DataFrame | None:
     """MoP and its ablations on the same fit, TV per (dataset, protocol, calibration); None without them."""
-    names = ["mop", "mop-uniform-gate", "mop-no-offsets", "mop-tau-fixed", "uniform"]
+    names = ["mop", "mop-uniform-gate", "mop-no-offsets", "mop-tau-fixed", "uniform", "scale-shares"]
     if not summary["method"].isin(names[1:4]).any():
         return None
     wide = summary[summary["method"].isin(names)].pivot_table(index=["dataset", "protocol", "calibration"],
@@ -73,6 +74,8 @@ def ablation_table(summary: pd.DataFrame) -> pd.DataFrame | None:
     wide = wide[["dataset", "protocol", "calibration", *[m for m in names if m in wide.columns]]]
     if "mop-uniform-gate" in wide:
         wide["gate adds"] = wide["mop-uniform-gate"] - wide["mop"]
+    if "scale-shares" in wide:
+        wide["LM adds"] = wide["scale-shares"] - wide["mop"]
     return wide
 
 
@@ -83,7 +86,8 @@ def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFram
     ablation = ablation_table(summary)
     if ablation is not None:
         parts.append("**Ablation of MoP on the same fit** (TV; gate adds = uniform gate minus learned gate, "
-                     "positive when the learned gate helps)\n\n" + md_table(ablation))
+                     "positive when the learned gate helps; LM adds = the no-LM scale-shares reference minus MoP)\n\n"
+                     + md_table(ablation))
     cols = ["dataset", "method", "calibration", "tv", "representativeness", "tv_all", "tv_all_ci", "noise_all",
             "noise_floor", "worse_than_floor", "n_cells", "tv_max_cell", "top_answer"]
     for protocol, title in PROTOCOLS.items():

@@ -140,6 +140,24 @@ ABLATIONS = {"mop-uniform-gate": ("mop", _uniform_gate), "mop-no-offsets": ("mop
              "mop-tau-fixed": ("mop", _tau_fixed)}
 
 
+def scale_shares(pop: Population, agents: pd.DataFrame, questions: list, seen: set[str],
+                 rng: np.random.Generator) -> pd.DataFrame:
+    """The no-LM reference: each agent answers each asked item by a draw from its answer scale's pooled, weighted
+    training shares over the seen items (uniform on a scale no seen item uses). That is all a calibration knows
+    without an LM, so a method's TV below this one's is what its LM adds."""
+    train = pop.train
+    weights = train["weight"].to_numpy(float) if "weight" in train.columns else np.ones(len(train))
+    out = agents[[f"attr_{a}" for a in pop.attributes]].reset_index(drop=True).copy()
+    out.insert(0, "agent", np.arange(len(out)))
+    for q in questions:
+        scale = list(q.option_labels)
+        same = [o.id for o in pop.questions if o.id in seen and list(o.option_labels) == scale]
+        share = (weighted_distribution(np.concatenate([train[f"q_{o}"].to_numpy(object) for o in same]), scale,
+                                       np.tile(weights, len(same))) if same else np.full(len(scale), 1 / len(scale)))
+        out[q.id] = rng.choice(np.asarray(scale, dtype=object), size=len(out), p=share / share.sum())
+    return out
+
+
 def protocol_items(pop: Population, protocol: str, seed: int) -> tuple[set[str], set[str]]:
     """(seen, asked) item ids: (a) all and all, (b) a seeded third held out, (c) whole answer scales held out."""
     if protocol == "a":
@@ -208,6 +226,9 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
                             np.random.default_rng([seed, 5]))
             for calibration in {c for _, c in synths}:
                 synths[("hot-deck", calibration)] = deck
+        shares = scale_shares(pop, agents, questions, seen, np.random.default_rng([seed, 6]))
+        for calibration in {c for _, c in synths}:  # no LM: nothing to calibrate either
+            synths[("scale-shares", calibration)] = shares
         for (method, calibration), synth in synths.items():
             keys = {"dataset": name, "protocol": protocol, "method": method, "calibration": calibration}
             cells = _keyed(cell_fidelity(synth, real, options, attrs, max_order=cfg["max_order"],
