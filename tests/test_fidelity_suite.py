@@ -67,3 +67,31 @@ def test_scale_shares_draw_the_seen_items_pooled_weighted_shares_and_uniform_on_
     for q in ("a0", "a1"):
         assert (out[q] == "a").mean() == pytest.approx(7 / 11, abs=0.02)
     assert out["x0"].value_counts(normalize=True).to_numpy() == pytest.approx([1 / 3] * 3, abs=0.02)
+
+
+def _fake_calibration_run(aligned: bool):
+    """Six items on one yes/no scale, real P(a) alternating 0.8 / 0.2; 40 agents whose option probabilities
+    follow the real shares item by item (``aligned``) or oppose them."""
+    import pandas as pd
+
+    from fidelity_suite.calibration import fit_calibration
+
+    questions = _questions({("a", "b"): 6})
+    rng = np.random.default_rng(0)
+    real_a = {q.id: 0.8 if i % 2 == 0 else 0.2 for i, q in enumerate(questions)}
+    train = pd.DataFrame({f"q_{q}": np.where(rng.random(400) < p, "a", "b") for q, p in real_a.items()})
+    train["weight"] = 1.0
+    rows = train.iloc[:40].reset_index(drop=True)
+    responses = pd.DataFrame([{"agent": i, "question": q, "probs": {"a": pa, "b": 1 - pa}}
+                              for i in range(40) for q, p in real_a.items()
+                              for pa in [0.7 if (p > 0.5) == aligned else 0.3]])
+    model = SimpleNamespace(question_by_id={q.id: q for q in questions}, responses=lambda: responses)
+    pop = SimpleNamespace(train=train)
+    return fit_calibration(model, rows, pop, set(real_a), hold_out="items")
+
+
+def test_transfer_calibration_keeps_signal_that_transfers_and_drops_signal_that_does_not():
+    good, bad = _fake_calibration_run(aligned=True), _fake_calibration_run(aligned=False)
+    assert good.sharpness > 1 and good.item_tv < 0.05
+    # answers that oppose the real item differences: held out, only the scale's pooled shares are left
+    assert bad.sharpness == 0 and bad.item_tv == pytest.approx(0.3, abs=0.05)

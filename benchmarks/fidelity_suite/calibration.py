@@ -20,6 +20,13 @@ grid's flattest ``s`` (0.105): its calibrated answers became the scale's pooled 
 and all methods scored alike. The per-question criterion scores what the benchmark scores (shares per item)
 and rewards a method only for the item-to-item differences it gets right.
 
+With ``hold_out`` (protocols b and c, ``survey.calibration_transfer``), ``s`` is chosen by how well it
+*transfers*: the seen items are held out one item (b) or one answer scale (c) at a time, the offsets fitted on
+the others, and the held-out items scored, as the protocol's new items will be. In-sample, an LM that copies an
+exemplar's answer to a seen item looked sharp and right there, and kept that sharpness on new items where it
+had nothing to copy. The grid includes ``s = 0``: a method whose answers carry nothing that transfers falls
+back to its scales' pooled shares (the ``scale-shares`` reference).
+
 The calibrated answer of an agent is drawn again from ``softmax(s * log p + b)`` with the agent's own answer
 stream (the raw answer came from the same stream), so raw and calibrated scores differ only by the
 calibration. On a scale no seen item uses (protocol (c)) there are no offsets; only ``s`` transfers.
@@ -41,6 +48,7 @@ from popsim.sim.model import PopulationModel
 # the sharpness grid: s = 1 / temperature from 0.1 to 4 (log-spaced, 1.0 included): MoP's tau_k ~0.6 and the
 # baselines' tau 1 can each be too sharp or too flat for the LM's option probabilities
 SHARPNESS = 2.0 ** (np.arange(-13, 9) / 4)  # 0.105 ... 4, steps of 2^(1/4)
+TRANSFER_SHARPNESS = np.concatenate([[0.0], SHARPNESS])  # with hold_out: 0 = the scale's pooled shares
 
 
 @dataclass(frozen=True)
@@ -72,11 +80,14 @@ def calibration_rows(pop: Population, mop, n: int, seed: int) -> pd.DataFrame:
     return train.iloc[idx].reset_index(drop=True)
 
 
-def fit_calibration(model: PopulationModel, rows: pd.DataFrame, pop: Population, seen: set[str]) -> Calibration:
+def fit_calibration(model: PopulationModel, rows: pd.DataFrame, pop: Population, seen: set[str], *,
+                    hold_out: str = "") -> Calibration:
     """Fit a method's calibration from ``model`` (its population of calibration agents ``rows``, stepped once
-    on the ``seen`` items) against the training respondents' weighted shares on those items."""
+    on the ``seen`` items) against the training respondents' weighted shares on those items; ``hold_out``
+    (``"items"`` or ``"scales"``) chooses ``s`` by held-out items instead of in-sample (module docstring)."""
     questions = [model.question_by_id[q] for q in model.question_by_id if q in seen]
-    target = answer_shares(pop.train, questions, pop.train["weight"].to_numpy())
+    weights = pop.train["weight"].to_numpy(float)
+    target = answer_shares(pop.train, questions, weights)
     scales, probs, items = [], [], []
     for r in model.responses().itertuples():
         truth = rows.at[r.agent, f"q_{r.question}"]
@@ -86,20 +97,26 @@ def fit_calibration(model: PopulationModel, rows: pd.DataFrame, pop: Population,
         scales.append(scale)
         probs.append(np.array([r.probs[o] for o in scale], dtype=float))
         items.append(r.question)
-    weights = pop.train["weight"].to_numpy(float)
     real = {q: weighted_distribution(pop.train[f"q_{q}"].to_numpy(object), model.question_by_id[q].option_labels,
                                      weights) for q in set(items)}
+    # folds: every item scored with offsets fitted on the rest (hold_out) or on all of them (in-sample)
+    by = {"items": lambda q: q, "scales": lambda q: tuple(model.question_by_id[q].option_labels)}.get(hold_out)
+    folds = [{q for q in real if by(q) == key} for key in sorted({by(q) for q in real}, key=str)] if by else [set()]
+    grid = TRANSFER_SHARPNESS if by else SHARPNESS
     best = None
-    for s in SHARPNESS:
+    for s in grid:
         sharp = [np.exp(log_softmax(s * np.log(np.clip(p, 1e-9, None)))) for p in probs]
-        bias = OptionBias.fit(list(zip(scales, sharp, strict=True)), target)
-        cal = Calibration(float(s), bias, 0.0)
         per_item: dict[str, list[np.ndarray]] = {}
-        for sc, p, q in zip(scales, probs, items, strict=True):
-            per_item.setdefault(q, []).append(cal.adjust(sc, p))
+        for fold in folds:
+            kept = [i for i, q in enumerate(items) if q not in fold]
+            fold_target = answer_shares(pop.train, [q for q in questions if q.id not in fold], weights)
+            cal = Calibration(float(s), OptionBias.fit([(scales[i], sharp[i]) for i in kept], fold_target), 0.0)
+            for sc, p, q in zip(scales, probs, items, strict=True):
+                if q in fold or not by:
+                    per_item.setdefault(q, []).append(cal.adjust(sc, p))
         mean_tv = float(np.mean([total_variation(real[q], np.mean(per_item[q], axis=0)) for q in real]))
         if best is None or mean_tv < best.item_tv:
-            best = Calibration(float(s), bias, mean_tv)
+            best = Calibration(float(s), OptionBias.fit(list(zip(scales, sharp, strict=True)), target), mean_tv)
     assert best is not None
     return best
 

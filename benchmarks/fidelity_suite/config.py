@@ -51,6 +51,8 @@ TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 # survey's settings); on dev, MoP's calibrated (a) TV 0.154 vs 0.198, lower on each survey (docs/experiments.md).
 # exemplar_nearest (protocols, e.g. "bc"): those protocols' fits show, in place of the asked answer, the exemplar's
 # answer to the most similar other seen item, on the asked item's scale (b) or on another scale (c).
+# calibration_transfer: protocols (b) and (c) choose each method's calibration sharpness on held-out seen items
+# (one item, or one scale, at a time), as their new items will be calibrated (fidelity_suite/calibration.py).
 SIZES = {
     "quick": {
         "text": dict(TEXT_TRAINING, n_train=300, n_real=160, n_gen=128, n_personas=4, n_exemplars=48,
@@ -59,7 +61,8 @@ SIZES = {
         "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
                        exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
-                       calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest=""),
+                       calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="",
+                       calibration_transfer=False),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -68,7 +71,8 @@ SIZES = {
         "survey": dict(TRAINING, max_rows=800, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
                        exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
-                       calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest=""),
+                       calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="",
+                       calibration_transfer=False),
     },
 }
 

@@ -215,7 +215,9 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             note = ""
             if cal_rows is not None:
                 cal_model = _simulated(pop, cal_rows, seen_questions, method, mop, lm, seed, change)
-                cal = fit_calibration(cal_model, cal_rows, pop, seen)
+                transfer = cfg.get("calibration_transfer", False) and protocol != "a"
+                cal = fit_calibration(cal_model, cal_rows, pop, seen,
+                                      hold_out={"b": "items", "c": "scales"}[protocol] if transfer else "")
                 synths[(variant, "posthoc")] = wide_with_attributes(calibrated(model, cal), pop, agents)
                 note = f"; calibration {cal.describe()}"
             log(f"[{name}/{protocol}] {variant:>16} simulated in {time.perf_counter() - t:.0f} s{note}")
