@@ -73,7 +73,6 @@ def _fake_calibration_run(aligned: bool):
     """Six items on one yes/no scale, real P(a) alternating 0.8 / 0.2; 40 agents whose option probabilities
     follow the real shares item by item (``aligned``) or oppose them."""
     import pandas as pd
-
     from fidelity_suite.calibration import fit_calibration
 
     questions = _questions({("a", "b"): 6})
@@ -95,3 +94,4 @@ def test_transfer_calibration_keeps_signal_that_transfers_and_drops_signal_that_
     assert good.sharpness > 1 and good.item_tv < 0.05
     # answers that oppose the real item differences: held out, only the scale's pooled shares are left
     assert bad.sharpness == 0 and bad.item_tv == pytest.approx(0.3, abs=0.05)
+    assert "shares" in bad.describe() and "tau x" in good.describe()

@@ -65,7 +65,8 @@ class Calibration:
         return np.exp(z)
 
     def describe(self) -> str:
-        return (f"s={self.sharpness:.2f} (tau x{1 / self.sharpness:.2f}), {len(self.bias.offsets)} scales offset, "
+        tau = f"tau x{1 / self.sharpness:.2f}" if self.sharpness else "the scale's shares"
+        return (f"s={self.sharpness:.2f} ({tau}), {len(self.bias.offsets)} scales offset, "
                 f"item TV {self.item_tv:.3f}")
 
 
