@@ -61,7 +61,7 @@ SIZES = {
         "survey": dict(TRAINING, max_rows=240, n_personas=3, n_exemplars=32, max_train_records=32, epochs=6,
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
                        exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
-                       calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="",
+                       calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
                        calibration_transfer=False),
     },
     "full": {
@@ -71,7 +71,7 @@ SIZES = {
         "survey": dict(TRAINING, max_rows=800, n_personas=8, n_exemplars=200, max_train_records=256, epochs=6,
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
                        exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
-                       calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="",
+                       calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
                        calibration_transfer=False),
     },
 }
