@@ -132,7 +132,8 @@ class MopConfig(_Strict):
     exemplar_questions: int = Field(6, gt=0, description="Survey: answers shown in an exemplar transcript.")
     exemplar_asked: bool = Field(False, description="Survey: an exemplar's transcript always includes its answer "
                                  "to the question the agent is asked (in place of another answer), in training "
-                                 "as in simulation; the LM follows that answer and not the others.")
+                                 "as in simulation; the LM follows a lone shown answer on the asked scale, so "
+                                 "make it this one.")
     exemplars_per_agent: int = Field(1, gt=0, description="Exemplars each agent draws from its Omega_k(x) and is "
                                      "shown (transcripts, or earlier reviews); 1 as in the paper.")
 
