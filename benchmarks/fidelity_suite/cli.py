@@ -94,7 +94,7 @@ def main() -> None:
     """``python benchmarks/fidelity.py``: parse the command line, run the parts, write the tables, print RESULT."""
     parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes: 15-19 min on 2 bf16 CPU cores (by their speed), ~1 h in fp32")
+                        help="small sizes: 20-25 min on 2 bf16 CPU cores (by their speed), ~1 h in fp32")
     parser.add_argument("--dev", action="store_true", help="evaluate on dev splits (for tuning), not test")
     parser.add_argument("--only", choices=["text", "survey"], help="run one part")
     parser.add_argument("--text", default="imdb,agnews,sst2", help="text datasets")
