@@ -18,6 +18,7 @@ from popsim.eval.metrics import total_variation, weighted_distribution
 from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table
 from popsim.lm.loading import cache_dir
 from popsim.mop import MixtureOfPersonas, PromptStyle
+from popsim.sim.calibration import answer_shares
 from popsim.sim.model import PopulationModel
 
 from .calibration import calibrated, calibration_rows, fit_calibration
@@ -146,14 +147,13 @@ def scale_shares(pop: Population, agents: pd.DataFrame, questions: list, seen: s
     training shares over the seen items (uniform on a scale no seen item uses). That is all a calibration knows
     without an LM, so a method's TV below this one's is what its LM adds."""
     train = pop.train
-    weights = train["weight"].to_numpy(float) if "weight" in train.columns else np.ones(len(train))
+    weights = train["weight"].to_numpy(float) if "weight" in train.columns else None
+    pooled = answer_shares(train, [q for q in pop.questions if q.id in seen], weights)
     out = agents[[f"attr_{a}" for a in pop.attributes]].reset_index(drop=True).copy()
     out.insert(0, "agent", np.arange(len(out)))
     for q in questions:
         scale = list(q.option_labels)
-        same = [o.id for o in pop.questions if o.id in seen and list(o.option_labels) == scale]
-        share = (weighted_distribution(np.concatenate([train[f"q_{o}"].to_numpy(object) for o in same]), scale,
-                                       np.tile(weights, len(same))) if same else np.full(len(scale), 1 / len(scale)))
+        share = pooled.get(tuple(scale), np.full(len(scale), 1 / len(scale)))
         out[q.id] = rng.choice(np.asarray(scale, dtype=object), size=len(out), p=share / share.sum())
     return out
 
