@@ -12,7 +12,10 @@ What is measured, in one run (all on the device ``HFLanguageModel`` picks, norma
   64 x 64 over its time (median of ``--reps``); the fraction is the achieved FLOP/s over the bf16
   matmul reference below, measured right after each repetition (median of the per-repetition
   fractions), with ``2 x (parameters excluding the token embedding + vocab x hidden)`` FLOPs per new
-  token (prompt tokens and attention scores are not counted).
+  token (prompt tokens and attention scores are not counted). Both with the compiled decode step, after
+  a call that compiled it; ``generate_eager_tok_s`` is the same call with eager steps, which is what a
+  call this size gets by default (``HFLanguageModel(compile_decode_tokens=...)``: the compile, timed
+  and printed, costs more than it saves below ~100k new tokens).
 * ``generate_shared_prefix_speedup`` - the score workload's 64 prompts below (persona as system message, an
   exemplar review, a task: rows with the same persona and exemplar share ~100 leading tokens), 24 new tokens
   each, sampled: one ``generate`` call with ``prefix_sharing`` off (every prompt encoded in full) over one with
@@ -54,9 +57,10 @@ inflates ``generate_speedup`` and ``score_speedup``; rerun on a quiet machine (o
 The last line printed is always::
 
     RESULT generate_speedup=X score_speedup=Y score_vs_raw=Z bf16_vs_fp32=A roofline_fraction=B \
-        generate_tok_s=C generate_roofline_fraction=D generate_shared_prefix_speedup=E
+        generate_tok_s=C generate_roofline_fraction=D generate_eager_tok_s=F generate_shared_prefix_speedup=E
 
-(one line; ``--only decode`` prints only ``generate_tok_s`` and ``generate_roofline_fraction``, ``--only shared``
+(one line; ``--only decode`` prints only ``generate_tok_s``, ``generate_roofline_fraction`` and
+``generate_eager_tok_s``, ``--only shared``
 only ``generate_shared_prefix_speedup``).
 
 Usage::
@@ -136,25 +140,36 @@ def decode_prompts(lm: HFLanguageModel) -> list[str]:
     return prompts
 
 
-def decode_roofline(lm: HFLanguageModel, flops_per_token: int, reps: int) -> tuple[float, float, list[float]]:
-    """(new tokens/s, fraction of the bf16 matmul reference, the reference per repetition in GFLOP/s)."""
+def decode_roofline(lm: HFLanguageModel, flops_per_token: int, reps: int) -> tuple[float, float, float]:
+    """(new tokens/s with the compiled step, its fraction of the bf16 matmul reference, new tokens/s with eager
+    steps). A call this size (64 x 64 tokens) decodes eagerly by default (``compile_decode_tokens``): the
+    compiled figures are the steady state of a process that has compiled the step; the compile is timed too."""
     prompts = decode_prompts(lm)
     seeds = [2000 + i for i in range(DECODE_ROWS)]
     kw = dict(max_new_tokens=DECODE_TOKENS, temperature=0.8, seed=seeds, ignore_eos=True)
-    lm.generate(prompts, **kw)  # warm-up (compiles at these shapes)
-    times, gflops = [], []
-    for _ in range(reps):
-        times.append(timed(lambda: lm.generate(prompts, **kw)))
-        gflops.append(matmul_gflops(torch.bfloat16, reps=5))
     n_new = DECODE_ROWS * DECODE_TOKENS
+    saved = lm.compile_decode_tokens
+    try:
+        lm.compile_decode_tokens = n_new + 1  # eager steps
+        lm.generate(prompts, **kw)  # warm-up
+        eager = statistics.median(timed(lambda: lm.generate(prompts, **kw)) for _ in range(reps))
+        lm.compile_decode_tokens = 0  # the compiled step
+        first = timed(lambda: lm.generate(prompts, **kw))  # compiles at these shapes (once per process)
+        times, gflops = [], []
+        for _ in range(reps):
+            times.append(timed(lambda: lm.generate(prompts, **kw)))
+            gflops.append(matmul_gflops(torch.bfloat16, reps=5))
+    finally:
+        lm.compile_decode_tokens = saved
     fractions = [n_new * flops_per_token / t / 1e9 / g for t, g in zip(times, gflops)]
     tok_s = n_new / statistics.median(times)
-    print(f"decode: {DECODE_ROWS} prompts x {DECODE_TOKENS} new tokens, {lm.dtype}: "
+    print(f"decode: {DECODE_ROWS} prompts x {DECODE_TOKENS} new tokens, {lm.dtype}: eager steps "
+          f"{n_new / eager:.0f} new tokens/s; compiled step (first call {first:.1f} s, compile included) "
           f"{', '.join(f'{t:.2f}' for t in times)} s per call, {tok_s:.0f} new tokens/s; "
           f"{flops_per_token / 1e6:.0f}M FLOPs per new token; bf16 matmul "
           f"{', '.join(f'{g:.0f}' for g in gflops)} GFLOP/s; fractions "
           f"{', '.join(f'{f:.3f}' for f in fractions)}")
-    return tok_s, statistics.median(fractions), gflops
+    return tok_s, statistics.median(fractions), n_new / eager
 
 
 def gen_prompts(n: int) -> list[Chat]:
@@ -271,8 +286,9 @@ def main() -> None:
         print(f"total benchmark time {time.perf_counter() - t_start:.0f} s; load average at end {load_average()}")
         print(f"RESULT {shared_key}")
         return
-    gen_tok_s, gen_fraction, _ = decode_roofline(lm, body_flops + head_flops, reps)
-    decode_keys = f"generate_tok_s={gen_tok_s:.0f} generate_roofline_fraction={gen_fraction:.3f}"
+    gen_tok_s, gen_fraction, eager_tok_s = decode_roofline(lm, body_flops + head_flops, reps)
+    decode_keys = (f"generate_tok_s={gen_tok_s:.0f} generate_roofline_fraction={gen_fraction:.3f} "
+                   f"generate_eager_tok_s={eager_tok_s:.0f}")
     if args.only == "decode":
         print(f"total benchmark time {time.perf_counter() - t_start:.0f} s; load average at end {load_average()}")
         print(f"RESULT {decode_keys}")

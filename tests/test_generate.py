@@ -129,15 +129,30 @@ def test_compiled_bf16_decode_step_matches_eager(smollm_bf16):
     if smollm_bf16.compiled_blocks == 0:
         pytest.skip("compile is not active for this model (not CPU bf16)")
     kw = dict(max_new_tokens=12, temperature=0.0, ignore_eos=True)
-    compiled = smollm_bf16.generate(PROMPTS[:3], **kw)
-    assert smollm_bf16._decode_step_fn is not smollm_bf16._step
-    saved = smollm_bf16._decode_step_fn
-    smollm_bf16._decode_step_fn = smollm_bf16._step
+    saved = smollm_bf16.compile_decode_tokens
+    smollm_bf16.compile_decode_tokens = 0  # this small call takes the compiled step
     try:
-        eager = smollm_bf16.generate(PROMPTS[:3], **kw)
+        compiled = smollm_bf16.generate(PROMPTS[:3], **kw)
     finally:
-        smollm_bf16._decode_step_fn = saved
+        smollm_bf16.compile_decode_tokens = saved
+    assert smollm_bf16._decode_step_fn is not None and smollm_bf16._decode_step_fn is not smollm_bf16._step
+    eager = smollm_bf16.generate(PROMPTS[:3], **kw)  # below compile_decode_tokens: eager steps
     assert sum(a == b for a, b in zip(compiled, eager)) >= 2 and all(compiled)
+
+
+def test_small_generate_calls_decode_eagerly(smollm_bf16, monkeypatch):
+    """Below ``compile_decode_tokens`` new tokens a call never compiles the decode step (the compile costs more
+    than it saves there); at or above it, the step is compiled once."""
+    if smollm_bf16.compiled_blocks == 0:
+        pytest.skip("compile is not active for this model (not CPU bf16)")
+    compiled_fns = []
+    monkeypatch.setattr(smollm_bf16, "_decode_step_fn", None)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_fns.append(fn.__name__) or fn)
+    monkeypatch.setattr(smollm_bf16, "compile_decode_tokens", 3 * 8)
+    smollm_bf16.generate(PROMPTS[:3], max_new_tokens=7, temperature=0.0)
+    assert "_step" not in compiled_fns and smollm_bf16._decode_step_fn is None
+    smollm_bf16.generate(PROMPTS[:3], max_new_tokens=8, temperature=0.0)
+    assert compiled_fns.count("_step") == 1 and smollm_bf16._decode_step_fn is not None
 
 
 def test_shared_prefixes_groups_long_common_prefixes():

@@ -16,7 +16,10 @@ How a ``generate`` call runs:
   until its longest text ends (continuous batching);
 * the decode step - decoder body over the cache, vocabulary projection and sampling - is one
   ``torch.compile``'d function where the model's blocks are compiled (bf16 on CPU by default; see
-  :mod:`popsim.lm.compile`); elsewhere it runs eagerly, the same code;
+  :mod:`popsim.lm.compile`) and the call asks for at least ``compile_decode_tokens`` new tokens (rows x
+  ``max_new_tokens``); elsewhere it runs eagerly, the same code. Compiling the step costs 30-170 s per
+  process (dynamo traces the whole decoder) and gains ~1.2-1.3x per step on 2 cores, so it pays only
+  for ~100k new tokens or more: persona summaries, a review scenario or one benchmark method stay eager;
 * sampling is Gumbel-max with counter-based noise (:mod:`popsim.lm.sampling`): vectorised over rows,
   and a row's token depends only on its own logits, temperature, seed and step.
 
@@ -52,7 +55,8 @@ class KVCacheGeneration:
     Comes first among the bases (its ``generate`` implements the abstract one). Needs from the class it is
     mixed into: ``_body`` (the decoder), ``_project`` (hidden -> fp32 logits), ``_cache_kwarg``,
     ``_pad_id``, ``_eos_ids``, ``model``, ``dtype``, ``device``, ``tokenizer``, ``batch_tokens``,
-    ``compiled_blocks``, ``compile_sampler``, ``prefix_sharing``, ``min_shared_prefix`` and ``encode_prompt``.
+    ``compiled_blocks``, ``compile_sampler``, ``compile_decode_tokens``, ``prefix_sharing``,
+    ``min_shared_prefix`` and ``encode_prompt``.
     """
 
     _body: Any
@@ -66,6 +70,7 @@ class KVCacheGeneration:
     batch_tokens: int
     compiled_blocks: int
     compile_sampler: bool
+    compile_decode_tokens: int
     prefix_sharing: bool
     min_shared_prefix: int
     _project: Callable[[torch.Tensor], torch.Tensor]
@@ -82,7 +87,8 @@ class KVCacheGeneration:
         # a template-free chat's answer: a blank line it opens with ends nothing, so leading space is dropped
         strip = [len(s) > len(tuple(stop)) for s in stops]
         eos = set() if ignore_eos else self._eos_ids
-        outs = self._generate_ids(prompt_ids, temps, seeds, max_new_tokens, eos)
+        compiled = self.compiled_blocks > 0 and len(prompts) * max_new_tokens >= self.compile_decode_tokens
+        outs = self._generate_ids(prompt_ids, temps, seeds, max_new_tokens, eos, compiled=compiled)
         return [cut_at_stop(self._row_text(toks, lead), st) for toks, lead, st in zip(outs, strip, stops, strict=True)]
 
     def _row_text(self, tokens: list[int], strip: bool) -> str:
@@ -92,8 +98,9 @@ class KVCacheGeneration:
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
     def _generate_ids(self, prompt_ids: list[list[int]], temps: list[float], seeds: list[int],
-                      max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
-        """New token ids per row (end-of-text excluded), continuous batching over one slot cache."""
+                      max_new_tokens: int, eos_ids: set[int], *, compiled: bool = False) -> list[list[int]]:
+        """New token ids per row (end-of-text excluded), continuous batching over one slot cache; ``compiled``:
+        decode steps through the compiled step (else eagerly)."""
         n, dev = len(prompt_ids), self.device
         max_len = -(-(max(map(len, prompt_ids)) + max_new_tokens) // _LEN_STEP) * _LEN_STEP
         # at least two slots even for one prompt: compiled graphs specialise on a batch of one
@@ -144,7 +151,8 @@ class KVCacheGeneration:
                 continue  # rows that ended at their first token free their slot before a step runs
             live = 1 + max(index_of[s] for s, o in enumerate(owner) if o is not None)
             slot_pos = torch.tensor(index_of, dtype=torch.long, device=dev)
-            tokens = self._decode_step(cache, next_ids, slot_pos, slot_temps, slot_keys, slot_steps, live)
+            tokens = self._decode_step(cache, next_ids, slot_pos, slot_temps, slot_keys, slot_steps, live,
+                                       compiled=compiled)
             for s, tok in enumerate(tokens.tolist()):
                 if owner[s] is not None:
                     take(s, tok)
@@ -205,20 +213,22 @@ class KVCacheGeneration:
         return pick_tokens(logits, temps, keys, steps)
 
     def _decode_step(self, cache: SlotCache, ids: torch.Tensor, positions: torch.Tensor, temps: torch.Tensor,
-                     keys: torch.Tensor, steps: torch.Tensor, live: int) -> torch.Tensor:
+                     keys: torch.Tensor, steps: torch.Tensor, live: int, *, compiled: bool = False) -> torch.Tensor:
         """One token per slot (every slot runs; idle ones are ignored by the caller), reading the cache below
-        ``live`` (past every busy row's current index)."""
+        ``live`` (past every busy row's current index); ``compiled``: through the compiled step, compiled on
+        first use (if compiling fails, every later step runs eagerly)."""
         cache.set_pass(None, positions.unsqueeze(1), live=live)
         args = (cache, ids, positions, temps, keys, steps)
+        if not compiled:
+            return self._step(*args)
         if self._decode_step_fn is None:
-            if self.compiled_blocks:  # the model's blocks compiled: compile the whole step too
-                self._decode_step_fn = torch.compile(self._step, dynamic=True)
-                try:
-                    return self._decode_step_fn(*args)
-                except Exception as exc:  # noqa: BLE001 - any backend failure means "step eagerly"
-                    warnings.warn(f"compiled decode step unavailable ({type(exc).__name__}: {exc}); "
-                                  "decoding eagerly", RuntimeWarning, stacklevel=2)
-            self._decode_step_fn = self._step
+            self._decode_step_fn = torch.compile(self._step, dynamic=True)
+            try:
+                return self._decode_step_fn(*args)
+            except Exception as exc:  # noqa: BLE001 - any backend failure means "step eagerly"
+                warnings.warn(f"compiled decode step unavailable ({type(exc).__name__}: {exc}); "
+                              "decoding eagerly", RuntimeWarning, stacklevel=2)
+                self._decode_step_fn = self._step
         return self._decode_step_fn(*args)
 
     def _step(self, cache: SlotCache, ids: torch.Tensor, positions: torch.Tensor, temps: torch.Tensor,

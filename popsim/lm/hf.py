@@ -71,6 +71,10 @@ class HFLanguageModel(KVCacheGeneration, LanguageModel):
             batches of one and two trees; off computes every tile, for benchmarks).
         compile: ``auto`` (compile the decoder layers and the norm and MLP blocks where eager elementwise
             kernels are the bottleneck: bf16/fp16 on CPU; see :mod:`popsim.lm.compile`), ``on`` or ``off``.
+        compile_decode_tokens: where the blocks are compiled, a ``generate`` call of at least this many new
+            tokens (prompts x ``max_new_tokens``) also runs its decode steps through one compiled step
+            (compiled on first use, 30-170 s per process); smaller calls decode eagerly, which is cheaper
+            than the compile below ~100k tokens. 0: always compiled (benchmarks of the steady state).
     """
 
     backend = "transformers"
@@ -90,6 +94,7 @@ class HFLanguageModel(KVCacheGeneration, LanguageModel):
         max_tree_tokens: int | None = None,
         tree_tiles: bool = True,
         compile: str = "auto",
+        compile_decode_tokens: int = 131_072,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,6 +141,7 @@ class HFLanguageModel(KVCacheGeneration, LanguageModel):
         self.tree_tiles = tree_tiles
         self.compiled_blocks = 0
         self.compile_sampler = compile != "off"  # generation's sampler, on CPU (see popsim.lm.generate)
+        self.compile_decode_tokens = compile_decode_tokens
         if should_compile(compile, self.device, self.dtype):
             register_attention(self.model)
             self.compiled_blocks = compile_elementwise_blocks(self.model, self._warm_up)
