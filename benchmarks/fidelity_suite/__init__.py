@@ -24,7 +24,7 @@
    fit. ``HELD_OUT_SURVEY`` (FiveThirtyEight masculinity) is never run here: the final new-survey check.
 
     python benchmarks/fidelity.py --quick            # 22.7 min on 2 bf16 Xeon cores (2026-12-07, part warm; see README)
-    python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 33-42 min, survey part 63-85)
+    python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 18 min, survey part 55-85)
     python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
     python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
 
