@@ -42,13 +42,15 @@ def same_model_files(a: Path, b: Path) -> None:
     assert meta[0] == meta[1]
 
 
-PARTS = 80
+AGENTS, ROUNDS = 150, 2
+PARTS = AGENTS * ROUNDS
 
 
 def crash_config(cfg: dict) -> None:
-    """40 agents on a small world, 2 rounds, 1 agent per part: 80 part flushes in all, so each kill lands
-    mid-simulation with room to spare even when a few more parts slip out between seeing n and the kill."""
-    cfg["simulation"].update(agents=40, rounds=2, chunk_agents=1,
+    """150 agents on a small world, 2 rounds, 1 agent per part: 300 part flushes in all (~15 ms each with the
+    tiny LM), so each signal lands mid-simulation with seconds to spare even when the test process is slow to
+    send it (with 80 parts a loaded CI machine once let the run finish first: exit 0 instead of 130)."""
+    cfg["simulation"].update(agents=AGENTS, rounds=ROUNDS, chunk_agents=1,
                              network={"kind": "small_world", "degree": 4, "rewire": 0.1})
 
 
@@ -77,6 +79,9 @@ def signal_after_parts(path: Path, n: int, sig: signal.Signals, *, timeout: floa
                         f"give crash_config more parts\n{err[-2000:]}")
         time.sleep(0.002)
     proc.send_signal(sig)
+    if proc.poll() == 0:
+        pytest.fail(f"the run finished before the signal reached it (it wrote {n_parts(parts)} parts); give "
+                    "crash_config more parts")
     _, err = proc.communicate(timeout=120)
     return proc, err
 
@@ -86,7 +91,7 @@ def same_as_uninterrupted(run_dir: Path, reference: Path) -> None:
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     rows = sum(len(pd.read_parquet(p)) for p in (run_dir / "parts").glob("part-*.parquet"))
     responses = pd.read_parquet(run_dir / "responses.parquet")
-    assert rows == len(responses) == 40 * 2 * 2  # no answer computed twice, none lost
+    assert rows == len(responses) == AGENTS * ROUNDS * 2  # two questions: none computed twice, none lost
     assert not responses.duplicated(["agent", "round", "question"]).any()
 
 
