@@ -18,7 +18,7 @@ How a ``generate`` call runs:
   ``torch.compile``'d function where the model's blocks are compiled (bf16 on CPU by default; see
   :mod:`popsim.lm.compile`) and the call asks for at least ``compile_decode_tokens`` new tokens (rows x
   ``max_new_tokens``); elsewhere it runs eagerly, the same code. Compiling the step costs 30-170 s per
-  process (dynamo traces the whole decoder) and gains ~1.2-1.3x per step on 2 cores, so it pays only
+  process (dynamo traces the whole decoder) and gains 1.2-1.4x per step on 1-2 cores, so it pays only
   for ~100k new tokens or more: persona summaries, a review scenario or one benchmark method stay eager;
 * sampling is Gumbel-max with counter-based noise (:mod:`popsim.lm.sampling`): vectorised over rows,
   and a row's token depends only on its own logits, temperature, seed and step.
