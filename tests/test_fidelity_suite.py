@@ -1,5 +1,5 @@
-"""The fidelity benchmark's survey pieces that need no LM: protocol (c)'s scale split, the calibration map and
-the no-LM scale-shares reference."""
+"""The fidelity benchmark's survey pieces that need no LM: protocol (c)'s scale split, the calibration map, the
+no-LM scale-shares reference and expected answer shares."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ from popsim.sim.calibration import OptionBias
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from fidelity_suite.calibration import Calibration  # noqa: E402
 from fidelity_suite.data import split_scales  # noqa: E402
-from fidelity_suite.survey import scale_shares  # noqa: E402
+from fidelity_suite.survey import (  # noqa: E402
+    draw_distributions,
+    expected_cell_tv,
+    fixed_distributions,
+    scale_shares,
+)
 
 
 def _questions(sizes: dict[tuple[str, ...], int]) -> list[QuestionSpec]:
@@ -95,3 +100,65 @@ def test_transfer_calibration_keeps_signal_that_transfers_and_drops_signal_that_
     # answers that oppose the real item differences: held out, only the scale's pooled shares are left
     assert bad.sharpness == 0 and bad.item_tv == pytest.approx(0.3, abs=0.05)
     assert "shares" in bad.describe() and "tau x" in good.describe()
+
+
+def _survey_tables(n: int, seed: int):
+    """A real table (weighted) and ``n`` agents with answers on two questions, attribute ``sex``."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["f", "m"], size=n)
+    real = pd.DataFrame({"id": np.arange(n), "attr_sex": sex, "weight": rng.uniform(0.5, 2.0, n),
+                         "q1": rng.choice(["yes", "no"], size=n), "q2": rng.choice(["lo", "mid", "hi"], size=n)})
+    return real, {"q1": ["yes", "no"], "q2": ["lo", "mid", "hi"]}
+
+
+def test_expected_shares_equal_sampled_shares_for_certain_answers():
+    """One-hot distributions of the sampled answers: expected and sampled cell TVs are the same numbers."""
+    from popsim.eval.subgroups import cell_fidelity
+
+    real, options = _survey_tables(120, 0)
+    synth = real.drop(columns=["weight", "id"]).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    synth.insert(0, "agent", np.arange(len(synth)))
+    dists = {q: (synth[q].to_numpy(object)[:, None] == np.asarray(opts, dtype=object)[None, :]).astype(float)
+             for q, opts in options.items()}
+    expected = expected_cell_tv(dists, synth, real, options, ["sex"], max_order=1).set_index("cell")["tv_expected"]
+    sampled = cell_fidelity(synth, real, options, ["sex"], max_order=1, n_boot=2).set_index("cell")["tv"]
+    assert expected.to_dict() == pytest.approx(sampled.to_dict())
+    assert set(expected.index) == {"all", "sex=f", "sex=m"}
+
+
+def test_expected_shares_remove_the_draw_noise_of_a_perfect_simulator():
+    """Agents whose distributions are their cell's real shares score TV 0 on expected shares, while one sampled
+    answer each scores the draw noise; draw_distributions averages draws into the same shares."""
+    import pandas as pd
+
+    from popsim.eval.metrics import weighted_distribution
+
+    real, options = _survey_tables(200, 2)
+    agents = real[["attr_sex"]].copy()
+    dists = {q: np.zeros((len(agents), len(o))) for q, o in options.items()}
+    for s, g in real.groupby("attr_sex"):
+        rows = (agents["attr_sex"] == s).to_numpy()
+        for q, opts in options.items():
+            dists[q][rows] = weighted_distribution(g[q].to_numpy(object), opts, g["weight"].to_numpy(float))
+    tv = expected_cell_tv(dists, agents, real, options, ["sex"], max_order=1).set_index("cell")["tv_expected"]
+    assert tv[["sex=f", "sex=m"]].to_numpy() == pytest.approx([0.0, 0.0], abs=1e-12)
+    # the whole population mixes the cells by head count here, the real one by weight: close, not equal
+    assert tv["all"] < 0.01
+
+    rng = np.random.default_rng(3)
+
+    def draw(_: int) -> pd.DataFrame:
+        return pd.DataFrame({q: [opts[rng.choice(len(opts), p=p)] for p in dists[q]] for q, opts in options.items()})
+
+    one_draw = draw(0)
+    one_hot = {q: (one_draw[q].to_numpy(object)[:, None] == np.asarray(o, dtype=object)).astype(float)
+               for q, o in options.items()}
+    sampled = expected_cell_tv(one_hot, agents, real, options, ["sex"], max_order=1)["tv_expected"]
+    assert (sampled.to_numpy() > tv.to_numpy() + 0.02).all()  # ~100 agents per cell: visible draw noise
+    averaged = draw_distributions(draw, options, len(agents), 400)
+    assert averaged["q2"] == pytest.approx(dists["q2"], abs=0.12)
+    assert averaged["q1"].sum(axis=1) == pytest.approx(np.ones(len(agents)))
+    flat = fixed_distributions({"q1": np.array([2.0, 2.0])}, 3)
+    assert flat["q1"] == pytest.approx(np.full((3, 2), 0.5))

@@ -21,7 +21,9 @@
    Every method is scored raw and with the same post-hoc calibration (``calibration``: a learned sharpness
    per method and option offsets per answer scale, from the method's own answers of training respondents);
    ``--ablation`` adds MoP with a uniform gate, without its internal offsets and with tau fixed, on the same
-   fit. ``HELD_OUT_SURVEY`` (FiveThirtyEight masculinity) is never run here: the final new-survey check.
+   fit. Cells are scored on expected shares (the mean of the agents' answer distributions) and, beside, on one
+   sampled answer per agent. ``HELD_OUT_SURVEY`` (FiveThirtyEight masculinity) is never tuned on: ``--surveys
+   masculinity`` on the test split only, the final new-survey check.
 
     python benchmarks/fidelity.py --quick            # 22.7 min on 2 bf16 Xeon cores (2026-12-07, part warm; see README)
     python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 18 min, survey part 55-85)
@@ -31,10 +33,10 @@
 Ends with ``RESULT fid_mop=.. fid_best_baseline=.. mauve_mop=.. mauve_best_baseline=.. tv_mop=..
 tv_best_baseline=.. tv_noise=.. tv_mop_a=.. tv_hotdeck_a=.. tv_mop_c=.. tv_best_baseline_c=..`` and one pair
 ``tv_mop_<survey>= tv_best_baseline_<survey>=`` per survey (means over the datasets run; tv = mean question-TV
-over the population and every single-attribute subgroup; tv_mop / tv_best_baseline / tv_noise and the
-per-survey pairs from protocol (b), *_a from (a), *_c from (c); every survey key under the same calibration,
-post-hoc unless ``--set survey.calibrate=false``; best baseline = best by that metric among the non-MoP
-methods).
+over the population and every single-attribute subgroup, on expected shares; tv_noise = the perfect simulator's
+floor for sampled answers; tv_mop / tv_best_baseline / tv_noise and the per-survey pairs from protocol (b),
+*_a from (a), *_c from (c); every survey key under the same calibration, post-hoc unless ``--set
+survey.calibrate=false``; best baseline = best by that metric among the non-MoP methods).
 
 The package's modules: ``config`` (sizes and settings of both modes, ``--set`` overrides, the models), ``data``
 (text datasets and splits, the surveys, item splits, agents), ``text`` and ``survey`` (the two parts), ``report``

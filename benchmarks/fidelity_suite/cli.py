@@ -170,7 +170,7 @@ def main() -> None:
     if text is not None:
         report.append(text_tables(text))
     if summary is not None:
-        report.append(survey_tables(summary, cells, curve))
+        report.append(survey_tables(summary, cells, curve, cfg["survey"]["shares"]))
     report.append("**Verdicts**\n\n" + "\n".join("- " + v for v in verdicts(text, summary)))
     result = {}
     if text is not None:

@@ -51,6 +51,8 @@ TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 # survey's settings); on dev, MoP's calibrated (a) TV 0.154 vs 0.198, lower on each survey (docs/experiments.md).
 # exemplar_nearest (protocols, e.g. "bc"): those protocols' fits show, in place of the asked answer, the exemplar's
 # answer to the most similar other seen item, on the asked item's scale (b) or on another scale (c).
+# shares (2026-12-07): "expected" scores a simulated cell by the mean of its agents' answer distributions,
+# "sampled" by one drawn answer per agent (fidelity_suite/expected.py); summaries keep both.
 # calibration_transfer: protocols (b) and (c) choose each method's calibration sharpness on held-out seen items
 # (one item, or one scale, at a time), as their new items will be calibrated (fidelity_suite/calibration.py).
 SIZES = {
@@ -62,7 +64,7 @@ SIZES = {
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
                        exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
                        calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
-                       calibration_transfer=False),
+                       calibration_transfer=False, shares="expected"),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -72,7 +74,7 @@ SIZES = {
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
                        exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
                        calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
-                       calibration_transfer=False),
+                       calibration_transfer=False, shares="expected"),
     },
 }
 

@@ -2,8 +2,9 @@
 
 Text: IMDB, AG News and SST-2 from ``../shared/data`` as (context, text, label) frames, dev carved from train.
 Surveys: GSS 2018 spending (``scenarios/survey.yaml``, one answer scale), FiveThirtyEight non-voters (weighted,
-two scales) and FiveThirtyEight flying etiquette (unweighted, five scales). ``HELD_OUT_SURVEY`` is kept out of
-every tuning run: it is only for the final new-survey check of the defaults.
+two scales) and FiveThirtyEight flying etiquette (unweighted, five scales). ``HELD_OUT_SURVEY`` (FiveThirtyEight
+masculinity, weighted, five scales) is kept out of every tuning run and never loads on dev splits: it is only for
+the final new-survey check of the defaults (``--surveys masculinity``).
 """
 
 from __future__ import annotations
@@ -190,9 +191,53 @@ def flying_scenario(max_rows: int | None, seed: int) -> Scenario:
                       for qid, text, scale in FLYING.values()]})
 
 
-SURVEYS = {"gss": ("race", "party"), "nonvoters": ("race", "voter_category"), "flying": ("gender", "age")}  # hot-deck
-# the survey kept out of all tuning (never run by this benchmark's dev or test modes): the final new-survey check
-HELD_OUT_SURVEY = "fte-masculinity-survey"
+OFTEN = ["Often", "Sometimes", "Rarely", "Never, but open to it", "Never, and not open to it"]
+YES_NO = ["Yes", "No"]
+MASCULINITY = {  # column of raw-responses.csv -> (wording from masculinity-survey.pdf, scale)
+    "q0001": ('In general, how masculine or "manly" do you feel?',
+              ["Very masculine", "Somewhat masculine", "Not very masculine", "Not at all masculine"]),
+    "q0002": ("How important is it to you that others see you as masculine?",
+              ["Very important", "Somewhat important", "Not too important", "Not at all important"]),
+    "q0005": ("Do you think that society puts pressure on men in a way that is unhealthy or bad for them?", YES_NO),
+    **{f"q0007_{i:04d}": (f"How often would you say you do the following: {item}?", OFTEN) for i, item in enumerate([
+        "Ask a friend for professional advice", "Ask a friend for personal advice",
+        "Express physical affection to male friends, like hugging, rubbing shoulders", "Cry",
+        "Get in a physical fight with another person",
+        "Have sexual relations with women, including anything from kissing to sex",
+        "Have sexual relations with men, including anything from kissing to sex", "Watch sports of any kind",
+        "Work out", "See a therapist", "Feel lonely or isolated"], start=1)},
+    "q0017": ("Do you typically feel as though you're expected to make the first move in romantic relationships?",
+              YES_NO),
+    "q0018": ("How often do you try to be the one who pays when on a date?",
+              ["Always", "Often", "Sometimes", "Rarely", "Never"]),
+    "q0022": ("Have you changed your behavior in romantic relationships in the wake of #MeToo movement?", YES_NO),
+}
+
+
+def masculinity_scenario(max_rows: int | None, seed: int) -> Scenario:
+    """FiveThirtyEight / WNYC masculinity survey (1,615 adult men, weighted): 17 items on five answer scales.
+    Kept out of all tuning (``HELD_OUT_SURVEY``): run once, with every setting frozen, as the new-survey check.
+    "No answer" becomes missing (a cleaned copy is written to the popsim cache folder)."""
+    frame = pd.read_csv(DATA / "fte-masculinity-survey" / "raw-responses.csv")
+    clean = frame[["Unnamed: 0", "weight", "age3", "racethn4", "educ3", "orientation", "kids", *MASCULINITY]]
+    clean = clean.rename(columns={"Unnamed: 0": "id"}).replace({"No answer": None})
+    path = cache_dir() / "masculinity_clean.csv"  # never inside the repo
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean.to_csv(path, index=False)
+    attributes = {"age": "age3", "race": "racethn4", "education": "educ3", "orientation": "orientation",
+                  "children": "kids"}
+    return Scenario.model_validate({
+        "name": "masculinity", "kind": "survey", "seed": seed,
+        "data": {"source": str(path), "id_column": "id", "weight": "weight", "test_fraction": 0.3,
+                 "max_rows": max_rows, "attributes": {a: {"column": c} for a, c in attributes.items()}},
+        "questions": [{"id": qid, "column": qid, "text": text, "options": list(scale)}
+                      for qid, (text, scale) in MASCULINITY.items()]})
+
+
+SURVEYS = {"gss": ("race", "party"), "nonvoters": ("race", "voter_category"), "flying": ("gender", "age"),
+           "masculinity": ("age", "race")}  # name -> the hot-deck's cells
+# the survey kept out of all tuning (never in the default --surveys, never run on dev): the final new-survey check
+HELD_OUT_SURVEY = "masculinity"
 
 
 def load_survey(name: str, cfg: dict, seed: int, workdir: Path, dev: bool) -> Population:
@@ -203,8 +248,11 @@ def load_survey(name: str, cfg: dict, seed: int, workdir: Path, dev: bool) -> Po
         scenario = nonvoters_scenario(cfg["max_rows"], seed, workdir)
     elif name == "flying":
         scenario = flying_scenario(cfg["max_rows"], seed)
+    elif name == HELD_OUT_SURVEY and not dev:
+        scenario = masculinity_scenario(cfg["max_rows"], seed)
     else:
-        raise ValueError(f"--surveys: unknown survey {name!r}; use {', '.join(SURVEYS)}")
+        raise ValueError(f"--surveys: unknown survey {name!r}; use {', '.join(SURVEYS)} ({HELD_OUT_SURVEY} only on "
+                         "test splits: it is never tuned on)")
     pop = load_population(scenario)
     if dev:  # tuning: split the training respondents again; the test respondents are never touched
         rng = np.random.default_rng(seed + 1)

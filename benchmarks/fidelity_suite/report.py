@@ -57,6 +57,9 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
         base = g.loc[[m for m in SURVEY_BASELINES_B if m in g.index], "tv"]
         row = {"dataset": d, "protocol": p, "calibration": c, "mop": g.loc["mop", "tv"], "best_baseline": base.min(),
                "which": base.idxmin(), "noise": g.loc["mop", "noise_floor"]}
+        if "tv_sampled" in g:  # the same comparison on one sampled answer per agent
+            sampled = g.loc[[m for m in SURVEY_BASELINES_B if m in g.index], "tv_sampled"]
+            row.update(mop_sampled=g.loc["mop", "tv_sampled"], best_baseline_sampled=sampled.min())
         for reference in ("hot-deck", "scale-shares"):
             if reference in g.index:
                 row[reference] = g.loc[reference, "tv"]
@@ -79,23 +82,26 @@ def ablation_table(summary: pd.DataFrame) -> pd.DataFrame | None:
     return wide
 
 
-def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFrame) -> str:
-    parts = ["**Headline: MoP vs the best baseline under the same calibration** (tv as below; calibration none = "
-             "raw answers, posthoc = the same learned sharpness and per-scale option offsets for every method)\n\n"
-             + md_table(headline(summary))]
+def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFrame, shares: str = "sampled") -> str:
+    """The survey part's markdown; ``shares`` (``expected`` or ``sampled``) says which cell TV the tables rank by."""
+    cell_tv = "tv_expected" if shares == "expected" else "tv"
+    parts = [f"**Headline: MoP vs the best baseline under the same calibration** (tv as below, from {shares} "
+             "shares; *_sampled: from one sampled answer per agent; calibration none = raw answers, posthoc = the "
+             "same learned sharpness and per-scale option offsets for every method)\n\n" + md_table(headline(summary))]
     ablation = ablation_table(summary)
     if ablation is not None:
         parts.append("**Ablation of MoP on the same fit** (TV; gate adds = uniform gate minus learned gate, "
                      "positive when the learned gate helps; LM adds = the no-LM scale-shares reference minus MoP)\n\n"
                      + md_table(ablation))
-    cols = ["dataset", "method", "calibration", "tv", "representativeness", "tv_all", "tv_all_ci", "noise_all",
-            "noise_floor", "worse_than_floor", "n_cells", "tv_max_cell", "top_answer"]
+    cols = ["dataset", "method", "calibration", "tv", "tv_sampled", "representativeness", "tv_all", "tv_all_ci",
+            "noise_all", "noise_floor", "worse_than_floor", "n_cells", "tv_max_cell", "top_answer"]
     for protocol, title in PROTOCOLS.items():
-        s = summary[summary["protocol"] == protocol][cols]
+        s = summary[summary["protocol"] == protocol][[c for c in cols if c in summary]]
         if not len(s):
             continue
         parts.append(f"**{title}**: tv = mean question-TV over the population and each single-attribute "
-                     "subgroup (n >= 20); tv_all with 95% bootstrap CI; noise = perfect-simulator floor at "
+                     f"subgroup (n >= 20), {shares} shares (tv_sampled: one sampled answer per agent); "
+                     "tv_all (sampled) with 95% bootstrap CI; noise = perfect-simulator floor at "
                      "these sizes; worse_than_floor = cells whose CI lies above the floor\n\n" + md_table(s))
     # long tail: TV by real cell size
     c = cells[~cells["suppressed"]].copy()
@@ -104,16 +110,17 @@ def survey_tables(summary: pd.DataFrame, cells: pd.DataFrame, curve: pd.DataFram
     for (d, p, m, cal), g in c.groupby(["dataset", "protocol", "method", "calibration"], sort=False):
         row = {"dataset": d, "protocol": p, "method": m, "calibration": cal}
         for size, gg in g.groupby("size", observed=False):
-            row[f"tv n={size}"] = float(gg["tv"].mean()) if len(gg) else np.nan
+            row[f"tv n={size}"] = float(gg[cell_tv].mean()) if len(gg) else np.nan
             row[f"floor n={size}"] = float(gg["noise_floor_tv"].mean()) if len(gg) else np.nan
         rows.append(row)
-    parts.append("**Long tail: mean cell TV (and the cell noise floor) by real cell size**\n\n"
+    parts.append(f"**Long tail: mean cell TV ({shares} shares; the floor is for sampled answers) by real cell "
+                 "size**\n\n"
                  + md_table(pd.DataFrame(rows)))
     parts.append("**Real-vs-real noise floor curve** (n real respondents vs the whole held-out set)\n\n"
                  + md_table(curve))
     detail = cells[(cells["order"] <= 1) & ~cells["suppressed"]].pivot_table(
-        index=["dataset", "protocol", "calibration", "cell", "real_n"], columns="method", values="tv").reset_index()
-    parts.append("**Per-subgroup TV (single attributes)**\n\n" + md_table(detail))
+        index=["dataset", "protocol", "calibration", "cell", "real_n"], columns="method", values=cell_tv).reset_index()
+    parts.append(f"**Per-subgroup TV (single attributes, {shares} shares)**\n\n" + md_table(detail))
     return "\n\n".join(parts)
 
 
