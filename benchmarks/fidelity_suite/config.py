@@ -64,7 +64,8 @@ SIZES = {
                        batch_size=8, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=4,
                        exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
                        calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
-                       calibration_transfer=False, shares="expected"),
+                       calibration_transfer=False, shares="expected",
+                       option_order="unlisted"),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -74,7 +75,8 @@ SIZES = {
                        batch_size=16, tau_init=0.6, val_fraction=0.15, mask_answered_b=False, exemplar_questions=5,
                        exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
                        calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
-                       calibration_transfer=False, shares="expected"),
+                       calibration_transfer=False, shares="expected",
+                       option_order="unlisted"),
     },
 }
 

@@ -44,7 +44,7 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
     training, in the calibration population and for the held-out items alike."""
     asked = (cfg.get("exemplar_asked", False) and not new_questions) or bool(nearest)
     stand_ins = nearest_questions(pop.questions, seen, encoder, same_scale=nearest == "b") if nearest else None
-    records = survey_records(pop, question_ids=seen)
+    records = survey_records(pop, question_ids=seen, option_order=cfg.get("option_order", "unlisted"), seed=seed)
     pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=1 if asked else cfg["exemplar_questions"],
                             seed=seed, question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False),
                             asked=asked, stand_ins=stand_ins)
@@ -59,13 +59,15 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
 
 
 def population_model(pop: Population, agents: pd.DataFrame, questions: list, method: str, mop, lm,
-                     seed: int) -> PopulationModel:
-    """The simulated population of ``agents`` for one method, before its step (analysis scripts reuse it)."""
+                     seed: int, option_order: str = "unlisted") -> PopulationModel:
+    """The simulated population of ``agents`` for one method, before its step (analysis scripts reuse it);
+    ``option_order`` as ``simulation.option_order`` (:mod:`popsim.option_order`)."""
     attr_cols = [f"attr_{a}" for a in pop.attributes]
     texts = [profile_text(r, pop.attributes) for _, r in agents.iterrows()]
     style = mop.style_ if mop is not None else PromptStyle.survey()
     return PopulationModel(questions=questions, lm=lm, mop=mop, profiles=agents[attr_cols].reset_index(drop=True),
-                           profile_texts=texts, method=method, style=style, seed=seed, progress=False)
+                           profile_texts=texts, method=method, style=style, seed=seed, progress=False,
+                           option_order=option_order)
 
 
 def wide_with_attributes(answers: pd.DataFrame, pop: Population, agents: pd.DataFrame) -> pd.DataFrame:
@@ -269,9 +271,9 @@ def protocol_items(pop: Population, protocol: str, seed: int) -> tuple[set[str],
     return (split_items if protocol == "b" else split_scales)(pop, seed)
 
 
-def _simulated(pop, agents, questions, method, mop, lm, seed, change) -> PopulationModel:
+def _simulated(pop, agents, questions, method, mop, lm, seed, change, option_order) -> PopulationModel:
     """A stepped population of ``agents`` for ``method`` (``change``, an ablation, applied before the step)."""
-    model = population_model(pop, agents, questions, method, mop, lm, seed)
+    model = population_model(pop, agents, questions, method, mop, lm, seed, option_order)
     if change is not None:
         change(model, np.random.default_rng([seed, 17]))
     model.step()
@@ -311,15 +313,16 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
         if cfg.get("ablation"):
             variants += [(v, method, change) for v, (method, change) in ABLATIONS.items()]
         synths: dict[tuple[str, str], pd.DataFrame] = {}
+        order = cfg.get("option_order", "unlisted")  # every method, training records and calibration alike
         dists = {}  # (method, calibration) -> each agent's answer distributions (expected shares)
         for variant, method, change in variants:
             t = time.perf_counter()
-            model = _simulated(pop, agents, questions, method, mop, lm, seed, change)
+            model = _simulated(pop, agents, questions, method, mop, lm, seed, change, order)
             synths[(variant, "none")] = wide_with_attributes(model.responses(), pop, agents)
             dists[(variant, "none")] = model_distributions(model.responses(), options, len(agents))
             note = ""
             if cal_rows is not None:
-                cal_model = _simulated(pop, cal_rows, seen_questions, method, mop, lm, seed, change)
+                cal_model = _simulated(pop, cal_rows, seen_questions, method, mop, lm, seed, change, order)
                 transfer = cfg.get("calibration_transfer", False) and protocol != "a"
                 cal = fit_calibration(cal_model, cal_rows, pop, seen,
                                       hold_out={"b": "items", "c": "scales"}[protocol] if transfer else "")
