@@ -114,8 +114,8 @@ def question_shares(synth: pd.DataFrame, real: pd.DataFrame, options: dict[str, 
 # the shares of one sampled answer per agent.
 #
 # Both estimate the same thing, the answer shares of a population of these agents, but the sampled one adds the
-# noise of one draw per agent: at the quick benchmark's 50-70 agents per survey that noise is a question-mean TV
-# of ~0.05-0.10 at the population and more in a 20-person subgroup, as large as the differences between methods.
+# noise of one draw per agent: at the quick benchmark's 50-70 agents per survey it moved a method's mean TV by
+# sd 0.016, up to 0.05 (dev, 2026-12-07), as much as the differences between methods.
 # The best baseline is the minimum over four noisy baselines, so under sampling it also gains a selection bonus
 # MoP does not get. Expected shares remove the simulator's draw (the real held-out sample's noise stays, the same
 # for every method). Each method's distributions are the ones its answers are drawn from: the LM methods' option
