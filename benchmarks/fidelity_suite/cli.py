@@ -149,6 +149,7 @@ def main() -> None:
     if texts:
         text = pd.concat(texts, ignore_index=True)
         text.to_csv(out / "text.csv", index=False)
+    surveys = [r for r in surveys if len(r[0])]  # a survey none of whose protocols ran has nothing to report
     if surveys:
         summary, cells, curve, shares = (pd.concat([r[i] for r in surveys], ignore_index=True) for i in range(4))
         summary.to_csv(out / "survey_summary.csv", index=False)

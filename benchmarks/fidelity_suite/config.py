@@ -51,6 +51,8 @@ TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 # survey's settings); on dev, MoP's calibrated (a) TV 0.154 vs 0.198, lower on each survey (docs/experiments.md).
 # exemplar_nearest (protocols, e.g. "bc"): those protocols' fits show, in place of the asked answer, the exemplar's
 # answer to the most similar other seen item, on the asked item's scale (b) or on another scale (c).
+# option_order (2026-12-07): how every method is shown the options (popsim.option_order), in the protocols of
+# option_order_protocols; unlisted elsewhere (docs/experiments.md).
 # shares (2026-12-07): "expected" scores a simulated cell by the mean of its agents' answer distributions,
 # "sampled" by one drawn answer per agent (fidelity_suite/expected.py); summaries keep both.
 # calibration_transfer: protocols (b) and (c) choose each method's calibration sharpness on held-out seen items
@@ -65,7 +67,7 @@ SIZES = {
                        exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
                        calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
                        calibration_transfer=False, shares="expected",
-                       option_order="unlisted"),
+                       option_order="unlisted", option_order_protocols="abc"),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -76,7 +78,7 @@ SIZES = {
                        exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
                        calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
                        calibration_transfer=False, shares="expected",
-                       option_order="unlisted"),
+                       option_order="unlisted", option_order_protocols="abc"),
     },
 }
 

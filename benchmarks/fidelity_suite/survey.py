@@ -30,8 +30,14 @@ from .data import SURVEYS, agent_rows, load_survey, split_items, split_scales
 HOT_DECK_DRAWS = 100  # draws of the hot-deck averaged for its expected shares
 
 
+def protocol_option_order(cfg: dict, protocol: str) -> str:
+    """The protocol's option order (``survey.option_order`` for the protocols in ``survey.option_order_protocols``,
+    else unlisted): every method, its training records and its calibration population alike."""
+    return cfg.get("option_order", "unlisted") if protocol in cfg.get("option_order_protocols", "abc") else "unlisted"
+
+
 def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed: int, *,
-                   new_questions: bool = False, nearest: str = "") -> MixtureOfPersonas:
+                   new_questions: bool = False, nearest: str = "", order: str = "unlisted") -> MixtureOfPersonas:
     """Fit on the ``seen`` items; ``new_questions`` (protocol b) trains as agents will be asked: never a
     question the exemplar's transcript answers (``mask_answered``) if ``cfg["mask_answered_b"]`` is on.
 
@@ -41,10 +47,11 @@ def fit_survey_mop(pop: Population, seen: set[str], cfg: dict, lm, encoder, seed
     ``nearest`` (``cfg["exemplar_nearest"]`` holds the protocol): the same, showing the exemplar's answer to
     the most similar *other* seen question, on the asked one's scale (``"b"``) or on another scale (``"c"``:
     held-out scales have no answer to copy, so the seen items are trained and calibrated without one too), in
-    training, in the calibration population and for the held-out items alike."""
+    training, in the calibration population and for the held-out items alike. ``order``: how the training
+    records show the options (:func:`protocol_option_order`)."""
     asked = (cfg.get("exemplar_asked", False) and not new_questions) or bool(nearest)
     stand_ins = nearest_questions(pop.questions, seen, encoder, same_scale=nearest == "b") if nearest else None
-    records = survey_records(pop, question_ids=seen, option_order=cfg.get("option_order", "unlisted"), seed=seed)
+    records = survey_records(pop, question_ids=seen, option_order=order, seed=seed)
     pool = survey_exemplars(pop, cfg["n_exemplars"], n_questions=1 if asked else cfg["exemplar_questions"],
                             seed=seed, question_ids=seen, cover_scales=cfg.get("exemplar_cover_scales", False),
                             asked=asked, stand_ins=stand_ins)
@@ -299,8 +306,9 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             log(f"[{name}/{protocol}] skipped: every item is on one answer scale, so no new scale to hold out")
             continue
         t = time.perf_counter()
+        order = protocol_option_order(cfg, protocol)
         mop = fit_survey_mop(pop, seen, cfg, lm, encoder, seed, new_questions=protocol != "a",
-                             nearest=protocol if protocol in cfg.get("exemplar_nearest", "") else "")
+                             nearest=protocol if protocol in cfg.get("exemplar_nearest", "") else "", order=order)
         log(f"[{name}/{protocol}] fitted in {time.perf_counter() - t:.0f} s; tau="
             f"{np.round(mop.temperatures_, 3).tolist()}; personas: {[p.text[:50] for p in mop.personas_]}")
         questions = [qmap[q] for q in qmap if q in asked]
@@ -313,7 +321,6 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
         if cfg.get("ablation"):
             variants += [(v, method, change) for v, (method, change) in ABLATIONS.items()]
         synths: dict[tuple[str, str], pd.DataFrame] = {}
-        order = cfg.get("option_order", "unlisted")  # every method, training records and calibration alike
         dists = {}  # (method, calibration) -> each agent's answer distributions (expected shares)
         for variant, method, change in variants:
             t = time.perf_counter()
@@ -356,6 +363,8 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             log(f"[{name}/{protocol}] {method:>16} {calibration:>7}: TV {s['tv']:.3f} (sampled {s['tv_sampled']:.3f}; "
                 f"all {s['tv_all']:.3f} "
                 f"{s['tv_all_ci']}), repr {s['representativeness']:.3f}, floor {s['noise_floor']:.3f}")
+    if not all_cells:  # e.g. GSS under --set survey.protocols=c: nothing of this survey to score
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
     cells = pd.concat(all_cells, ignore_index=True)
     dist_real = real[list(qmap)].stack().value_counts(normalize=True)
     log(f"[{name}] real top answer: {dist_real.index[0]} ({dist_real.iloc[0]:.2f})")
