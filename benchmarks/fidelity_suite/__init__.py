@@ -25,7 +25,7 @@
    sampled answer per agent. ``HELD_OUT_SURVEY`` (FiveThirtyEight masculinity) is never tuned on: ``--surveys
    masculinity`` on the test split only, the final new-survey check.
 
-    python benchmarks/fidelity.py --quick            # 22.7 min on 2 bf16 Xeon cores (2026-12-07, part warm; see README)
+    python benchmarks/fidelity.py --quick            # 19.3 min on 2 bf16 Xeon cores (2026-12-07, caches part warm)
     python benchmarks/fidelity.py                    # full sizes (2 bf16 cores: text part 18 min, survey part 55-85)
     python benchmarks/fidelity.py --quick --dev      # tuning: dev splits only (never the reported test)
     python benchmarks/fidelity.py --quick --only text --set text.tau_init=0.8
