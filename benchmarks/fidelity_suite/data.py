@@ -1,4 +1,4 @@
-"""The fidelity benchmark's data: text datasets and their splits, the two surveys, item splits and agents.
+"""The fidelity benchmark's data: text datasets and their splits, the surveys, item splits and agents.
 
 Text: IMDB, AG News and SST-2 from ``../shared/data`` as (context, text, label) frames, dev carved from train.
 Surveys: GSS 2018 spending (``scenarios/survey.yaml``, one answer scale), FiveThirtyEight non-voters (weighted,
