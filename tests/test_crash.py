@@ -49,7 +49,7 @@ PARTS = AGENTS * ROUNDS
 def crash_config(cfg: dict) -> None:
     """150 agents on a small world, 2 rounds, 1 agent per part: 300 part flushes in all (~15 ms each with the
     tiny LM), so each signal lands mid-simulation with seconds to spare even when the test process is slow to
-    send it (with 80 parts a loaded CI machine once let the run finish first: exit 0 instead of 130)."""
+    send it."""
     cfg["simulation"].update(agents=AGENTS, rounds=ROUNDS, chunk_agents=1,
                              network={"kind": "small_world", "degree": 4, "rewire": 0.1})
 
@@ -68,8 +68,11 @@ def signal_after_parts(path: Path, n: int, sig: signal.Signals, *, timeout: floa
     """Start ``popsim run``, wait until its run folder holds at least ``n`` parts, send ``sig``; returns the
     finished process and its stderr. Fails, rather than passing vacuously, if the run ends first."""
     parts = path.parent / "run" / "parts"
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &`, nohup, some CI
+    # runners) inherits SIGINT ignored, and Python then never turns it into KeyboardInterrupt (exit 0, not 130)
     proc = subprocess.Popen([sys.executable, "-m", "popsim", "run", str(path), "--quiet"], text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while n_parts(parts) < n:
         if proc.poll() is not None or time.monotonic() > deadline:
