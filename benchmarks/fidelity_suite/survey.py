@@ -325,8 +325,9 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
         for variant, method, change in variants:
             t = time.perf_counter()
             model = _simulated(pop, agents, questions, method, mop, lm, seed, change, order)
-            synths[(variant, "none")] = wide_with_attributes(model.responses(), pop, agents)
-            dists[(variant, "none")] = model_distributions(model.responses(), options, len(agents))
+            responses = model.responses()  # built once: raw answers, their distributions, calibrated ones
+            synths[(variant, "none")] = wide_with_attributes(responses, pop, agents)
+            dists[(variant, "none")] = model_distributions(responses, options, len(agents))
             note = ""
             if cal_rows is not None:
                 cal_model = _simulated(pop, cal_rows, seen_questions, method, mop, lm, seed, change, order)
@@ -334,7 +335,7 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
                 cal = fit_calibration(cal_model, cal_rows, pop, seen,
                                       hold_out={"b": "items", "c": "scales"}[protocol] if transfer else "")
                 synths[(variant, "posthoc")] = wide_with_attributes(calibrated(model, cal), pop, agents)
-                dists[(variant, "posthoc")] = model_distributions(model.responses(), options, len(agents), cal.adjust)
+                dists[(variant, "posthoc")] = model_distributions(responses, options, len(agents), cal.adjust)
                 note = f"; calibration {cal.describe()}"
             log(f"[{name}/{protocol}] {variant:>16} simulated in {time.perf_counter() - t:.0f} s{note}")
         if protocol == "a":  # the hot-deck copies real answers: the same rows under either calibration
