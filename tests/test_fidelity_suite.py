@@ -20,7 +20,9 @@ from fidelity_suite.survey import (  # noqa: E402
     draw_distributions,
     expected_cell_tv,
     fixed_distributions,
-    scale_shares,
+    pooled_scale_shares,
+    share_draws,
+    stand_in_shares,
 )
 
 
@@ -66,12 +68,39 @@ def test_scale_shares_draw_the_seen_items_pooled_weighted_shares_and_uniform_on_
                           "weight": [3.0, 1.0, 1.0, 1.0], "attr_sex": ["f", "m", "f", "m"]})
     pop = SimpleNamespace(questions=questions, train=train, attributes=["sex"])
     agents = pd.DataFrame({"attr_sex": ["f", "m"] * 5000})
-    out = scale_shares(pop, agents, questions, {"a0", "a1"}, np.random.default_rng(0))
+    out = share_draws(pop, agents, questions, pooled_scale_shares(pop, questions, {"a0", "a1"}),
+                      np.random.default_rng(0))
     assert list(out["attr_sex"]) == list(agents["attr_sex"]) and len(out) == len(agents)
     # pooled over a0 and a1, weighted: "a" has weight 3 + 1 + 3 = 7 of 3 + 1 + 1 + 1 + 3 + 1 + 1 = 11
     for q in ("a0", "a1"):
         assert (out[q] == "a").mean() == pytest.approx(7 / 11, abs=0.02)
     assert out["x0"].value_counts(normalize=True).to_numpy() == pytest.approx([1 / 3] * 3, abs=0.02)
+
+
+class _WordEncoder:
+    """Question texts embedded as one-hot vectors of their first word: same first word, most similar."""
+
+    def encode(self, texts):
+        words = sorted({t.split()[0] for t in texts})
+        return np.array([[1.0 if t.split()[0] == w else 0.0 for w in words] for t in texts])
+
+
+def test_stand_in_shares_are_the_most_similar_seen_items_shares_on_the_same_scale():
+    import pandas as pd
+
+    questions = [QuestionSpec(id="fly", text="planes are fine", options=["a", "b"]),
+                 QuestionSpec(id="sit", text="seats are fine", options=["a", "b"]),
+                 QuestionSpec(id="fly2", text="planes are rude", options=["a", "b"]),  # asked: fly is its stand-in
+                 QuestionSpec(id="new", text="planes again", options=["x", "y"])]  # no seen item on its scale
+    train = pd.DataFrame({"q_fly": ["a", "a", "a", "b"], "q_sit": ["b", "b", "b", "b"], "q_fly2": ["b"] * 4,
+                          "q_new": ["x"] * 4, "weight": [1.0, 1.0, 2.0, 4.0]})
+    pop = SimpleNamespace(questions=questions, train=train, attributes=[])
+    asked = [questions[2], questions[3]]
+    shares = stand_in_shares(pop, asked, {"fly", "sit"}, _WordEncoder())
+    assert shares["fly2"] == pytest.approx([0.5, 0.5])  # fly's weighted shares (4 of 8 on "a"), not sit's
+    assert shares["new"] == pytest.approx([0.5, 0.5])  # the pooled fallback: uniform on an unseen scale
+    pooled = pooled_scale_shares(pop, asked, {"fly", "sit"})
+    assert pooled["fly2"] == pytest.approx([0.25, 0.75])  # the scale-shares reference pools fly and sit
 
 
 def _fake_calibration_run(aligned: bool):

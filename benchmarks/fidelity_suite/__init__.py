@@ -15,7 +15,8 @@
    weight); plus the hot-deck reference (copy a random training respondent of the same race x party /
    race x voter category / gender x age);
    (b) new questions: a third of the items held out entirely (never in fitting records or exemplar
-   transcripts); agents answer only those;
+   transcripts); agents answer only those; plus the no-LM ``stand-in-shares`` reference (each held-out item
+   answered from the real shares of its most similar seen item: what copying a neighbour's answer gives);
    (c) new questions on a new answer scale: whole answer scales held out (``split_scales``; GSS has one
    scale and skips it).
    Every method is scored raw and with the same post-hoc calibration (``calibration``: a learned sharpness

@@ -60,7 +60,7 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
         if "tv_sampled" in g:  # the same comparison on one sampled answer per agent
             sampled = g.loc[[m for m in SURVEY_BASELINES_B if m in g.index], "tv_sampled"]
             row.update(mop_sampled=g.loc["mop", "tv_sampled"], best_baseline_sampled=sampled.min())
-        for reference in ("hot-deck", "scale-shares"):
+        for reference in ("hot-deck", "scale-shares", "stand-in-shares"):
             if reference in g.index:
                 row[reference] = g.loc[reference, "tv"]
         rows.append(row)

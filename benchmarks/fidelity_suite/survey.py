@@ -242,13 +242,29 @@ def pooled_scale_shares(pop: Population, questions: list, seen: set[str]) -> dic
     return shares
 
 
-def scale_shares(pop: Population, agents: pd.DataFrame, questions: list, seen: set[str],
-                 rng: np.random.Generator) -> pd.DataFrame:
-    """The no-LM reference: each agent answers each asked item by a draw from :func:`pooled_scale_shares`. That is
-    all a calibration knows without an LM, so a method's TV below this one's is what its LM adds."""
+def stand_in_shares(pop: Population, questions: list, seen: set[str], encoder) -> dict[str, np.ndarray]:
+    """Per asked item, the weighted training shares of its most similar seen item on the same scale (the
+    stand-in whose answer protocol (b)'s exemplars show; :func:`pooled_scale_shares` when there is none): what
+    copying the neighbour's answer gives a population at best, with no LM and no demographics."""
+    train = pop.train
+    weights = train["weight"].to_numpy(float) if "weight" in train.columns else None
+    near = nearest_questions(pop.questions, seen, encoder, same_scale=True, k=1)
+    pooled = pooled_scale_shares(pop, questions, seen)
+    shares = {}
+    for q in questions:
+        share = (weighted_distribution(train[f"q_{near[q.id][0]}"].to_numpy(object), q.option_labels, weights)
+                 if near[q.id] else pooled[q.id])
+        shares[q.id] = share / share.sum() if share.sum() > 0 else pooled[q.id]
+    return shares
+
+
+def share_draws(pop: Population, agents: pd.DataFrame, questions: list, shares: Mapping[str, np.ndarray],
+                rng: np.random.Generator) -> pd.DataFrame:
+    """A no-LM reference's answers: each agent answers each asked item by a draw from ``shares`` (e.g.
+    :func:`pooled_scale_shares`: all a calibration knows without an LM, so a method's TV below it is what its
+    LM adds)."""
     out = agents[[f"attr_{a}" for a in pop.attributes]].reset_index(drop=True).copy()
     out.insert(0, "agent", np.arange(len(out)))
-    shares = pooled_scale_shares(pop, questions, seen)
     for q in questions:
         out[q.id] = rng.choice(np.asarray(q.option_labels, dtype=object), size=len(out), p=shares[q.id])
     return out
@@ -343,11 +359,14 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             for calibration in {c for _, c in synths}:
                 synths[("hot-deck", calibration)] = deck
                 dists[("hot-deck", calibration)] = deck_dists
-        shares = scale_shares(pop, agents, questions, seen, np.random.default_rng([seed, 6]))
-        shares_dists = fixed_distributions(pooled_scale_shares(pop, questions, seen), len(agents))
-        for calibration in {c for _, c in synths}:  # no LM: nothing to calibrate either
-            synths[("scale-shares", calibration)] = shares
-            dists[("scale-shares", calibration)] = shares_dists
+        references = {"scale-shares": pooled_scale_shares(pop, questions, seen)}
+        if protocol == "b":  # what copying the neighbour's answer gives at best (no LM)
+            references["stand-in-shares"] = stand_in_shares(pop, questions, seen, encoder)
+        for i, (reference, ref_shares) in enumerate(references.items()):
+            answers = share_draws(pop, agents, questions, ref_shares, np.random.default_rng([seed, 6 + 20 * i]))
+            for calibration in {c for _, c in synths}:  # no LM: nothing to calibrate either
+                synths[(reference, calibration)] = answers
+                dists[(reference, calibration)] = fixed_distributions(ref_shares, len(agents))
         for (method, calibration), synth in synths.items():
             keys = {"dataset": name, "protocol": protocol, "method": method, "calibration": calibration}
             cells = cell_fidelity(synth, real, options, attrs, max_order=cfg["max_order"], n_boot=cfg["n_boot"],
