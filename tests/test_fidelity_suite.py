@@ -191,3 +191,27 @@ def test_expected_shares_remove_the_draw_noise_of_a_perfect_simulator():
     assert averaged["q1"].sum(axis=1) == pytest.approx(np.ones(len(agents)))
     flat = fixed_distributions({"q1": np.array([2.0, 2.0])}, 3)
     assert flat["q1"] == pytest.approx(np.full((3, 2), 0.5))
+
+
+def test_text_methods_from_saved_fits_give_the_rows_of_the_fitted_models(shared_data, tiny_lm, encoder, tmp_path,
+                                                                       monkeypatch):
+    """The command line runs a text dataset as a fit job (fits saved) and one job per method (fits loaded): each
+    method's row must be the one the fitted models in memory give (same texts, same scores)."""
+    from fidelity_suite.config import settings
+    from fidelity_suite.text import fit_text_models, generate_method, load_text_models
+
+    monkeypatch.setenv("POPSIM_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = settings("quick", ["text.n_train=40", "text.n_real=16", "text.n_gen=8", "text.n_personas=2",
+                             "text.n_exemplars=12", "text.max_train_records=8", "text.max_new_tokens=8",
+                             "text.mauve_seeds=1", "text.mauve_buckets=2"])["text"]
+    fitted = fit_text_models("sst2", cfg, tiny_lm, encoder, dev=True, seed=0, log=lambda msg: None,
+                             save_dir=tmp_path / "fits")
+    loaded = load_text_models(tmp_path / "fits", tiny_lm, encoder)
+    columns = ["fid", "mauve", "kl_cos", "label_fid", "distinct2", "accuracy", "mean_words"]
+    for method in ("mop", "mop-random-personas", "uniform"):
+        (row, texts), (row2, texts2) = (generate_method("sst2", method, *models, cfg, tiny_lm, encoder, dev=True,
+                                                        seed=0, log=lambda msg: None) for models in (fitted, loaded))
+        assert texts == texts2  # the same persona, exemplar, temperature and text per context
+        assert [row[c] for c in columns] == pytest.approx([row2[c] for c in columns])
+    assert fitted[0].personas_[0].text != fitted[1].personas_[0].text  # the ablation's own personas came back
+    assert [p.text for p in loaded[1].personas_] == [p.text for p in fitted[1].personas_]

@@ -1,6 +1,6 @@
 """The fidelity benchmark's command line (``python benchmarks/fidelity.py``): runs the text and survey parts as
-one job per dataset on a pool of processes, writes the CSVs, ``README.md`` (tables, verdicts) and ``log.txt``
-to the output folder, and ends with the RESULT line."""
+jobs on a pool of processes (a survey; a text dataset's fit; one text method's generation), writes the CSVs,
+``README.md`` (tables, verdicts) and ``log.txt`` to the output folder, and ends with the RESULT line."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .config import DESCRIPTION, ROOT, SURVEY_BASELINES_B, TEXT_BASELINES, models, settings
+from .config import DESCRIPTION, ROOT, SURVEY_BASELINES_B, TEXT_BASELINES, TEXT_METHODS, models, settings
 from .report import survey_tables, text_tables, verdicts
 from .survey import survey_benchmark
-from .text import text_benchmark
+from .text import fit_summary, fit_text_models, generate_method, load_text_models, real_row, write_samples
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -34,9 +35,15 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out: Path, threads: int,
-              lm_name: str | None = None):
-    """One part (text or survey) in its own process; returns (results, log lines, seconds)."""
+_MODELS: dict[tuple[str, str | None], tuple] = {}  # per worker process: (part, lm) -> (lm, encoder), loaded once
+
+
+def _run_job(job: tuple[str, str, str], cfg: dict, dev: bool, seed: int, out: Path, threads: int,
+             lm_name: str | None, models_dir: Path):
+    """One job in a worker process; returns (job, result, log lines, seconds). ``job`` is (kind, dataset, method):
+    ``survey`` (a whole survey), ``text-fit`` (a text dataset's MoP and random-persona fits, saved under
+    ``models_dir``, and its real-vs-real row) or ``text-method`` (one method's texts from the saved fits)."""
+    kind, name, method = job
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -46,15 +53,63 @@ def _run_part(part: str, names: list[str], cfg: dict, dev: bool, seed: int, out:
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
         lines.append(msg)
 
-    lm, encoder = models(part, lm_name)
-    if part == "text":
-        res = pd.concat([text_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names],
-                        ignore_index=True)
+    part = "survey" if kind == "survey" else "text"
+    if (part, lm_name) not in _MODELS:
+        _MODELS[part, lm_name] = models(part, lm_name)
+    lm, encoder = _MODELS[part, lm_name]
+    if kind == "survey":
+        res = survey_benchmark(name, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log)
+    elif kind == "text-fit":
+        mop, mop_rand = fit_text_models(name, cfg, lm, encoder, dev=dev, seed=seed, log=log,
+                                        save_dir=models_dir / name)
+        res = (fit_summary(mop, mop_rand), real_row(name, cfg, encoder, dev=dev, seed=seed))
     else:
-        parts = [survey_benchmark(d, cfg, lm, encoder, dev=dev, seed=seed, out=out, log=log) for d in names]
-        res = tuple(pd.concat([p[i] for p in parts], ignore_index=True) for i in range(4))
-    log(f"{part} part ({','.join(names)}) done in {time.perf_counter() - t0:.0f} s (CPU {time.process_time():.0f} s)")
-    return res, lines, time.perf_counter() - t0
+        mop, mop_rand = load_text_models(models_dir / name, lm, encoder)
+        res = generate_method(name, method, mop, mop_rand, cfg, lm, encoder, dev=dev, seed=seed, log=log)
+    log(f"{kind} {name} {method} done in {time.perf_counter() - t0:.0f} s (CPU {time.process_time():.0f} s)")
+    return job, res, lines, time.perf_counter() - t0
+
+
+def run_jobs(surveys: list[str], texts: list[str], cfg: dict, args: argparse.Namespace, out: Path) -> list:
+    """Every job on a pool of processes, one per core with one torch thread each (on 2 cores ~2x faster than one
+    process: small-batch generation and scoring do not scale across threads). Surveys (the longest) first, then
+    each text dataset's fit; a fit that ends queues its methods' generation jobs, so both workers stay busy to
+    the end instead of one running the last dataset alone (full text part: 18.1 min when a dataset was one job,
+    its jobs 30.2 min in all). Returns the finished jobs' (job, result, lines, seconds), in completion order."""
+    jobs = [("survey", d, "") for d in surveys] + [("text-fit", d, "") for d in texts]
+    workers = min(max(len(jobs), 2 if texts else 1), max(1, torch.get_num_threads()))
+    threads = max(1, torch.get_num_threads() // workers)
+    done = []
+    with tempfile.TemporaryDirectory(prefix="popsim-fidelity-") as models_dir, \
+            ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+                                initargs=(os.getpid(),)) as pool:
+
+        def submit(job):
+            part = "survey" if job[0] == "survey" else "text"
+            return pool.submit(_run_job, job, cfg[part], args.dev, args.seed, out, threads, args.lm,
+                               Path(models_dir))
+
+        pending = {submit(job) for job in jobs}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job, *rest = future.result()
+                done.append((job, *rest))
+                if job[0] == "text-fit":
+                    pending |= {submit(("text-method", job[1], m)) for m in TEXT_METHODS}
+    return done
+
+
+def text_results(done: list, texts: list[str], dev: bool) -> pd.DataFrame:
+    """The text table from the finished jobs (per dataset: the methods in order, then the real-vs-real row);
+    writes each dataset's samples file."""
+    rows = []
+    for name in texts:
+        fits, real = next(res for (kind, d, _), res, _, _ in done if kind == "text-fit" and d == name)
+        methods = {m: res for (kind, d, m), res, _, _ in done if kind == "text-method" and d == name}
+        rows += [methods[m][0] for m in TEXT_METHODS] + [real]
+        write_samples(name, dev, fits, {m: methods[m][1] for m in TEXT_METHODS})
+    return pd.DataFrame(rows)
 
 
 def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -123,35 +178,20 @@ def main() -> None:
 
     t0 = time.perf_counter()
     log(f"mode={mode} dev={args.dev} seed={args.seed} settings={json.dumps(cfg)}")
-    # one job per dataset, longest first (the surveys), on a pool of two processes with one torch thread
-    # each: on 2 cores this is ~2x faster than one process, because small-batch generation and scoring do
-    # not scale across threads; the text datasets (~3 min each) fill whichever worker frees first (as one
-    # job they all queued behind the shorter survey: 20.2 instead of ~18 min with cold survey caches)
-    jobs: list[tuple[str, list[str]]] = []
-    if args.only != "text":
-        jobs += [("survey", [d]) for d in args.surveys.split(",") if d]
-    if args.only != "survey":
-        jobs += [("text", [d]) for d in args.text.split(",") if d]
-    workers = min(len(jobs), max(1, torch.get_num_threads()))
-    threads = max(1, torch.get_num_threads() // workers)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        futures = [(part, pool.submit(_run_part, part, names, cfg[part], args.dev, args.seed, out, threads,
-                                             args.lm))
-                   for part, names in jobs]
-        done = [(part, f.result()) for part, f in futures]
+    surveys = [d for d in args.surveys.split(",") if d] if args.only != "text" else []
+    texts = [d for d in args.text.split(",") if d] if args.only != "survey" else []
+    done = run_jobs(surveys, texts, cfg, args, out)
     text = summary = cells = curve = None
-    for _, (_, part_lines, _) in done:
-        lines.extend(part_lines)
-    texts = [res for part, (res, _, _) in done if part == "text"]
-    t_text = sum(seconds for part, (_, _, seconds) in done if part == "text")  # summed over the text jobs
-    surveys = [res for part, (res, _, _) in done if part == "survey"]
+    for _, _, job_lines, _ in done:
+        lines.extend(job_lines)
+    t_text = sum(seconds for (kind, _, _), _, _, seconds in done if kind != "survey")  # summed over the text jobs
     if texts:
-        text = pd.concat(texts, ignore_index=True)
+        text = text_results(done, texts, args.dev)
         text.to_csv(out / "text.csv", index=False)
-    surveys = [r for r in surveys if len(r[0])]  # a survey none of whose protocols ran has nothing to report
-    if surveys:
-        summary, cells, curve, shares = (pd.concat([r[i] for r in surveys], ignore_index=True) for i in range(4))
+    results = {d: res for (kind, d, _), res, _, _ in done if kind == "survey"}
+    parts = [results[d] for d in surveys if len(results[d][0])]  # a survey none of whose protocols ran: nothing
+    if parts:
+        summary, cells, curve, shares = (pd.concat([r[i] for r in parts], ignore_index=True) for i in range(4))
         summary.to_csv(out / "survey_summary.csv", index=False)
         shares.to_csv(out / "survey_questions.csv", index=False)
         cells.to_csv(out / "survey_cells.csv", index=False)
