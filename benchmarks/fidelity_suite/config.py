@@ -56,6 +56,8 @@ TEXT_TRAINING = dict(TRAINING, tau_learning_rate=0.0, calibrate_exemplars=True)
 # at seeds 0 and 1 (0.308 -> 0.243, 0.313 -> 0.249) and hurt (b) on flying (docs/experiments.md).
 # shares (2026-12-07): "expected" scores a simulated cell by the mean of its agents' answer distributions,
 # "sampled" by one drawn answer per agent (fidelity_suite/expected.py); summaries keep both.
+# item_split (0 = the reported split): another seeded choice of the items (b) and (c) hold out, same respondents,
+# agents and settings; how much a verdict on new questions depends on which items were held out.
 # calibration_transfer: protocols (b) and (c) choose each method's calibration sharpness on held-out seen items
 # (one item, or one scale, at a time), as their new items will be calibrated (fidelity_suite/calibration.py).
 SIZES = {
@@ -68,7 +70,7 @@ SIZES = {
                        exemplar_cover_scales=False, max_order=1, n_boot=50, protocols="abc", calibrate=True,
                        calibration_agents=32, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
                        calibration_transfer=False, shares="expected",
-                       option_order="shuffled", option_order_protocols="c"),
+                       option_order="shuffled", option_order_protocols="c", item_split=0),
     },
     "full": {
         "text": dict(TEXT_TRAINING, n_train=2000, n_real=400, n_gen=200, n_personas=10, n_exemplars=200,
@@ -79,7 +81,7 @@ SIZES = {
                        exemplar_cover_scales=False, max_order=2, n_boot=200, protocols="abc", calibrate=True,
                        calibration_agents=160, ablation=False, methods="", exemplar_asked=True, exemplar_nearest="bc",
                        calibration_transfer=False, shares="expected",
-                       option_order="shuffled", option_order_protocols="c"),
+                       option_order="shuffled", option_order_protocols="c", item_split=0),
     },
 }
 

@@ -307,7 +307,8 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
     """One survey under protocols (a), (b), (c): (summary, cells, noise curve, shares); one summary row per
     (protocol, method, calibration) with calibration ``none`` (raw) or ``posthoc`` (:mod:`.calibration`)."""
     pop = load_survey(name, cfg, seed, out, dev)
-    split_seed = seed + (1 if dev else 0)
+    # which items (b) and (c) hold out; item_split > 0 draws another split of the same respondents (split variance)
+    split_seed = seed + (1 if dev else 0) + 100 * cfg.get("item_split", 0)
     qmap = {q.id: q for q in pop.questions}
     agents = agent_rows(pop, seed)
     real = real_answers(pop)
