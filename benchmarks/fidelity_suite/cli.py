@@ -35,6 +35,11 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _part(kind: str) -> str:
+    """The benchmark part (its settings and models) a job kind belongs to."""
+    return "survey" if kind == "survey" else "text"
+
+
 _MODELS: dict[tuple[str, str | None], tuple] = {}  # per worker process: (part, lm) -> (lm, encoder), loaded once
 
 
@@ -53,7 +58,7 @@ def _run_job(job: tuple[str, str, str], cfg: dict, dev: bool, seed: int, out: Pa
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
         lines.append(msg)
 
-    part = "survey" if kind == "survey" else "text"
+    part = _part(kind)
     if (part, lm_name) not in _MODELS:
         _MODELS[part, lm_name] = models(part, lm_name)
     lm, encoder = _MODELS[part, lm_name]
@@ -77,6 +82,7 @@ def run_jobs(surveys: list[str], texts: list[str], cfg: dict, args: argparse.Nam
     the end instead of one running the last dataset alone (full text part: 18.1 min when a dataset was one job,
     its jobs 30.2 min in all). Returns the finished jobs' (job, result, lines, seconds), in completion order."""
     jobs = [("survey", d, "") for d in surveys] + [("text-fit", d, "") for d in texts]
+    # a lone text dataset still needs two workers: its fit queues six generation jobs
     workers = min(max(len(jobs), 2 if texts else 1), max(1, torch.get_num_threads()))
     threads = max(1, torch.get_num_threads() // workers)
     done = []
@@ -85,16 +91,15 @@ def run_jobs(surveys: list[str], texts: list[str], cfg: dict, args: argparse.Nam
                                 initargs=(os.getpid(),)) as pool:
 
         def submit(job):
-            part = "survey" if job[0] == "survey" else "text"
-            return pool.submit(_run_job, job, cfg[part], args.dev, args.seed, out, threads, args.lm,
+            return pool.submit(_run_job, job, cfg[_part(job[0])], args.dev, args.seed, out, threads, args.lm,
                                Path(models_dir))
 
         pending = {submit(job) for job in jobs}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                job, *rest = future.result()
-                done.append((job, *rest))
+                done.append(future.result())
+                job = done[-1][0]
                 if job[0] == "text-fit":
                     pending |= {submit(("text-method", job[1], m)) for m in TEXT_METHODS}
     return done

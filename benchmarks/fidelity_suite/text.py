@@ -95,7 +95,6 @@ def generate_method(name: str, method: str, mop, mop_rand, cfg: dict, lm, encode
     style = mop.style_
     contexts = list(gen_ctx["context"])
     seeds = [seed * 100_003 + i for i in range(len(contexts))]
-    real_emb, test_lab = encoder.encode(list(real["text"])), list(real["label"])
     rng = np.random.default_rng(seed)
     model = mop_rand if method == "mop-random-personas" else mop
     if method in {"mop-no-exemplar", "mop-random-personas"}:
@@ -112,34 +111,34 @@ def generate_method(name: str, method: str, mop, mop_rand, cfg: dict, lm, encode
     texts = lm.generate(prompts, max_new_tokens=cfg["max_new_tokens"],
                         temperature=[float(x) for x in draw["temperature"]], seed=seeds)
     texts = [" ".join(x.split()) or "." for x in texts]
-    emb = encoder.encode(texts)
-    mauve = mean_mauve(real_emb, emb, cfg)
-    ds = downstream_scores(emb, list(gen_ctx["label"]), real_emb, test_lab, seed=seed)
-    row = {"dataset": name, "method": method, "fid": fid(real_emb, emb), "mauve": mauve,
-           "kl_cos": kl_cosine(real_emb, emb, seed=seed),
-           "label_fid": conditional_fid(real_emb, test_lab, emb, list(gen_ctx["label"])),
-           "distinct2": distinct_n(texts, 2), "accuracy": ds["accuracy"], "macro_f1": ds["macro_f1"],
-           "mean_words": float(np.mean([len(x.split()) for x in texts])), "seconds": time.perf_counter() - t}
+    row = scored_row(name, method, real, texts, list(gen_ctx["label"]), encoder, cfg, seed)
+    row["seconds"] = time.perf_counter() - t
     samples = [{"context": c, "persona": int(k), "exemplar": int(j), "tau": float(tau), "text": x}
                for c, k, j, tau, x in zip(contexts, draw["persona"], draw["exemplar"], draw["temperature"], texts,
                                           strict=True)]
-    log(f"[{name}] {method:>20}: FID {row['fid']:.3f} MAUVE {mauve:.3f} KL-cos {row['kl_cos']:.3f} "
-        f"per-label FID {row['label_fid']:.3f} acc {ds['accuracy']:.3f} ({row['seconds']:.0f} s)")
+    log(f"[{name}] {method:>20}: FID {row['fid']:.3f} MAUVE {row['mauve']:.3f} KL-cos {row['kl_cos']:.3f} "
+        f"per-label FID {row['label_fid']:.3f} acc {row['accuracy']:.3f} ({row['seconds']:.0f} s)")
     return row, samples
+
+
+def scored_row(name: str, method: str, real: pd.DataFrame, texts: list[str], labels: list, encoder, cfg: dict,
+               seed: int) -> dict:
+    """One row of the text tables: ``texts`` (written for ``labels``) scored against the real held-out texts
+    ``real``, which are also the downstream classifier's test set."""
+    real_emb, test_lab, emb = encoder.encode(list(real["text"])), list(real["label"]), encoder.encode(texts)
+    ds = downstream_scores(emb, labels, real_emb, test_lab, seed=seed)
+    return {"dataset": name, "method": method, "fid": fid(real_emb, emb), "mauve": mean_mauve(real_emb, emb, cfg),
+            "kl_cos": kl_cosine(real_emb, emb, seed=seed),
+            "label_fid": conditional_fid(real_emb, test_lab, emb, labels), "distinct2": distinct_n(texts, 2),
+            "accuracy": ds["accuracy"], "macro_f1": ds["macro_f1"],
+            "mean_words": float(np.mean([len(x.split()) for x in texts])), "seconds": 0.0}
 
 
 def real_row(name: str, cfg: dict, encoder, *, dev: bool, seed: int) -> dict:
     """The real-vs-real row: a second held-out sample scored like a method (the floor every metric can reach)."""
     real, _, real_self = heldout_texts(name, cfg, dev=dev, seed=seed)
-    real_emb, test_lab = encoder.encode(list(real["text"])), list(real["label"])
-    emb = encoder.encode(list(real_self["text"]))
-    ds = downstream_scores(emb, list(real_self["label"]), real_emb, test_lab, seed=seed)
-    return {"dataset": name, "method": "real (held-out sample)", "fid": fid(real_emb, emb),
-            "mauve": mean_mauve(real_emb, emb, cfg), "kl_cos": kl_cosine(real_emb, emb, seed=seed),
-            "label_fid": conditional_fid(real_emb, test_lab, emb, list(real_self["label"])),
-            "distinct2": distinct_n(list(real_self["text"]), 2), "accuracy": ds["accuracy"],
-            "macro_f1": ds["macro_f1"], "mean_words": float(real_self["text"].str.split().str.len().mean()),
-            "seconds": 0.0}
+    texts = list(real_self["text"])
+    return scored_row(name, "real (held-out sample)", real, texts, list(real_self["label"]), encoder, cfg, seed)
 
 
 def fit_summary(mop, mop_rand) -> dict:
