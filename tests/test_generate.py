@@ -124,6 +124,35 @@ def test_noise_depends_only_on_key_and_step():
     assert greedy.tolist() == [1]
 
 
+def _murmur_fmix32(x: int) -> int:
+    """murmur3's 32-bit finaliser on Python ints (the reference the tensor versions must equal bit for bit)."""
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_noise_hash_is_murmur3_bit_for_bit_eager_and_compiled():
+    """The int32 per-token hash wraps exactly as 32-bit unsigned arithmetic: every word, hence every uniform,
+    equals the pure-Python murmur3 reference, eagerly and compiled (a texts-changing slip would be silent)."""
+    keys = seed_keys([0, 1, 2**31 + 5, 2**63 + 12345])
+    steps = torch.tensor([0, 3, 7, 2**33 + 1])
+    vocab = 70_000  # token * golden ratio wraps many times
+    mask = 0xFFFFFFFF
+    expected = torch.empty(len(steps), vocab)
+    for r, ((k0, k1), step) in enumerate(zip(keys.tolist(), steps.tolist(), strict=True)):
+        row = _murmur_fmix32(k0 ^ _murmur_fmix32(k1 ^ _murmur_fmix32(step & mask)))
+        words = np.array([_murmur_fmix32(_murmur_fmix32((row + t * 0x9E3779B9) & mask)) for t in range(vocab)],
+                         dtype=np.int64)
+        u = torch.from_numpy(((words >> 8).astype(np.float32) + 0.5) * (1.0 / (1 << 24)))
+        expected[r] = -torch.log(-torch.log(u))
+    assert torch.equal(gumbel_noise(keys, steps, vocab), expected)
+    compiled = torch.compile(gumbel_noise, dynamic=True)(keys, steps, vocab)
+    assert torch.allclose(compiled, expected, rtol=0, atol=1e-5)  # Inductor's vectorised log: last bits only
+    assert torch.equal(compiled.argmax(dim=1), expected.argmax(dim=1))
+
+
 def test_compiled_bf16_decode_step_matches_eager(smollm_bf16):
     """The compiled step (bf16 on CPU) samples what the same step samples eagerly, up to bf16 near-ties."""
     if smollm_bf16.compiled_blocks == 0:

@@ -10,9 +10,12 @@ temperature division and the argmax, so the (rows x vocabulary) noise is never s
 The previous sampler drew float64 exponentials from one ``torch.Generator`` per row in a Python loop;
 for 64 rows over SmolLM2's 49k tokens that cost about as much as the decoder step itself.
 
-Arithmetic stays inside int64 without overflow (products of a 32-bit value and a 16-bit constant), so
-CPU and CUDA, eager and compiled, give the same bits. The uniform has 24 bits (exact in fp32 and never
-0 or 1), which caps the noise at about 17.3; a true Gumbel exceeds that with probability ~3e-8 per token.
+The per-token hash runs in int32, whose multiplication wraps modulo 2**32 on CPU and CUDA, eager and
+compiled, so the 32-bit words are murmur3's exactly (tested against a pure-Python murmur3); right shifts mask
+off the sign bits an arithmetic shift brings in. (An int64 version, which kept every product below 2**63, did
+the same work on twice the bytes with twice the multiplies: the sampler was ~15% of a 64-row decode step.) The
+per-row word (rows x 1) stays in int64. The uniform has 24 bits (exact in fp32 and never 0 or 1), which caps
+the noise at about 17.3; a true Gumbel exceeds that with probability ~3e-8 per token.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ def _fmix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _as_int32(value: int) -> int:
+    """The int32 with ``value``'s low 32 bits (``value`` in [0, 2**32))."""
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _fmix32_int32(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_fmix32` on int32 words: products wrap modulo 2**32; shifts masked to act as unsigned ones."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _as_int32(0x85EBCA6B)
+    x = x ^ ((x >> 13) & 0x7FFFF)
+    x = x * _as_int32(0xC2B2AE35)
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
 def seed_keys(seeds: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """(rows, 2) int64 keys from arbitrary Python int seeds (each key word in [0, 2**32))."""
     words = [((s & _MASK32), (s >> 32) & _MASK32) for s in (int(s) % 2**64 for s in seeds)]
@@ -50,9 +67,10 @@ def seed_keys(seeds: list[int], device: torch.device | str = "cpu") -> torch.Ten
 def gumbel_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
     """(rows, vocab) fp32 standard Gumbel noise for each row's ``keys`` (rows, 2) at its ``steps`` (rows,)."""
     row = _fmix32(keys[:, 0] ^ _fmix32(keys[:, 1] ^ _fmix32(steps & _MASK32)))  # one word per (row, step)
-    tokens = torch.arange(vocab, device=keys.device, dtype=torch.long)
-    h = _fmix32(_fmix32((row.unsqueeze(1) + _mul32(tokens, _GOLDEN).unsqueeze(0)) & _MASK32))
-    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    row = ((row ^ 0x80000000) - 0x80000000).to(torch.int32)  # the same 32 bits as a signed int32
+    tokens = torch.arange(vocab, device=keys.device, dtype=torch.int32)
+    h = _fmix32_int32(_fmix32_int32(row.unsqueeze(1) + tokens * _as_int32(_GOLDEN)))
+    u = (((h >> 8) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
     return -torch.log(-torch.log(u))
 
 
