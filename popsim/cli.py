@@ -99,7 +99,8 @@ def _print_run(result) -> None:
           f"manifest.json{extra}")
     table = headline_table(result.run_dir)
     if table is not None:
-        print("\nSimulated vs real held-out answers, by subgroup (mean total variation over questions):")
+        print("\nSimulated vs real held-out answers, by subgroup (mean total variation over questions; "
+              "mean_tv_expected: from the agents' answer probabilities, without the noise of one draw each):")
         print(table.to_string(index=False))
     if (result.run_dir / "text_fidelity.csv").is_file():
         import pandas as pd

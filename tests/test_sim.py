@@ -109,7 +109,35 @@ def test_cli_prints_outputs_and_subgroup_table(tmp_path):
     path = small_survey(tmp_path)
     out = subprocess.run([sys.executable, "-m", "popsim", "run", str(path), "--quiet"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "Outputs in" in out.stdout and "mean_tv" in out.stdout and "sex=woman" in out.stdout
+    assert "Outputs in" in out.stdout and "mean_tv_expected" in out.stdout and "sex=woman" in out.stdout
+
+
+def test_subgroup_table_scores_the_answer_probabilities(tmp_path):
+    """``mean_tv_expected`` scores the agents' recorded answer probabilities: one-hot probabilities of the sampled
+    answers reproduce ``mean_tv`` in every subgroup, and agents that all hold the real answer shares score 0."""
+    import json
+
+    from popsim.eval.headline import headline_table, load_run
+    from popsim.eval.metrics import weighted_distribution
+
+    run_dir = runner.run(load_scenario(small_survey(tmp_path, agents=30)), verbose=False).run_dir
+    table = headline_table(run_dir)
+    assert table["mean_tv_expected"].between(0, 1).all()
+    assert (table["mean_tv_expected"] != table["mean_tv"]).any()  # the draws' noise is gone
+    responses = pd.read_parquet(run_dir / "responses.parquet")
+    _, options, _ = load_run(run_dir)
+    onehot = responses.assign(probs=[json.dumps({o: float(o == a) for o in options[q]})
+                                     for q, a in zip(responses["question"], responses["answer"], strict=True)])
+    onehot.to_parquet(run_dir / "responses.parquet")
+    table = headline_table(run_dir)
+    assert (table["mean_tv_expected"] == table["mean_tv"]).all()
+    real = pd.read_parquet(run_dir / "heldout.parquet")
+    shares = {q: weighted_distribution(real[q].dropna().to_numpy(object), opts,
+                                       real.loc[real[q].notna(), "weight"].to_numpy()) for q, opts in options.items()}
+    responses.assign(probs=[json.dumps(dict(zip(options[q], map(float, shares[q]), strict=True)))
+                            for q in responses["question"]]).to_parquet(run_dir / "responses.parquet")
+    table = headline_table(run_dir).set_index("subgroup")
+    assert table.loc["all", "mean_tv_expected"] == 0.0 < table.loc["all", "mean_tv"]
 
 
 def test_real_smollm_survey_run(tmp_path, smollm, encoder):
@@ -120,6 +148,9 @@ def test_real_smollm_survey_run(tmp_path, smollm, encoder):
     probs = result.responses["probs"].map(lambda s: sum(__import__("json").loads(s).values()))
     assert np.allclose(probs, 1.0, atol=1e-5)
     assert set(result.responses["answer"]) <= {"too little", "about right", "too much"}
+    from popsim.eval.headline import headline_table
+
+    assert headline_table(result.run_dir)["mean_tv_expected"].between(0, 1).all()
 
 
 @pytest.mark.parametrize("name", ["reviews", "network_survey"])
