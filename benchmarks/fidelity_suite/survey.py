@@ -357,7 +357,7 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             log(f"[{name}/{protocol}] {variant:>16} simulated in {time.perf_counter() - t:.0f} s{note}")
         if protocol == "a":  # the hot-deck copies real answers: the same rows under either calibration
             deck, deck_dists = hot_deck_reference(pop, name, agents, options, seed)
-            for calibration in {c for _, c in synths}:
+            for calibration in sorted({c for _, c in synths}):
                 synths[("hot-deck", calibration)] = deck
                 dists[("hot-deck", calibration)] = deck_dists
         references = {"scale-shares": pooled_scale_shares(pop, questions, seen)}
@@ -365,7 +365,7 @@ def survey_benchmark(name: str, cfg: dict, lm, encoder, *, dev: bool, seed: int,
             references["stand-in-shares"] = stand_in_shares(pop, questions, seen, encoder)
         for i, (reference, ref_shares) in enumerate(references.items()):
             answers = share_draws(pop, agents, questions, ref_shares, np.random.default_rng([seed, 6 + 20 * i]))
-            for calibration in {c for _, c in synths}:  # no LM: nothing to calibrate either
+            for calibration in sorted({c for _, c in synths}):  # no LM: nothing to calibrate either
                 synths[(reference, calibration)] = answers
                 dists[(reference, calibration)] = fixed_distributions(ref_shares, len(agents))
         for (method, calibration), synth in synths.items():
