@@ -99,7 +99,7 @@ def fit_calibration(model: PopulationModel, rows: pd.DataFrame, pop: Population,
         probs.append(np.array([r.probs[o] for o in scale], dtype=float))
         items.append(r.question)
     real = {q: weighted_distribution(pop.train[f"q_{q}"].to_numpy(object), model.question_by_id[q].option_labels,
-                                     weights) for q in set(items)}
+                                     weights) for q in sorted(set(items))}
     # folds: every item scored with offsets fitted on the rest (hold_out) or on all of them (in-sample)
     by = {"items": lambda q: q, "scales": lambda q: tuple(model.question_by_id[q].option_labels)}.get(hold_out)
     folds = [{q for q in real if by(q) == key} for key in sorted({by(q) for q in real}, key=str)] if by else [set()]
