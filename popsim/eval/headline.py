@@ -67,6 +67,8 @@ def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.
         if not (run_dir / "heldout.parquet").is_file() or not options:
             return None
         real = pd.read_parquet(run_dir / "heldout.parquet")
+    if "probs" in responses.columns:  # parsed once, not once per subgroup
+        responses = responses.assign(probs=responses["probs"].map(lambda v: json.loads(v) if isinstance(v, str) else v))
     rows = []
     cells = [("all", None, None)] + [
         (f"{a}={v}", a, v) for a in attributes for v in sorted(responses[f"attr_{a}"].dropna().unique())]
