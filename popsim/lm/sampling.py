@@ -10,12 +10,13 @@ temperature division and the argmax, so the (rows x vocabulary) noise is never s
 The previous sampler drew float64 exponentials from one ``torch.Generator`` per row in a Python loop;
 for 64 rows over SmolLM2's 49k tokens that cost about as much as the decoder step itself.
 
-The per-token hash runs in int32, whose multiplication wraps modulo 2**32 on CPU and CUDA, eager and
-compiled, so the 32-bit words are murmur3's exactly (tested against a pure-Python murmur3); right shifts mask
-off the sign bits an arithmetic shift brings in. (An int64 version, which kept every product below 2**63, did
-the same work on twice the bytes with twice the multiplies: the sampler was ~15% of a 64-row decode step.) The
-per-row word (rows x 1) stays in int64. The uniform has 24 bits (exact in fp32 and never 0 or 1), which caps
-the noise at about 17.3; a true Gumbel exceeds that with probability ~3e-8 per token.
+The per-token hash runs in int32, whose multiplication wraps modulo 2**32 (two's complement, as CPU and CUDA
+integer units multiply), so the 32-bit words are murmur3's exactly (tested on CPU, eager and compiled, against a
+pure-Python murmur3); right shifts mask off the sign bits an arithmetic shift brings in. (An int64 version,
+which kept every product below 2**63, did the same work on twice the bytes with twice the multiplies: the
+sampler was ~15% of a 64-row decode step.) The per-row word (rows x 1) stays in int64. The uniform has 24 bits
+(exact in fp32 and never 0 or 1), which caps the noise at about 17.3; a true Gumbel exceeds that with
+probability ~3e-8 per token.
 """
 
 from __future__ import annotations
