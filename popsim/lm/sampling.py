@@ -14,9 +14,8 @@ The per-token hash runs in int32, whose multiplication wraps modulo 2**32 (two's
 integer units multiply), so the 32-bit words are murmur3's exactly (tested on CPU, eager and compiled, against a
 pure-Python murmur3); right shifts mask off the sign bits an arithmetic shift brings in. (An int64 version,
 which kept every product below 2**63, did the same work on twice the bytes with twice the multiplies: the
-sampler was ~15% of a 64-row decode step.) The per-row word (rows x 1) stays in int64. The uniform has 24 bits
-(exact in fp32 and never 0 or 1), which caps the noise at about 17.3; a true Gumbel exceeds that with
-probability ~3e-8 per token.
+sampler was ~15% of a 64-row decode step.) The uniform has 24 bits (exact in fp32 and never 0 or 1), which
+caps the noise at about 17.3; a true Gumbel exceeds that with probability ~3e-8 per token.
 """
 
 from __future__ import annotations
@@ -29,29 +28,19 @@ _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
 
-def _mul32(x: torch.Tensor, const: int) -> torch.Tensor:
-    """(x * const) mod 2**32 for int64 x in [0, 2**32), without leaving int64's range."""
-    low = x * (const & 0xFFFF)
-    high = ((x * (const >> 16)) & 0xFFFF) << 16
-    return (low + high) & _MASK32
-
-
-def _fmix32(x: torch.Tensor) -> torch.Tensor:
-    """murmur3's 32-bit finaliser: every input bit flips each output bit with probability ~1/2."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = _mul32(x, 0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
 def _as_int32(value: int) -> int:
     """The int32 with ``value``'s low 32 bits (``value`` in [0, 2**32))."""
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def _fmix32_int32(x: torch.Tensor) -> torch.Tensor:
-    """:func:`_fmix32` on int32 words: products wrap modulo 2**32; shifts masked to act as unsigned ones."""
+def _low_word(x: torch.Tensor) -> torch.Tensor:
+    """The low 32 bits of int64 ``x`` as int32 (the same bits, read as signed)."""
+    return (((x & _MASK32) ^ 0x80000000) - 0x80000000).to(torch.int32)
+
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int32 words (every input bit flips each output bit with probability ~1/2):
+    products wrap modulo 2**32; right shifts are masked to act as unsigned ones."""
     x = x ^ ((x >> 16) & 0xFFFF)
     x = x * _as_int32(0x85EBCA6B)
     x = x ^ ((x >> 13) & 0x7FFFF)
@@ -67,10 +56,10 @@ def seed_keys(seeds: list[int], device: torch.device | str = "cpu") -> torch.Ten
 
 def gumbel_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
     """(rows, vocab) fp32 standard Gumbel noise for each row's ``keys`` (rows, 2) at its ``steps`` (rows,)."""
-    row = _fmix32(keys[:, 0] ^ _fmix32(keys[:, 1] ^ _fmix32(steps & _MASK32)))  # one word per (row, step)
-    row = ((row ^ 0x80000000) - 0x80000000).to(torch.int32)  # the same 32 bits as a signed int32
+    k0, k1 = _low_word(keys[:, 0]), _low_word(keys[:, 1])
+    row = _fmix32(k0 ^ _fmix32(k1 ^ _fmix32(_low_word(steps))))  # one word per (row, step)
     tokens = torch.arange(vocab, device=keys.device, dtype=torch.int32)
-    h = _fmix32_int32(_fmix32_int32(row.unsqueeze(1) + tokens * _as_int32(_GOLDEN)))
+    h = _fmix32(_fmix32(row.unsqueeze(1) + tokens * _as_int32(_GOLDEN)))
     u = (((h >> 8) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
     return -torch.log(-torch.log(u))
 
