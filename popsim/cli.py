@@ -91,12 +91,29 @@ def _workers(args: argparse.Namespace, scenario) -> int | None:
     return args.workers or default_workers(scenario.lm)
 
 
+_OUTPUTS = ("responses.parquet", "agents.parquet", "summary.csv", "heldout.parquet", "personas.json",
+            "population.json", "option_bias.json", "text_fidelity.csv", "manifest.json")
+
+
+def _check_fitted(scenario, path: str) -> None:
+    """`simulate` uses the saved fit as it is: refuse a missing one, and one fitted with other settings (which
+    `run` would silently refit), naming the command that fits it."""
+    from popsim.rundir import RunDirectory, fit_key
+
+    folder = RunDirectory(scenario.run_dir)
+    stored = folder.stored_fit_key()
+    if stored is None:
+        raise PopsimError(f"no fitted model in {folder.mop_dir}; run `popsim fit {path}` first")
+    if stored != fit_key(scenario):
+        raise PopsimError(f"the model in {folder.mop_dir} was fitted with other settings (data, questions, mop, "
+                          f"encoder, seed or simulation.option_order changed); run `popsim fit {path}` again")
+
+
 def _print_run(result) -> None:
     from popsim.eval.headline import headline_table
 
-    extra = ", option_bias.json" if (result.run_dir / "option_bias.json").is_file() else ""
-    print(f"\nOutputs in {result.run_dir}/: responses.parquet, agents.parquet, summary.csv, personas.json, "
-          f"manifest.json{extra}")
+    written = [f for f in _OUTPUTS if (result.run_dir / f).is_file()]
+    print(f"\nOutputs in {result.run_dir}/: {', '.join(written)}")
     table = headline_table(result.run_dir)
     if table is not None:
         print("\nSimulated vs real held-out answers, by subgroup (mean total variation over questions; "
@@ -153,15 +170,13 @@ def _command(args: argparse.Namespace) -> int:
         _print_missing(scenario)
         return 0
     from popsim import runner
-    from popsim.rundir import RunDirectory
 
     if args.command == "fit":
         model, run_dir = runner.fit(scenario, verbose=not args.quiet)
         print(f"fitted {len(model.personas_)} personas, {len(model.exemplars_)} exemplars -> {run_dir / 'mop'}")
         return 0
-    if args.command == "simulate" and RunDirectory(scenario.run_dir).stored_fit_key() is None \
-            and scenario.simulation.method not in {"no-persona", "silicon"}:
-        raise PopsimError(f"no fitted model in {scenario.run_dir / 'mop'}; run `popsim fit {args.scenario}` first")
+    if args.command == "simulate" and scenario.simulation.method not in {"no-persona", "silicon"}:
+        _check_fitted(scenario, args.scenario)
     try:
         result = runner.run(scenario, verbose=not args.quiet, workers=_workers(args, scenario))
     except KeyboardInterrupt:

@@ -324,8 +324,8 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     run_dir, population = _checked_inputs(scenario, needs_mop=needs_mop)
     profiles, texts, draw = _agent_profiles(scenario, population)
     if workers is not None and scenario.experiments is not None:
-        raise PopsimError("experiments run in one process for now; drop --workers for a scenario with "
-                          "`experiments`")
+        raise PopsimError("experiments run in one process for now; drop --ray (and --workers) for a scenario "
+                          "with `experiments`")
     network = (build_network(scenario.simulation.network, len(profiles), seed=scenario.seed,
                              base_dir=scenario.base_dir) if scenario.simulation.network else None)
     lm = lm or _load_lm(scenario)

@@ -225,11 +225,15 @@ def reference(tmp_path_factory, tiny_lm, tiny_lm_dir, encoder):
     return runner.run(scenario, lm=tiny_lm, encoder=encoder, verbose=False)
 
 
-def test_survey_through_server_equals_in_process(tmp_path, server, client, reference, encoder):
-    """A fitted MoP gate (open model, in-process) samples through the HTTP backend: same answers."""
-    path = small_survey(tmp_path / "remote", lm=f"openai:{server.url}", agents=AGENTS)
-    scenario = load_scenario(path)
-    shutil.copytree(reference.run_dir / "mop", scenario.run_dir / "mop")
+def test_survey_through_server_equals_in_process(tmp_path, server, client, reference, tiny_lm, tiny_lm_dir, encoder):
+    """A fitted MoP gate (open model, in-process) samples through the HTTP backend: same answers. As
+    docs/scale-out.md says: fit in process into the folder, then run there with `--lm openai:URL` (the fit is
+    reused whatever its LM)."""
+    path = small_survey(tmp_path / "remote", lm=str(tiny_lm_dir), agents=AGENTS)
+    local = load_scenario(path)
+    runner.fit_model(local, tiny_lm, encoder, local.run_dir, verbose=False)
+    scenario = load_scenario(path, {"lm.name": f"openai:{server.url}"})
+    assert scenario.run_dir == local.run_dir
     remote = runner.run(scenario, lm=client, encoder=encoder, verbose=False)
     _responses_match(remote.responses, reference.responses)
 

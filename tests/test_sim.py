@@ -204,8 +204,9 @@ def test_every_method_runs_from_one_flag_and_reports_side_by_side(tmp_path, caps
     assert "no-persona" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_fit_then_simulate_from_the_cli_equals_one_run(tmp_path):
-    """`popsim fit` + `popsim simulate` give the responses `popsim run` gives, and `fit` applies lm.threads."""
+def test_fit_then_simulate_from_the_cli_equals_one_run(tmp_path, capsys):
+    """`popsim fit` + `popsim simulate` give the responses `popsim run` gives, and `fit` applies lm.threads;
+    `simulate` refuses a fit made with other settings."""
     import torch
 
     from popsim.cli import main
@@ -218,6 +219,10 @@ def test_fit_then_simulate_from_the_cli_equals_one_run(tmp_path):
         assert torch.get_num_threads() == 1
         assert (tmp_path / "split" / "mop" / "fit_key").is_file()
         assert not (tmp_path / "split" / "responses.parquet").exists()
+        # a fit made with other settings (here the seed) is refused, not silently refitted
+        assert main(["simulate", str(path), "--out", str(tmp_path / "split"), "--seed", "1", "--quiet"]) == 2
+        assert "fitted with other settings" in capsys.readouterr().err
+        assert not (tmp_path / "split" / "manifest.json").exists()
         assert main(["simulate", str(path), "--out", str(tmp_path / "split"), "--quiet"]) == 0
         assert main(["run", str(path), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
     finally:
