@@ -246,7 +246,7 @@ def survey_records(population: Population, *, question_ids: set[str] | None = No
             answer = row[f"q_{q.id}"]
             if answer is None or pd.isna(answer):
                 continue
-            asked_with = item_options(q, {p.id: row[f"q_{p.id}"] for p in population.questions})
+            asked_with = item_options(q, {p.id: row.get(f"q_{p.id}") for p in population.questions})  # new: None
             orders = orders_for(option_order, len(asked_with), seed=seed, who=str(row["id"]), question=q.id)
             for order in orders:
                 contexts.append(survey_context(profile, q, order=order, labels=asked_with))

@@ -20,7 +20,7 @@ from popsim.lm.testing import CountingLM, HashLM
 from popsim.mop.prompts import PromptStyle
 from popsim.sim.model import PopulationModel
 
-from .helpers import small_survey
+from .helpers import local_survey, small_survey
 
 QUESTIONS = [QuestionSpec(id=f"q{i}", text=f"Question {i}?", options=["yes", "no", "maybe"]) for i in range(5)]
 
@@ -318,3 +318,20 @@ def test_scale_covering_transcripts_show_every_answer_scale(tmp_path):
 
     assert share_showing_q2(True) == 1.0
     assert share_showing_q2(False) < 0.85
+
+
+@pytest.mark.parametrize("method", ["mop", "silicon"])
+def test_a_new_question_without_data_is_asked_and_left_unscored(tmp_path, method):
+    """A question with no `column` (a new question, as docs/scenarios.md's first example adds) is trained
+    around and asked of every agent; the run table scores only the questions with real answers."""
+    from popsim.cli import main
+
+    def add_new_question(cfg):
+        cfg["questions"].append({"id": "q3", "text": "Should we spend on museums?", "options": ["yes", "no"]})
+
+    path = local_survey(tmp_path, add_new_question)
+    assert main(["run", str(path), "--method", method, "--quiet"]) == 0
+    responses = pd.read_parquet(tmp_path / "run" / "responses.parquet")
+    assert responses.groupby("question")["agent"].nunique().to_dict() == {"q1": 6, "q2": 6, "q3": 6}
+    assert set(responses.loc[responses["question"] == "q3", "answer"]) <= {"yes", "no"}
+    assert "q_q3" not in pd.read_parquet(tmp_path / "run" / "heldout.parquet").columns
