@@ -119,6 +119,29 @@ def finished(edit: Callable[[Path], object] | None = None, *args: str) -> Callab
     return make
 
 
+def broken_model(defect: str) -> Callable[[Path, Path | None], list[str]]:
+    """``run`` with lm.name a local folder holding a tiny Llama saved without its tokenizer (``no-tokenizer``)
+    or with its weights cut short, as by an interrupted download (``truncated``)."""
+    def make(tmp: Path, _: Path | None) -> list[str]:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        folder = tmp / "model"
+        config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        if defect == "truncated":
+            from tokenizers import Tokenizer, models
+            from transformers import PreTrainedTokenizerFast
+
+            vocab = {"[UNK]": 0, **{chr(97 + i): i + 1 for i in range(26)}}
+            PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+                                    unk_token="[UNK]").save_pretrained(folder)
+            weights = folder / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:1000])
+        return ["run", str(local_survey(tmp, put("lm.name", str(folder)))), "--quiet"]
+    return make
+
+
 def write_file(path: Path, text: str = "two years of work") -> Path:
     """Someone else's file in a folder; returns the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +393,10 @@ CASES = [
          scenario(None, "--lm", "./no/such/model", command="run")),
     Case("model-file-not-gguf", ModelLoadError, ("is a file but not a .gguf", "pass a .gguf file or a folder"),
          lambda tmp, _: ["run", str(local_survey(tmp, put("lm.name", str(tmp / "data.csv")))), "--quiet"]),
+    Case("model-folder-without-tokenizer", ModelLoadError, ("could not be loaded (ValueError", "download it again"),
+         broken_model("no-tokenizer")),
+    Case("model-weights-truncated", ModelLoadError, ("could not be loaded (SafetensorError", "incomplete or corrupt"),
+         broken_model("truncated")),
     # --- run directories and fitted models
     Case("run-dir-from-other-config", RunDirectoryError, ("written by a different config", "pass --out"),
          finished(None, "--agents", "7"), needs_run=True),

@@ -115,6 +115,13 @@ class HFLanguageModel(KVCacheGeneration, LanguageModel):
                 f"lm '{name}' could not be loaded offline ({str(exc).splitlines()[0][:160]}); "
                 "download it beforehand (e.g. `huggingface-cli download ID`) or pass a local folder"
             ) from None
+        except Exception as exc:  # a tokenizer that cannot be built, a truncated safetensors file, ...
+            first = (str(exc).splitlines() or [""])[0][:160]
+            where = f"lm '{name}'" + (f" (at {location})" if str(location) != str(name) else "")
+            raise ModelLoadError(
+                f"{where} could not be loaded ({type(exc).__name__}: {first}); its files look "
+                "incomplete or corrupt (an interrupted download?): download it again or point lm.name elsewhere"
+            ) from None
         self.model.eval()
         self.model.requires_grad_(False)
         self.name = source.name
