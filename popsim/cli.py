@@ -180,8 +180,13 @@ def _command(args: argparse.Namespace) -> int:
     try:
         result = runner.run(scenario, verbose=not args.quiet, workers=_workers(args, scenario))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: completed responses are saved in {scenario.run_dir}/parts; "
-              "rerun the same command to resume", file=sys.stderr)
+        parts = scenario.run_dir / "parts"
+        if parts.is_dir() and any(parts.glob("part-*.parquet")):
+            print(f"\ninterrupted: completed responses are saved in {parts}; rerun the same command to resume",
+                  file=sys.stderr)
+        else:
+            print("\ninterrupted before any response was saved; rerun the same command to start again (a model "
+                  "fitted before the stop and the LM scores cached so far are reused)", file=sys.stderr)
         return 130
     _print_run(result)
     return 0

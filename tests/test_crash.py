@@ -158,3 +158,16 @@ def test_same_seed_and_config_give_byte_identical_files_across_processes(tmp_pat
     assert manifest["torch_threads"] == 1 and manifest["seed"] == 3 and manifest["status"] == "complete"
     assert {"python", "popsim", "torch", "numpy", "pandas", "mesa"} <= set(manifest["versions"])
     assert all(manifest["versions"][k] for k in ("python", "torch", "numpy", "pandas"))
+
+
+def test_ctrl_c_before_any_response_does_not_promise_a_resume(tmp_path, monkeypatch, capsys):
+    """Interrupted while loading or fitting, nothing is in parts/: the message says the run starts again."""
+    from popsim.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    assert main(["run", str(local_survey(tmp_path)), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "before any response was saved" in err and "resume" not in err
