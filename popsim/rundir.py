@@ -42,6 +42,14 @@ _PART = re.compile(r"^part-(?:w(\d+)-)?(\d+)\.parquet(?:\.corrupt)?$")
 _KEYS = ("agent", "round", "question")
 
 
+def _changed_sections(old: Any, new: dict[str, Any] | None) -> str:
+    """' (simulation changed)': the top-level sections whose settings differ, or '' when unknown."""
+    if not isinstance(old, dict) or new is None:
+        return ""
+    changed = [k for k in new if k not in {"output", "base_dir"} and k in old and old[k] != new[k]]
+    return f" ({', '.join(changed)} changed)" if changed else ""
+
+
 def fit_key(scenario: Scenario) -> str:
     """The hash of the settings a fit depends on; ``mop/fit_key`` holds the one the saved model was fitted with."""
     key = config_hash(scenario, *FIT_SECTIONS)
@@ -72,21 +80,23 @@ class RunDirectory:
         return self.path / "manifest.json"
 
     # ------------------------------------------------------------------ who may write here
-    def check(self, config_hash: str) -> Path:
+    def check(self, config_hash: str, config: dict[str, Any] | None = None) -> Path:
         """Check this folder can hold a run of the config with ``config_hash``, writing nothing: absent, empty,
-        or written by the same config (resume); refuse one from another config, a corrupt manifest, or a
-        folder of someone else's files."""
+        or written by the same config (resume); refuse one from another config (naming the sections that
+        changed, where ``config`` gives the new one), a corrupt manifest, or a folder of someone else's files."""
         run_dir = self.path
         if run_dir.exists() and not run_dir.is_dir():
             raise RunDirectoryError(f"output path {run_dir} is a file, not a folder; choose another --out")
         if not run_dir.is_dir():
             return run_dir
         if self.manifest_path.is_file():
-            old = self.manifest().get("config_hash")
+            manifest = self.manifest()
+            old = manifest.get("config_hash")
             if old and old != config_hash:
+                changed = _changed_sections(manifest.get("config"), config)
                 raise RunDirectoryError(
-                    f"run directory {run_dir} was written by a different config; pass --out to a new folder "
-                    "or delete it to start over"
+                    f"run directory {run_dir} was written by a different config{changed}; a run folder holds one "
+                    "config's answers: pass --out to a new folder or delete it to start over"
                 )
             return run_dir
         foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
@@ -95,10 +105,10 @@ class RunDirectory:
                                     f"'{foreign[0]}'); choose a new or empty folder")
         return run_dir
 
-    def prepare(self, config_hash: str) -> Path:
+    def prepare(self, config_hash: str, config: dict[str, Any] | None = None) -> Path:
         """:meth:`check`, then create the folder, prove it is writable and clear what a killed run left behind
         (temporary files of writes it never finished), so a resumed run starts from committed files only."""
-        self.check(config_hash)
+        self.check(config_hash, config)
         check_writable(self.path)
         self.remove_temporary()
         return self.path

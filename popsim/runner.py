@@ -112,12 +112,12 @@ def fit(scenario: Scenario, *, verbose: bool = True) -> tuple[MixtureOfPersonas,
 
 def check_run_dir(scenario: Scenario, run_dir: Path) -> Path:
     """Check ``run_dir`` can hold this scenario's run, writing nothing (:meth:`RunDirectory.check`)."""
-    return RunDirectory(run_dir).check(config_hash(scenario))
+    return RunDirectory(run_dir).check(config_hash(scenario), scenario.model_dump(mode="json"))
 
 
 def prepare_run_dir(scenario: Scenario, run_dir: Path) -> Path:
     """Check the run directory, create it, prove it writable, sweep a killed run's temporary files."""
-    return RunDirectory(run_dir).prepare(config_hash(scenario))
+    return RunDirectory(run_dir).prepare(config_hash(scenario), scenario.model_dump(mode="json"))
 
 
 def _manifest(scenario: Scenario, run_dir: Path, **extra) -> None:

@@ -398,7 +398,8 @@ CASES = [
     Case("model-weights-truncated", ModelLoadError, ("could not be loaded (SafetensorError", "incomplete or corrupt"),
          broken_model("truncated")),
     # --- run directories and fitted models
-    Case("run-dir-from-other-config", RunDirectoryError, ("written by a different config", "pass --out"),
+    Case("run-dir-from-other-config", RunDirectoryError,
+         ("written by a different config (simulation changed)", "pass --out"),
          finished(None, "--agents", "7"), needs_run=True),
     Case("gate-safetensors-truncated", RunDirectoryError,
          ("gate.safetensors is corrupt or truncated", "mop to refit"), finished(truncate("mop/gate.safetensors")),
