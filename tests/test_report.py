@@ -462,3 +462,11 @@ def test_report_on_a_review_run_without_held_out_texts_says_so_in_one_line(tmp_p
     err = capsys.readouterr().err
     assert "heldout.parquet" in err and "--real" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_with_a_missing_real_file_names_the_flag(tmp_path, capsys):
+    from popsim.cli import main
+
+    assert main(["report", str(tmp_path), "--real", str(tmp_path / "nope.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope.parquet does not exist; fix --real" in err and "data.source" not in err and len(err.splitlines()) == 1

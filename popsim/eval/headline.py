@@ -183,7 +183,7 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
     first = Path(run_dirs[0])
     real_frame = None
     if real:
-        real_frame = load_table(real)
+        real_frame = load_table(real, setting="--real")
         if "weight" not in real_frame.columns:
             real_frame["weight"] = 1.0
     for run_dir in run_dirs:
