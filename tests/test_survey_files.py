@@ -166,3 +166,24 @@ def test_a_sav_file_end_to_end_on_the_real_smollm2(tmp_path: Path) -> None:
     heldout = pd.read_parquet(result.run_dir / "heldout.parquet")
     assert heldout["natspac"].notna().any()
     assert set(heldout["natspac"].dropna()) <= {"too little", "about right", "too much"}
+
+
+@pytest.mark.parametrize(("file_name", "sep"), [("data.csv", ";"), ("data.csv", "\t"), ("data.tsv", "\t")])
+def test_semicolon_and_tab_separated_files_read_like_csv(tmp_path, file_name, sep):
+    """A European-locale export (semicolons) or a tab-separated file loads the same respondents as a CSV."""
+    from .helpers import local_survey, survey_table
+
+    reference = load_population(load_scenario(local_survey(tmp_path / "comma")))
+    path = local_survey(tmp_path / "other", lambda cfg: cfg["data"].update(source=file_name))
+    survey_table().to_csv(path.parent / file_name, sep=sep, index=False)
+    population = load_population(load_scenario(path))
+    pd.testing.assert_frame_equal(population.respondents, reference.respondents)
+
+
+def test_a_missing_column_lists_the_columns_read(tmp_path, capsys):
+    from .helpers import local_survey
+
+    path = local_survey(tmp_path, lambda cfg: cfg["data"].update(id_column="respondent_number"))
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the data's columns are: id, sex, age, wt, q1, q2" in err
