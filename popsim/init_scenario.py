@@ -275,6 +275,9 @@ def init_command(data_file: str, out: str | None, force: bool) -> int:
         print(draft_scenario(data_file), end="")
         return 0
     target = Path(out)
+    if target.exists() and target.resolve() == Path(data_file).resolve():
+        raise PopsimError(f"-o {target} is the data file itself; write the scenario to another file, e.g. "
+                          f"{target.with_suffix('.yaml').name}")
     if target.exists() and not force:
         raise PopsimError(f"{target} already exists; pass --force to overwrite it, or choose another -o FILE")
     source = os.path.relpath(Path(data_file).resolve(), target.resolve().parent)

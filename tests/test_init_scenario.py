@@ -111,6 +111,7 @@ def test_init_on_csv_with_text_answers(tmp_path: Path) -> None:
     ("missing-data-file", ("nope.sav does not exist", "pass the path of a CSV")),
     ("existing-output", ("mine.yaml already exists", "pass --force")),
     ("no-questions", ("no column looks like a multiple-choice question", "write the scenario by hand")),
+    ("output-is-the-data", ("is the data file itself", "data.yaml")),
 ])
 def test_bad_input_is_one_line(case: str, says: tuple[str, ...], tmp_path: Path, capsys) -> None:
     (tmp_path / "mine.yaml").write_text("mine")
@@ -118,10 +119,13 @@ def test_bad_input_is_one_line(case: str, says: tuple[str, ...], tmp_path: Path,
     write_csv(tmp_path / "data.csv")
     argv = {"missing-data-file": ["init", str(tmp_path / "nope.sav")],
             "existing-output": ["init", str(tmp_path / "data.csv"), "-o", str(tmp_path / "mine.yaml")],
-            "no-questions": ["init", str(tmp_path / "flat.csv")]}[case]
+            "no-questions": ["init", str(tmp_path / "flat.csv")],
+            "output-is-the-data": ["init", str(tmp_path / "data.csv"), "-o", str(tmp_path / "data.csv"),
+                                   "--force"]}[case]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("popsim: error: ")
     assert all(part in err for part in says), err
     assert (tmp_path / "mine.yaml").read_text() == "mine"
+    assert (tmp_path / "data.csv").read_text().startswith("id,")  # the data file is never overwritten
     assert main([*argv, "--force"] if case == "existing-output" else argv) == (0 if case == "existing-output" else 2)
