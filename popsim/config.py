@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,6 +206,13 @@ class LMConfig(_Strict):
         "on a machine compiles for ~30 s).")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice, one per "
                                 "core; recorded in the manifest). Pin it for bit-identical results across machines.")
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", v.strip()):
+            raise ValueError("must be auto, cpu, cuda or cuda:N (a GPU's index)")
+        return v.strip()
 
 
 class EncoderConfig(_Strict):

@@ -387,6 +387,8 @@ CASES = [
     Case("network-edge-list-missing", DataError, ("edges.txt does not exist", "give an edge list file"),
          data_case(None, put("simulation.network", {"kind": "edge_list", "path": "edges.txt"}))),
     # --- models
+    Case("lm-device-unknown", ScenarioError, ("`lm.device` must be auto, cpu, cuda or cuda:N", "got 'gpu'"),
+         scenario(put("lm.device", "gpu"))),
     Case("unknown-model-name", ModelLoadError, ("lm 'nope-model'", "fix the name or path"),
          scenario(None, "--lm", "nope-model", command="run")),
     Case("model-path-missing", ModelLoadError, ("./no/such/model", "fix the name or path"),
