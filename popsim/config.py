@@ -253,6 +253,12 @@ class Scenario(_Strict):
     output: str | None = Field(None, description="Run directory (default runs/<name>).")
     base_dir: str = Field(".", description="Set by the loader: folder of the scenario file.")
 
+    @field_validator("mop", "simulation", "lm", "encoder", mode="before")
+    @classmethod
+    def _empty_section_is_defaults(cls, v: Any) -> Any:
+        """``simulation:`` with every line under it commented out (YAML null) means the defaults."""
+        return {} if v is None else v
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str) -> str:

@@ -515,3 +515,17 @@ def test_disk_full_mid_run_leaves_no_torn_files_and_resumes(tmp_path: Path, fini
     runner.run(load_scenario(path), verbose=False)
     for name in ("responses.parquet", "agents.parquet", "summary.parquet"):
         assert (run_dir / name).read_bytes() == (finished_run / "run" / name).read_bytes(), name
+
+
+def test_an_empty_section_means_its_defaults(tmp_path: Path) -> None:
+    """`simulation:` with every key under it commented out is YAML null: the section's defaults, not an error."""
+    path = local_survey(tmp_path)
+    text = path.read_text()
+    start = text.index("simulation:")
+    end = text.index("\nlm:")
+    path.write_text(text[:start] + "simulation:\n" + "".join(f"#{line}\n" for line in
+                                                             text[start:end].splitlines()[1:]) + text[end:])
+    assert yaml.safe_load(path.read_text())["simulation"] is None
+    from popsim.config import SimulationConfig
+
+    assert load_scenario(path).simulation == SimulationConfig()
