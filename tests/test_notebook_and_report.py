@@ -79,3 +79,28 @@ def test_report_says_when_it_cannot_be_built_instead_of_exiting_quietly(small_ru
     err = capsys.readouterr().err
     assert code != 0 and "report could not be built" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "rep" / "report.html").exists()
+
+
+def test_report_checks_its_arguments_before_printing_anything(small_run, tmp_path, capsys):
+    """An unknown --by attribute, or a bad second run directory, stops the command before any table prints."""
+    from popsim.cli import main
+
+    assert main(["report", str(small_run), "--by", "religion", "--out", str(tmp_path / "rep")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--by must be one of the runs' attributes (party, race, sex); got 'religion'" in err
+    assert main(["report", str(small_run), str(tmp_path / "missing"), "--out", str(tmp_path / "rep")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_report_on_a_truncated_heldout_file_is_one_line(small_run, tmp_path, capsys):
+    import shutil
+
+    from popsim.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / "heldout.parquet").write_bytes((small_run / "heldout.parquet").read_bytes()[:300])
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "heldout.parquet cannot be read" in err and "--real" in err and len(err.splitlines()) == 1

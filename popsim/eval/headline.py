@@ -29,6 +29,16 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict, list[str]]:
     return last, options, attributes
 
 
+def read_heldout(run_dir: str | Path) -> pd.DataFrame:
+    """A run's ``heldout.parquet``; one line when it cannot be read (a copy cut short, another program's file)."""
+    path = Path(run_dir) / "heldout.parquet"
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise RunDirectoryError(f"{path} cannot be read ({type(exc).__name__}); rerun `popsim run` to write it "
+                                "again, or pass --real FILE") from None
+
+
 def run_items(config: dict) -> list:
     """The items a run is scored on (a multi_select question: one yes/no item per option; a ranking: each
     option's rank)."""
@@ -66,7 +76,7 @@ def headline_table(run_dir: str | Path, real: pd.DataFrame | None = None) -> pd.
     if real is None:
         if not (run_dir / "heldout.parquet").is_file() or not options:
             return None
-        real = pd.read_parquet(run_dir / "heldout.parquet")
+        real = read_heldout(run_dir)
     if "probs" in responses.columns:  # parsed once, not once per subgroup
         responses = responses.assign(probs=responses["probs"].map(lambda v: json.loads(v) if isinstance(v, str) else v))
     rows = []
@@ -186,12 +196,6 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
         real_frame = load_table(real, setting="--real")
         if "weight" not in real_frame.columns:
             real_frame["weight"] = 1.0
-    for run_dir in run_dirs:
-        table = headline_table(run_dir, real_frame)
-        if table is None and _kind(run_dir) == "reviews":
-            continue  # its texts are scored by the report below
-        print(f"\n{run_dir}:")
-        print("no real held-out data to compare with" if table is None else table.to_string(index=False))
     try:
         scorers = _scorers()
     except ImportError as exc:  # a broken plotting install must not pass for "no report needed"
@@ -214,11 +218,20 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
         what = f"{kind.removesuffix('s')} runs" if kind else "runs of different kinds side by side"
         raise PopsimError(f"the fidelity report scores survey runs or review runs, one kind at a time; {what} "
                           "cannot be scored together; pass run directories of one kind")
+    names = [a.removeprefix("attr_") for a in attributes]
+    if by is not None and by.removeprefix("attr_") not in names:
+        raise PopsimError(f"--by must be one of the runs' attributes ({', '.join(names) or 'none'}); got {by!r}")
+    for run_dir in run_dirs:  # every input checked above, so nothing is printed before an error
+        table = headline_table(run_dir, real_frame)
+        if table is None and _kind(run_dir) == "reviews":
+            continue  # its texts are scored by the report below
+        print(f"\n{run_dir}:")
+        print("no real held-out data to compare with" if table is None else table.to_string(index=False))
     if real_frame is None:
         if not (first / "heldout.parquet").is_file():
             raise RunDirectoryError(f"{first} has no heldout.parquet to score against (a run from an older popsim "
                                     "or an unfinished one); rerun `popsim run`, or pass --real FILE")
-        real_frame = pd.read_parquet(first / "heldout.parquet")
+        real_frame = read_heldout(first)
     out_dir = Path(out) if out else first / "report"
     extra = _extra_sections(run_dirs, responses, options, config)
     responses = {m: _control_arm(f, config) for m, f in responses.items()}
