@@ -17,6 +17,15 @@ def test_encoder_returns_unit_norm_384d(encoder):
     assert sims[0, 1] < 0.9
 
 
+def test_encoder_places_paraphrases_closer_than_unrelated_text(encoder):
+    """What the gates rely on: meaning, not surface form, decides closeness."""
+    woman, lady, opera, schools, education = encoder.encode([
+        "a 45-year-old woman", "a middle-aged lady", "a thrilling space opera",
+        "We spend too little on schools", "Education gets too little money"])
+    assert woman @ lady > woman @ opera + 0.2
+    assert schools @ education > schools @ woman + 0.2
+
+
 def test_disk_cache_returns_identical_vectors(tmp_path):
     texts = ["alpha beta", "gamma delta", "alpha beta"]
     first = SentenceEncoder(cache_path=tmp_path / "emb.sqlite").encode(texts)

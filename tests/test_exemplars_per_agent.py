@@ -42,6 +42,9 @@ def test_agents_hold_distinct_extra_exemplars_and_keep_their_first_draw(tmp_path
     assert all(first[a] not in js and len(set(js)) == 2 for a, js in extra.items())
     again, _ = _run(tmp_path / "k3b", 3, method)
     assert again["more_exemplars"].equals(three["more_exemplars"])  # seeded
+    # the extras reach the prompts: with the first draw unchanged, only they can move the answer probabilities
+    moved = one.set_index(["agent", "question"])["probs"] != three.set_index(["agent", "question"])["probs"]
+    assert moved.mean() > 0.5  # not all: hash-lm's extreme probabilities can round to the same values
 
 
 @pytest.mark.slow

@@ -36,6 +36,13 @@ def test_greedy_equals_transformers_generate(tiny_lm):
     assert got == [hf_greedy(tiny_lm, p, 10) for p in PROMPTS]
 
 
+def test_greedy_on_the_packaged_smollm2_equals_transformers_generate(smollm):
+    """The real model, fp32: the slot-cache decoder's greedy text is transformers' own, token for token."""
+    got = smollm.generate(PROMPTS, max_new_tokens=12, temperature=0.0, ignore_eos=True)
+    assert got == [hf_greedy(smollm, p, 12) for p in PROMPTS]
+    assert len(set(got)) == len(PROMPTS)  # real text, different per prompt
+
+
 def test_sliding_window_model_greedy_equals_transformers(tmp_path, tiny_lm):
     """Gemma 3 mixes sliding-window and full layers: the slot cache passes a mask per layer type."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig

@@ -108,3 +108,34 @@ def test_shuffled_run_on_the_packaged_smollm2(tmp_path):
     scenario = load_scenario(path)
     labels = {q.id: set(q.option_labels) for q in scenario.questions}
     assert all(a in labels[q] for q, a in zip(responses["question"], responses["answer"], strict=True))
+
+
+@pytest.mark.slow
+def test_smollm2_reads_the_shuffled_listing_and_its_answers_map_back(smollm):
+    """On the real LM, an agent shown a shuffled listing gets exactly the probabilities of a questionnaire that
+    lists its options in that order (mapped back to the same wordings), and the order changes them."""
+    question = QuestionSpec(id="q0", text="Are we spending too much, too little or about the right amount on "
+                            "space exploration?", options=["too little", "about right", "too much"])
+    profiles = pd.DataFrame({"attr_sex": ["man"] * 8})
+    texts = ["sex: man; age: 40"] * 8  # one profile: only the listing differs between agents
+
+    def step(order: str, q: QuestionSpec) -> PopulationModel:
+        model = PopulationModel(questions=[q], lm=smollm, mop=None, profiles=profiles, profile_texts=texts,
+                                method="silicon", style=PromptStyle.survey(), progress=False, seed=0,
+                                option_order=order)
+        model.step()
+        return model
+
+    frame = step("shuffled", question).responses()
+    probs = {row.agent: np.array([row.probs[o] for o in question.option_labels])
+             for row in frame.itertuples()}
+    assert frame["option_order"].nunique() > 1
+    for order, rows in frame.groupby("option_order"):
+        listed_as = QuestionSpec(id="q0", text=question.text,
+                                 options=[question.option_labels[int(i)] for i in order.split()])
+        reference = step("listed", listed_as).responses()["probs"].iloc[0]
+        expected = np.array([reference[o] for o in question.option_labels])
+        for agent in rows["agent"]:
+            np.testing.assert_allclose(probs[agent], expected, atol=1e-4)
+    distinct = {tuple(np.round(p, 3)) for p in probs.values()}
+    assert len(distinct) > 1  # the same person answers differently as the listing changes

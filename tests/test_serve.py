@@ -92,7 +92,9 @@ def test_generic_server_path_scores_at_tau_one_and_approximates_otherwise(server
     assert torch.allclose(generic.score(plain, conts), tiny_lm.score(plain, conts), atol=1e-3)
     with pytest.warns(UserWarning, match="approximated"):
         approx = generic.score(plain, conts, temperature=0.8)
-    assert torch.isfinite(approx).all()
+    # tau reaches the approximation (the same HTTP path at tau 1 gives other values; a top-5 view of this
+    # near-uniform random model moves them little, test_tempered_logprob_* checks the formula itself)
+    assert torch.isfinite(approx).all() and not torch.equal(approx, generic.score(plain, conts))
     with pytest.raises(CapabilityError, match="chat prompts cannot be scored"):
         generic.score(PROMPTS, CONTS)
     generic.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 from popsim import runner
 from popsim.config import QuestionSpec, load_scenario
 from popsim.lm.testing import CountingLM, HashLM
+from popsim.mop.presets import PRESETS
 from popsim.mop.prompts import PromptStyle
 from popsim.sim.model import PopulationModel
 
@@ -54,15 +56,48 @@ def test_identical_prompts_are_deduplicated():
     assert len(set(answers)) > 1  # each agent still samples its own answer
 
 
+class _PromptRecordingLM(HashLM):
+    """HashLM that keeps every prompt the population step sends it, as rendered text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def option_logprobs(self, prompts, options, **kwargs):
+        self.prompts.extend(p if isinstance(p, str) else self.render(p) for p in prompts)
+        return super().option_logprobs(prompts, options, **kwargs)
+
+
 def test_user_mesa_loop_runs_rounds_with_a_network():
+    """From round 2 on, the prompts the LM really receives list the neighbours' previous answers, and those
+    answers move the agents' probabilities; round 1 shows none."""
     import networkx as nx
 
-    model = _model(HashLM(), n=20, network=nx.watts_strogatz_graph(20, 4, 0.1, seed=1))
-    for _ in range(2):
-        model.step()
-    prompt = model.prompt_for(model.by_id[0], QUESTIONS[0], model.neighbour_summary(model.by_id[0], "q0", 2))
-    assert "People you know answered" in prompt
-    assert len(model.responses()) == 20 * 5 * 2
+    lm = _PromptRecordingLM()
+    model = _model(lm, n=20, network=nx.watts_strogatz_graph(20, 4, 0.1, seed=1))
+    model.step()
+    first = list(lm.prompts)
+    model.step()
+    second = lm.prompts[len(first):]
+    assert first and not any("People you know answered" in p for p in first)
+    assert second and all("People you know answered" in p for p in second)
+    responses = model.responses()
+    assert len(responses) == 20 * 5 * 2
+    probs = responses.pivot_table(index=["agent", "question"], columns="round", values="probs", aggfunc="first")
+    assert (probs[1].map(json.dumps) != probs[2].map(json.dumps)).mean() > 0.5
+
+
+@pytest.mark.parametrize(("method", "shows_profile"), [("silicon", True), ("no-persona", False)])
+def test_the_profile_reaches_the_prompt_except_without_persona(method, shows_profile):
+    """silicon answers as the respondent's profile; no-persona, the bare LM baseline, never sees it."""
+    lm = _PromptRecordingLM()
+    profiles = pd.DataFrame({"attr_sex": ["man", "woman"]})
+    model = PopulationModel(questions=QUESTIONS[:1], lm=lm, mop=None, profiles=profiles,
+                            profile_texts=["sex: man; id 0", "sex: woman; id 1"], method=method,
+                            style=PromptStyle.survey(), progress=False)
+    model.step()
+    assert lm.prompts and all("Question 0?" in p for p in lm.prompts)  # no-persona: one prompt for both
+    assert all(("sex: " in p) == shows_profile for p in lm.prompts)
 
 
 def test_same_seed_same_responses(tmp_path):
@@ -148,6 +183,8 @@ def test_real_smollm_survey_run(tmp_path, smollm, encoder):
     probs = result.responses["probs"].map(lambda s: sum(__import__("json").loads(s).values()))
     assert np.allclose(probs, 1.0, atol=1e-5)
     assert set(result.responses["answer"]) <= {"too little", "about right", "too much"}
+    # the LM reads each agent's prompt: a constant model would give one distribution per question (4)
+    assert result.responses["probs"].nunique() > 8
     from popsim.eval.headline import headline_table
 
     assert headline_table(result.run_dir)["mean_tv_expected"].between(0, 1).all()
@@ -193,7 +230,7 @@ def test_every_method_runs_from_one_flag_and_reports_side_by_side(tmp_path, caps
     for method in ("persona-only", "no-persona", "silicon"):
         assert set(agents[method]["temperature"]) == {1.0}
     reviews = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "reviews.yaml")
-    assert runner._baseline_temperature(reviews) == 0.9  # the tuned preset's free-text tau_init, as MoP's
+    assert runner._baseline_temperature(reviews) == PRESETS["tuned"]["free_text"]["tau_init"]  # as MoP's
     # the same people are simulated by every method; only how they are prompted differs
     for method in agents:
         pd.testing.assert_series_equal(agents[method]["profile"], agents["mop"]["profile"])
