@@ -250,7 +250,8 @@ class Scenario(_Strict):
     population: PopulationConfig | None = Field(None, description="Whom the agents stand for: the respondents "
                                                 "(default), raked to target margins, or synthetic profiles.")
     experiments: ExperimentsConfig | None = Field(None, description="A randomised survey experiment's arms.")
-    output: str | None = Field(None, description="Run directory (default runs/<name>).")
+    output: str | None = Field(None, description="Run directory (default runs/<name>), relative to the working "
+                               "directory (unlike data.source): rerun from the same folder to resume.")
     base_dir: str = Field(".", description="Set by the loader: folder of the scenario file.")
 
     @field_validator("mop", "simulation", "lm", "encoder", mode="before")
