@@ -207,6 +207,12 @@ class LMConfig(_Strict):
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice, one per "
                                 "core; recorded in the manifest). Pin it for bit-identical results across machines.")
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``on``/``off`` as a boolean: take it as the word the user wrote."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("device")
     @classmethod
     def _torch_device(cls, v: str) -> str:

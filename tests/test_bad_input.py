@@ -529,3 +529,11 @@ def test_an_empty_section_means_its_defaults(tmp_path: Path) -> None:
     from popsim.config import SimulationConfig
 
     assert load_scenario(path).simulation == SimulationConfig()
+
+
+@pytest.mark.parametrize(("written", "expected"), [("on", "on"), ("off", "off"), ("'on'", "on"), ("auto", "auto")])
+def test_lm_compile_on_and_off_unquoted(tmp_path: Path, written: str, expected: str) -> None:
+    """YAML reads a bare `compile: on` as true; the scenario means the word, as docs/scenarios.md writes it."""
+    path = local_survey(tmp_path)
+    path.write_text(path.read_text().replace("lm:\n", f"lm:\n  compile: {written}\n", 1))
+    assert load_scenario(path).lm.compile == expected
