@@ -98,15 +98,15 @@ _OUTPUTS = ("responses.parquet", "agents.parquet", "summary.csv", "heldout.parqu
 def _check_fitted(scenario, path: str) -> None:
     """`simulate` uses the saved fit as it is: refuse a missing one, and one fitted with other settings (which
     `run` would silently refit), naming the command that fits it."""
-    from popsim.rundir import RunDirectory, fit_key
+    from popsim.rundir import FIT_SECTIONS, RunDirectory, fit_key
 
     folder = RunDirectory(scenario.run_dir)
     stored = folder.stored_fit_key()
     if stored is None:
         raise PopsimError(f"no fitted model in {folder.mop_dir}; run `popsim fit {path}` first")
     if stored != fit_key(scenario):
-        raise PopsimError(f"the model in {folder.mop_dir} was fitted with other settings (data, questions, mop, "
-                          f"encoder, seed or simulation.option_order changed); run `popsim fit {path}` again")
+        raise PopsimError(f"the model in {folder.mop_dir} was fitted with other settings ({', '.join(FIT_SECTIONS)} or "
+                          f"simulation.option_order changed); run `popsim fit {path}` again")
 
 
 def _print_run(result) -> None:

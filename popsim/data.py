@@ -132,8 +132,8 @@ def _require_column(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
     if column not in frame.columns:
         import difflib
 
-        close = difflib.get_close_matches(column, [str(c) for c in frame.columns], n=1)
         names = [str(c) for c in frame.columns]
+        close = difflib.get_close_matches(column, names, n=1)
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         hint = f"did you mean '{close[0]}'?" if close else f"the data's columns are: {shown}"
         raise DataError(f"`{where}` names column '{column}', which is not in the data; {hint}")

@@ -218,9 +218,9 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
         what = f"{kind.removesuffix('s')} runs" if kind else "runs of different kinds side by side"
         raise PopsimError(f"the fidelity report scores survey runs or review runs, one kind at a time; {what} "
                           "cannot be scored together; pass run directories of one kind")
-    names = [a.removeprefix("attr_") for a in attributes]
-    if by is not None and by.removeprefix("attr_") not in names:
-        raise PopsimError(f"--by must be one of the runs' attributes ({', '.join(names) or 'none'}); got {by!r}")
+    from popsim.eval.report import panel_attribute
+
+    panel_attribute(by, attributes, name="--by")
     for run_dir in run_dirs:  # every input checked above, so nothing is printed before an error
         table = headline_table(run_dir, real_frame)
         if table is None and _kind(run_dir) == "reviews":

@@ -34,7 +34,7 @@ from popsim.eval.verdicts import family_verdicts, summary_table, thresholds, ver
 from popsim.exceptions import DataError
 from popsim.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["BANNER", "build_report", "method_headline", "worst_cells"]
+__all__ = ["BANNER", "build_report", "method_headline", "panel_attribute", "worst_cells"]
 
 BANNER = "Synthetic-population output: simulated answers, not real respondents"
 
@@ -76,6 +76,17 @@ def _load(obj: pd.DataFrame | str | Path, what: str) -> pd.DataFrame:
                 frame[col] = pd.to_numeric(frame[col])
         return frame
     return pd.read_parquet(path)
+
+
+def panel_attribute(by: str | None, attributes: list[str], *, name: str = "`by`") -> str | None:
+    """The attribute whose groups get their own panels (default: the first one), checked against the runs'
+    attributes; ``name`` is how the caller's user spells the option in the error."""
+    names = [a.removeprefix("attr_") for a in attributes]
+    if by is None:
+        return names[0] if names else None
+    if by.removeprefix("attr_") not in names:
+        raise DataError(f"{name} must be one of the runs' attributes ({', '.join(names) or 'none'}); got {by!r}")
+    return by.removeprefix("attr_")
 
 
 def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
@@ -230,11 +241,8 @@ def build_report(
     """
     if not runs:
         raise DataError("`runs` is empty; pass {method name: responses frame}")
+    by = panel_attribute(by, attributes)
     names = [a.removeprefix("attr_") for a in attributes]
-    by = names[0] if by is None and names else by
-    if by is not None and by.removeprefix("attr_") not in names:
-        raise DataError(f"`by` must be one of the attributes {names}; got {by!r}")
-    by = None if by is None else by.removeprefix("attr_")
     real_df = _load(real, "real")
     frames = {str(m): respondent_table(_load(f, f"run {m!r}")) for m, f in runs.items()}
     tables = []
