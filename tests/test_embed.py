@@ -38,3 +38,23 @@ def test_disk_cache_returns_identical_vectors(tmp_path):
 def test_unknown_encoder_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="encoder"):
         SentenceEncoder("not-an-encoder")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "file"])
+def test_a_wrong_encoder_path_says_what_is_wrong(tmp_path, case):
+    path = tmp_path / "encoder"
+    if case == "empty":
+        path.mkdir()
+    elif case == "file":
+        path.write_text("not a model")
+    expected = {"missing": "does not exist", "empty": "holds no sentence-transformers model",
+                "file": "is a file, not a model folder"}[case]
+    with pytest.raises(ModelLoadError, match=expected) as info:
+        SentenceEncoder(str(path))
+    assert "encoder.name" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_uncached_hub_id_is_one_line_naming_the_cache():
+    with pytest.raises(ModelLoadError, match="local Hugging Face cache.*fix encoder.name") as info:
+        SentenceEncoder("popsim-tests/no-such-encoder")
+    assert "\n" not in str(info.value)
