@@ -194,12 +194,13 @@ def fit_model(scenario: Scenario, lm: LanguageModel, encoder: SentenceEncoder, r
 
 def _draw_respondents(scenario: Scenario, respondents: pd.DataFrame, n: int, rng: np.random.Generator,
                       which: str) -> pd.DataFrame:
-    """``n`` rows of ``respondents`` drawn by survey weight (with replacement only when n exceeds them)."""
+    """``n`` rows of ``respondents`` drawn by survey weight (with replacement only when n exceeds those with a
+    weight above 0: a respondent of weight 0 is never drawn)."""
     p = respondents["weight"].to_numpy(float)
     if p.sum() <= 0:
         raise DataError(f"every {which} respondent has weight 0 in `data.weight` column '{scenario.data.weight}'"
                         "; agents are drawn by weight, so fix the weights or drop data.weight")
-    idx = rng.choice(len(respondents), size=n, replace=n > len(respondents), p=p / p.sum())
+    idx = rng.choice(len(respondents), size=n, replace=n > int((p > 0).sum()), p=p / p.sum())
     return respondents.iloc[idx].reset_index(drop=True)
 
 

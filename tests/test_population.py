@@ -179,3 +179,19 @@ def test_real_lm_synthetic_population_from_margins_alone(tmp_path):
     profiles = pd.read_parquet(result.run_dir / "agents.parquet")["profile"]
     assert all("party" not in p and "sex:" in p and "race:" in p for p in profiles)
     assert set(result.responses["answer"]) <= {"too little", "about right", "too much"}
+
+
+def test_respondents_of_weight_zero_are_never_agents_even_when_fewer_than_the_agents(tmp_path):
+    """Two thirds of the respondents weigh 0 (allowed: only negative or all-zero weights are refused). The agents
+    are fewer than the held-out respondents but more than those of positive weight: drawn with replacement from
+    those (the draw without replacement failed), and MoP trains on the records of positive weight."""
+    from .helpers import local_survey, survey_table
+
+    frame = survey_table(60)
+    frame["wt"] = np.where(np.arange(60) % 3 == 0, frame["wt"], 0.0)
+    path = local_survey(tmp_path, lambda c: c["simulation"].update(agents=10), frame)
+    result = runner.run(load_scenario(path), verbose=False)
+    agents = pd.read_parquet(result.run_dir / "agents.parquet")
+    heldout = pd.read_parquet(result.run_dir / "heldout.parquet")
+    assert len(heldout) >= len(agents) == 10 > int((heldout["weight"] > 0).sum())
+    assert (agents["weight"] > 0).all()
