@@ -368,6 +368,18 @@ def _scale_covering_pick(questions: list[QuestionSpec], n: int, rng: np.random.G
     return np.array((covering + rest)[:n])
 
 
+def _cells_as_text(column: pd.Series) -> pd.Series:
+    """A column's cells as strings, missing cells kept missing; whole numbers read as floats (a rating column
+    with an empty cell) print as ``5``, not ``5.0``."""
+    present = column.notna()
+    values = column[present]
+    if pd.api.types.is_float_dtype(values) and (values == values.round()).all():
+        values = values.astype("int64")
+    out = pd.Series(pd.NA, index=column.index, dtype=object)
+    out[present] = values.astype(str)
+    return out
+
+
 def review_split(scenario: Scenario) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reviews as two tables, train and held-out test, one row per review: ``context`` (the rendered
     context x), ``text`` (the review cut to ``max_words``), and ``attr_rating`` / ``attr_context`` (the
@@ -379,12 +391,14 @@ def review_split(scenario: Scenario) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = load_table(scenario.data.source, base_dir=scenario.base_dir)
     if scenario.data.max_rows and len(frame) > scenario.data.max_rows:
         frame = frame.sample(scenario.data.max_rows, random_state=scenario.seed)
-    text = _require_column(frame, spec.text_column, "reviews.text_column").astype(str)
-    context = (_require_column(frame, spec.context_column, "reviews.context_column").astype(str)
+    text = _require_column(frame, spec.text_column, "reviews.text_column").fillna("").astype(str)
+    context = (_cells_as_text(_require_column(frame, spec.context_column, "reviews.context_column"))
                if spec.context_column else pd.Series([""] * len(frame), index=frame.index))
-    rating = (_require_column(frame, spec.rating_column, "reviews.rating_column").astype(str)
+    rating = (_cells_as_text(_require_column(frame, spec.rating_column, "reviews.rating_column"))
               if spec.rating_column else pd.Series([""] * len(frame), index=frame.index))
+    text = text.where(context.notna() & rating.notna(), "")  # a review without its rating or context: left out
     cleaned = text.str.replace("<br />", " ", regex=False).str.split().str[: spec.max_words].str.join(" ")
+    context, rating = context.fillna(""), rating.fillna("")
     table = pd.DataFrame({
         "context": [render_template(spec.context_template, {"context": c, "rating": r})
                     for c, r in zip(context, rating, strict=True)],

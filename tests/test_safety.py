@@ -146,3 +146,19 @@ def test_review_context_template_fills_each_placeholder_once(tmp_path: Path) -> 
     contexts = set(train.contexts) | set(test.contexts)
     assert contexts == {"the movie Heat {rating}, rated 8/10", "the movie Up {0}, rated 3/10"}
     assert set(train.responses) | set(test.responses) == {"A fine {__class__} film", "Slow {context}"}
+
+
+def test_reviews_with_an_empty_cell_are_left_out_and_whole_ratings_stay_whole(tmp_path: Path) -> None:
+    """An empty rating, product or text cell drops that review (pandas 3 kept NaN and crashed the template; pandas
+    2 wrote "nan" into prompts); the rating column, read as floats because of its empty cell, prints 4, not 4.0."""
+    frame = pd.DataFrame({"product": ["lamp", "chair", None, "desk", "lamp", "chair"] * 3,
+                          "stars": [4, None, 5, 2, 4, 5] * 3,
+                          "text": ["Bright enough", "Wobbly", "Fine", None, "Good value", "Sturdy"] * 3})
+    frame.to_csv(tmp_path / "reviews.csv", index=False)
+    cfg = {"name": "r", "kind": "reviews", "data": {"source": "reviews.csv"},
+           "reviews": {"text_column": "text", "context_column": "product", "rating_column": "stars",
+                       "context_template": "{context}, {rating} stars"}}
+    train, test = review_records(validate_scenario({**cfg, "base_dir": str(tmp_path)}))
+    assert len(train) + len(test) == 9  # 3 of the 6 rows are complete, each 3 times
+    assert set(train.contexts) | set(test.contexts) == {"lamp, 4 stars", "chair, 5 stars"}
+    assert set(train.responses) | set(test.responses) == {"Bright enough", "Good value", "Sturdy"}
