@@ -197,6 +197,9 @@ def check_experiments(scenario: Scenario) -> None:
             if q.free_text:
                 raise ValueError(f"experiments.arms.{i}.option_order names free-text question '{qid}'; only "
                                  "multiple-choice questions have an option order")
+            if q.type == "multi_select":
+                raise ValueError(f"experiments.arms.{i}.option_order names multi-select question '{qid}', which is "
+                                 "asked one option at a time (no listing to reorder); reword it or drop the entry")
             if order != "reversed" and sorted(order) != sorted(q.option_labels):
                 raise ValueError(f"experiments.arms.{i}.option_order.{qid} must list each of {q.option_labels} "
                                  f"once; got {order}")

@@ -364,7 +364,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         max_new_tokens=scenario.reviews.max_new_tokens if scenario.reviews else 60,
         done=done, on_chunk=folder.part_writer(), progress=verbose, option_bias=option_bias,
         option_order=scenario.simulation.option_order, exemplars_per_agent=scenario.mop.exemplars_per_agent,
-        arms=arm_plans(scenario.experiments, questions) if scenario.experiments else None,
+        arms=arm_plans(scenario.experiments, scenario.questions) if scenario.experiments else None,
         baseline_temperature=_baseline_temperature(scenario),
     )
     if workers is not None:

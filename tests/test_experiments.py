@@ -61,6 +61,39 @@ def test_each_arm_is_asked_its_wording_order_and_treatment(tmp_path):
     assert model.by_id[1].answers[(1, "natfare")] in OPTIONS  # recorded by wording, whatever the order shown
 
 
+def test_arms_reword_multi_select_and_ranking_items_and_reorder_a_ranking():
+    """The simulator asks a multi-select or a ranking as items (``m[a]``, ``r[#1]``); an arm's wording and
+    option order, keyed by the question, reach those items (they were silently ignored)."""
+    from popsim.config import QuestionSpec
+    from popsim.population_config import ExperimentsConfig
+    from popsim.questions import expand_items
+
+    questions = [QuestionSpec(id="m", type="multi_select", text="Which do you own?", options=["car", "bike"]),
+                 QuestionSpec(id="r", type="ranking", text="Rank these.", options=["x", "y", "z"])]
+    spec = ExperimentsConfig.model_validate({"arms": [
+        {"name": "a"},
+        {"name": "b", "wording": {"m": "Which of these do you have?", "r": "Order these."},
+         "option_order": {"r": ["z", "y", "x"]}}]})
+    plan = arm_plans(spec, questions)["b"]
+    items = {q.id: q for q in expand_items(questions)}
+    assert set(plan.variants) == set(items) == {"m[car]", "m[bike]", "r[#1]", "r[#2]"}
+    assert plan.question(items["m[car]"]).text.startswith("Which of these do you have?")
+    assert plan.question(items["m[car]"]).options == items["m[car]"].options
+    assert plan.question(items["r[#2]"]).text.startswith("Order these.")
+    assert plan.question(items["r[#1]"]).option_labels == ["z", "y", "x"]
+    assert arm_plans(spec, questions)["a"].question(items["r[#1]"]) is items["r[#1]"]
+
+
+def test_an_arm_reordering_a_multi_select_is_a_one_line_error(tmp_path):
+    from popsim.exceptions import ScenarioError
+
+    multi = {"id": "own", "type": "multi_select", "text": "Which do you own?", "options": ["car", "bike"],
+             "columns": {"car": "natfare", "bike": "natenvir"}}
+    with pytest.raises(ScenarioError, match="multi-select question 'own'.*asked one option at a time"):
+        scenario(tmp_path, questions=[multi], experiments={"arms": [
+            {"name": "a"}, {"name": "b", "option_order": {"own": "reversed"}}]})
+
+
 def test_effects_match_hand_computation():
     rng = np.random.default_rng(0)
     n = 400

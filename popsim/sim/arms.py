@@ -14,6 +14,7 @@ import numpy as np
 
 from popsim.config import QuestionSpec
 from popsim.population_config import ArmSpec, ExperimentsConfig
+from popsim.questions import expand_items
 
 __all__ = ["ArmPlan", "arm_plans", "assign_arms"]
 
@@ -46,11 +47,13 @@ def _variant(question: QuestionSpec, arm: ArmSpec) -> QuestionSpec:
 
 
 def arm_plans(spec: ExperimentsConfig, questions: Sequence[QuestionSpec]) -> dict[str, ArmPlan]:
-    """One :class:`ArmPlan` per arm of ``spec``."""
+    """One :class:`ArmPlan` per arm of ``spec``; ``questions`` as the scenario lists them (an arm changes a
+    question, and a multi-select's or a ranking's variant is expanded into the items the simulator asks)."""
     plans = {}
     for arm in spec.arms:
         context = "\n".join(t.strip() for t in (arm.preamble, arm.information) if t and t.strip())
-        variants = {q.id: v for q in questions if (v := _variant(q, arm)) is not q}
+        variants = {item.id: item for q in questions if (v := _variant(q, arm)) is not q
+                    for item in expand_items([v])}
         plans[arm.name] = ArmPlan(arm.name, context, variants)
     return plans
 
