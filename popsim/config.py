@@ -333,7 +333,9 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         node = raw
         *parents, leaf = dotted.split(".")
         for depth, key in enumerate(parents):
-            node = node.setdefault(key, {})
+            if node.get(key) is None:  # absent, or a section whose keys are all commented out: the defaults
+                node[key] = {}
+            node = node[key]
             if not isinstance(node, dict):
                 where = ".".join(parents[: depth + 1])
                 raise ScenarioError(f"{name}: `{where}` must be a mapping of keys to set {dotted}; fix the file")

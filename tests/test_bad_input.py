@@ -529,6 +529,8 @@ def test_an_empty_section_means_its_defaults(tmp_path: Path) -> None:
     from popsim.config import SimulationConfig
 
     assert load_scenario(path).simulation == SimulationConfig()
+    assert load_scenario(path, {"simulation.agents": 5}).simulation == SimulationConfig(agents=5)  # --agents 5
+    assert main(["validate", str(path), "--agents", "5"]) == 0
 
 
 @pytest.mark.parametrize(("written", "expected"), [("on", "on"), ("off", "off"), ("'on'", "on"), ("auto", "auto")])
