@@ -91,8 +91,9 @@ def _workers(args: argparse.Namespace, scenario) -> int | None:
     return args.workers or default_workers(scenario.lm)
 
 
-_OUTPUTS = ("responses.parquet", "agents.parquet", "summary.csv", "heldout.parquet", "personas.json",
-            "population.json", "option_bias.json", "text_fidelity.csv", "manifest.json")
+_OUTPUTS = ("responses.parquet", "agents.parquet", "summary.csv", "summary.parquet", "heldout.parquet",
+            "personas.json", "population.json", "option_bias.json", "text_fidelity.csv", "text_fidelity.json",
+            "manifest.json")
 
 
 def _check_fitted(scenario, path: str) -> None:

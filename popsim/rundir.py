@@ -34,7 +34,8 @@ __all__ = ["RunDirectory", "PartWriter", "RUN_FILES", "fit_key"]
 
 # what popsim itself writes in a run directory (a folder without a manifest may hold only these)
 RUN_FILES = frozenset({"manifest.json", "mop", "parts", "personas.json", "responses.parquet", "agents.parquet",
-                       "summary.parquet", "summary.csv", "heldout.parquet", "report", "option_bias.json"})
+                       "summary.parquet", "summary.csv", "heldout.parquet", "report", "option_bias.json",
+                       "population.json", "text_fidelity.csv", "text_fidelity.json"})
 # the sections whose settings decide the fitted model; any other change reuses ``mop/``
 FIT_SECTIONS = ("data", "questions", "reviews", "mop", "encoder", "seed")
 # a part file's name: optional Ray shard, then its number; ``.corrupt`` ones were set aside but keep theirs

@@ -9,10 +9,9 @@ A run directory is the unit of output and of resumption:
     parts/             answers flushed chunk by chunk while simulating (atomic files)
     responses.parquet  one row per (agent, round, question) with option probabilities and attributes
     agents.parquet     one row per agent: profile, persona, exemplar, temperature
-    summary.csv        answer shares per question x subgroup, with n
-    heldout.parquet    the real held-out respondents (for `popsim report --real`; raked weights with margins)
+    summary.csv        answer shares per question x subgroup, with n (and summary.parquet)
+    heldout.parquet    the real held-out respondents (raked weights with margins), or texts (reviews)
     population.json    target vs achieved margins, design effect and effective n (``population:`` set)
-    heldout.parquet    the real held-out respondents (for `popsim report --real`), or texts (reviews)
     text_fidelity.csv  reviews: generated vs held-out real texts beside the real-vs-real floor (and .json)
 
 Every file is written atomically; a run stopped by Ctrl-C or kill -9 continues where it stopped when the

@@ -195,3 +195,17 @@ def test_respondents_of_weight_zero_are_never_agents_even_when_fewer_than_the_ag
     heldout = pd.read_parquet(result.run_dir / "heldout.parquet")
     assert len(heldout) >= len(agents) == 10 > int((heldout["weight"] > 0).sum())
     assert (agents["weight"] > 0).all()
+
+
+def test_a_population_run_folder_holds_only_files_popsim_owns(tmp_path):
+    """Every file a population run writes is one popsim knows as its own, so a folder whose corrupt manifest
+    was deleted (as the error tells) can be reused; the run summary lists the files a user opens."""
+    from popsim.cli import _OUTPUTS
+    from popsim.rundir import RUN_FILES
+
+    scenario = scenario_with(tmp_path, {"mode": "reweighted", "margins": {"sex": SEX}}, agents=8)
+    result = runner.run(scenario, verbose=False)
+    written = {p.name for p in result.run_dir.iterdir()}
+    assert "population.json" in written and written <= RUN_FILES and set(_OUTPUTS) <= RUN_FILES
+    (result.run_dir / "manifest.json").unlink()
+    runner.run(scenario, verbose=False)  # refused before: "holds files popsim did not write ('population.json')"
