@@ -149,6 +149,15 @@ def write_file(path: Path, text: str = "two years of work") -> Path:
     return path.parent
 
 
+def beside(name: str, text: str, make: Callable[[Path, Path | None], list[str]]
+           ) -> Callable[[Path, Path | None], list[str]]:
+    """The case ``make`` with a file ``name`` holding ``text`` beside its scenario."""
+    def made(tmp: Path, finished_dir: Path | None) -> list[str]:
+        write_file(tmp / name, text)
+        return make(tmp, finished_dir)
+    return made
+
+
 def truncate(rel: str, keep: float = 0.5) -> Callable[[Path], None]:
     def edit(run_dir: Path) -> None:
         data = (run_dir / rel).read_bytes()
@@ -386,6 +395,10 @@ CASES = [
          data_case(None, lambda c: c["mop"].update(n_personas=30, n_exemplars=40))),
     Case("network-edge-list-missing", DataError, ("edges.txt does not exist", "give an edge list file"),
          data_case(None, put("simulation.network", {"kind": "edge_list", "path": "edges.txt"}))),
+    Case("network-edge-list-not-integers", DataError,
+         ("edges.txt is not an edge list of agent ids", "'source target' pair of whole numbers per line"),
+         beside("edges.txt", "0 1\n1 x\n",
+                data_case(None, put("simulation.network", {"kind": "edge_list", "path": "edges.txt"})))),
     # --- models
     Case("lm-device-unknown", ScenarioError, ("`lm.device` must be auto, cpu, cuda or cuda:N", "got 'gpu'"),
          scenario(put("lm.device", "gpu"))),

@@ -68,6 +68,17 @@ class _PromptRecordingLM(HashLM):
         return super().option_logprobs(prompts, options, **kwargs)
 
 
+@pytest.mark.parametrize("kind", ["small_world", "scale_free"])
+def test_generated_networks_have_every_agent_and_a_lone_agent_has_no_neighbours(kind):
+    from popsim.config import NetworkConfig
+    from popsim.sim.network import build_network
+
+    graph = build_network(NetworkConfig(kind=kind, degree=4), 30, seed=0)
+    assert sorted(graph.nodes) == list(range(30)) and graph.number_of_edges() > 0
+    lone = build_network(NetworkConfig(kind=kind, degree=4), 1, seed=0)  # networkx refuses a 1-node scale-free graph
+    assert list(lone.nodes) == [0] and lone.number_of_edges() == 0
+
+
 def test_user_mesa_loop_runs_rounds_with_a_network():
     """From round 2 on, the prompts the LM really receives list the neighbours' previous answers, and those
     answers move the agents' probabilities; round 1 shows none."""

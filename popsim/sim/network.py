@@ -14,6 +14,8 @@ __all__ = ["build_network"]
 
 def build_network(config: NetworkConfig, n_agents: int, *, seed: int, base_dir: str | Path = ".") -> nx.Graph:
     """A graph whose nodes are agent ids 0..n-1."""
+    if n_agents < 2 and config.kind != "edge_list":  # a lone agent has no neighbours (the generators refuse it)
+        return nx.empty_graph(n_agents)
     if config.kind == "small_world":
         k = min(config.degree, max(n_agents - 1, 1))
         return nx.watts_strogatz_graph(n_agents, k, config.rewire, seed=seed)
@@ -25,7 +27,12 @@ def build_network(config: NetworkConfig, n_agents: int, *, seed: int, base_dir: 
         path = Path(base_dir) / path
     if not path.is_file():
         raise DataError(f"network.path {path} does not exist; give an edge list file 'source target' per line")
-    graph = nx.read_edgelist(path, nodetype=int)
+    try:
+        graph = nx.read_edgelist(path, nodetype=int)
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:  # networkx: TypeError for a non-integer node
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"network.path {path} is not an edge list of agent ids ({detail}); write one "
+                        "'source target' pair of whole numbers per line") from None
     graph.add_nodes_from(range(n_agents))
     bad = [v for v in graph.nodes if not 0 <= v < n_agents]
     if bad:
