@@ -28,6 +28,7 @@ import popsim.io
 from popsim import runner
 from popsim.cli import _overrides, _parser, main
 from popsim.config import load_scenario
+from popsim.eval.headline import report_command
 from popsim.exceptions import DataError, ModelLoadError, PopsimError, RunDirectoryError, ScenarioError
 
 from .helpers import local_survey, survey_table
@@ -147,6 +148,16 @@ def write_file(path: Path, text: str = "two years of work") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path.parent
+
+
+def report_real(edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path, Path | None], list[str]]:
+    """`popsim report` on a completed run with ``--real`` its own heldout.parquet edited by ``edit``."""
+    def make(tmp: Path, base: Path | None) -> list[str]:
+        assert base is not None
+        shutil.copytree(base / "run", tmp / "run")
+        edit(pd.read_parquet(tmp / "run" / "heldout.parquet")).to_parquet(tmp / "real.parquet")
+        return ["report", str(tmp / "run"), "--real", str(tmp / "real.parquet")]
+    return make
 
 
 def beside(name: str, text: str, make: Callable[[Path, Path | None], list[str]]
@@ -399,6 +410,10 @@ CASES = [
          ("edges.txt is not an edge list of agent ids", "'source target' pair of whole numbers per line"),
          beside("edges.txt", "0 1\n1 x\n",
                 data_case(None, put("simulation.network", {"kind": "edge_list", "path": "edges.txt"})))),
+    Case("report-real-without-attribute", DataError, ("--real", "has no column attr_sex", "attr_<name> columns"),
+         report_real(lambda f: f.drop(columns=["attr_sex"])), needs_run=True),
+    Case("report-real-without-questions", DataError, ("--real", "none of the runs' question ids", "q1, q2"),
+         report_real(lambda f: f.drop(columns=["q1", "q2"])), needs_run=True),
     # --- models
     Case("lm-device-unknown", ScenarioError, ("`lm.device` must be auto, cpu, cuda or cuda:N", "got 'gpu'"),
          scenario(put("lm.device", "gpu"))),
@@ -445,6 +460,9 @@ def tree(root: Path) -> dict[str, bytes | None]:
 def api(argv: list[str]) -> None:
     """What the CLI does, through the public Python API."""
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        report_command(args.run_dirs, real=args.real, out=args.out, by=args.by)
+        return
     scenario = load_scenario(args.scenario, _overrides(args))
     if args.command == "run":
         runner.run(scenario, verbose=False)

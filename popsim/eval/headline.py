@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from popsim.eval.metrics import total_variation, weighted_distribution
-from popsim.exceptions import PopsimError, RunDirectoryError
+from popsim.exceptions import DataError, PopsimError, RunDirectoryError
 
 __all__ = ["expected_shares", "headline_table", "report_command", "load_run"]
 
@@ -182,6 +182,17 @@ def _kind(run_dir: str | Path) -> str:
         return "survey"
 
 
+def _check_real_columns(frame: pd.DataFrame, path: str | None, options: dict, attributes: list[str]) -> None:
+    """``--real`` must be laid out as ``heldout.parquet``: ``attr_<name>`` per attribute, a column per question."""
+    missing = [f"attr_{a}" for a in attributes if f"attr_{a}" not in frame.columns]
+    if missing:
+        raise DataError(f"--real {path} has no column {', '.join(missing)}; give the real respondents' attributes "
+                        "as attr_<name> columns, as a run's heldout.parquet has them")
+    if not any(q in frame.columns for q in options):
+        raise DataError(f"--real {path} has none of the runs' question ids as a column ({', '.join(list(options)[:5])}"
+                        "); name each answer column by its question id, as a run's heldout.parquet does")
+
+
 def report_command(run_dirs: list[str], *, real: str | None = None, out: str | None = None,
                    by: str | None = None) -> int:
     """``popsim report``: the per-subgroup table and, when available, the full fidelity report.
@@ -221,6 +232,8 @@ def report_command(run_dirs: list[str], *, real: str | None = None, out: str | N
     from popsim.eval.report import panel_attribute
 
     panel_attribute(by, attributes, name="--by")
+    if real_frame is not None and kind == "survey":
+        _check_real_columns(real_frame, real, options, attributes)
     for run_dir in run_dirs:  # every input checked above, so nothing is printed before an error
         table = headline_table(run_dir, real_frame)
         if table is None and _kind(run_dir) == "reviews":
