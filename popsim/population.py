@@ -45,6 +45,7 @@ class AgentDraw:
     profiles: pd.DataFrame  # attr_<name>... and weight (mean 1), one row per agent
     margins: pd.DataFrame  # margin, category, target, achieved, unweighted
     heldout_weights: np.ndarray | None  # the held-out respondents' raked weights (None: their survey weights)
+    heldout_note: str = ""  # why the held-out respondents keep their survey weights although margins are set
 
     @property
     def design_effect(self) -> float:
@@ -57,7 +58,8 @@ class AgentDraw:
     def summary(self) -> dict:
         """What ``population.json`` records and the run and report print."""
         return {"agents": len(self.profiles), "design_effect": self.design_effect, "effective_n": self.effective_n,
-                "margins": self.margins.to_dict("records")}
+                "margins": self.margins.to_dict("records"), "heldout_raked": self.heldout_weights is not None,
+                **({"heldout_note": self.heldout_note} if self.heldout_note else {})}
 
 
 def kish_design_effect(weights: np.ndarray) -> float:
@@ -212,7 +214,7 @@ def draw_agents(scenario: Scenario, population: Population, n: int, rng: np.rand
     assert pop is not None
     targets = _checked_targets(scenario, population) if pop.margins else {}
     attr_cols = [f"attr_{a}" for a in population.attributes]
-    heldout_weights = None
+    heldout_weights, heldout_note = None, ""
     if pop.mode == "synthetic":
         frame = _synthetic_frame(scenario, population, targets)
     else:
@@ -226,8 +228,10 @@ def draw_agents(scenario: Scenario, population: Population, n: int, rng: np.rand
         heldout_weights = np.zeros(len(heldout))
         try:
             heldout_weights[inside] = rake(heldout[inside].reset_index(drop=True), targets, "held-out respondent")
-        except DataError:
-            heldout_weights = None  # synthetic targets the respondents cannot meet: no real comparison
+        except DataError as exc:  # synthetic targets the held-out respondents cannot meet
+            heldout_weights = None
+            heldout_note = (f"the held-out respondents could not be raked to population.margins ({exc}); the report "
+                            "compares the agents with them under their survey weights, another population")
     frame = frame[frame["weight"] > 0].reset_index(drop=True)
     if frame.empty:
         raise DataError("no held-out respondent falls in the categories of population.margins; check the margins' "
@@ -266,4 +270,4 @@ def draw_agents(scenario: Scenario, population: Population, n: int, rng: np.rand
         for a in population.attributes:
             col = real[f"attr_{a}"]
             report_targets[a] = _shares(col.astype(object).where(col.notna(), None), real["weight"].to_numpy(float))
-    return AgentDraw(profiles, margin_table(profiles, report_targets), heldout_weights)
+    return AgentDraw(profiles, margin_table(profiles, report_targets), heldout_weights, heldout_note)

@@ -243,6 +243,8 @@ def _print_population(draw: AgentDraw) -> None:
     print(table.to_string(index=False))
     print(f"weights: design effect (Kish) {draw.design_effect:.2f}, effective sample size {draw.effective_n:.1f} "
           f"of {len(draw.profiles)} agents")
+    if draw.heldout_note:
+        print(f"note: {draw.heldout_note}")
 
 
 def _baseline_temperature(scenario: Scenario) -> float:

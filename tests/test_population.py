@@ -209,3 +209,21 @@ def test_a_population_run_folder_holds_only_files_popsim_owns(tmp_path):
     assert "population.json" in written and written <= RUN_FILES and set(_OUTPUTS) <= RUN_FILES
     (result.run_dir / "manifest.json").unlink()
     runner.run(scenario, verbose=False)  # refused before: "holds files popsim did not write ('population.json')"
+
+
+def test_held_out_respondents_that_cannot_be_raked_are_flagged_not_silently_kept(tmp_path):
+    """Synthetic agents can meet a joint margin whose cell no held-out respondent is in; the respondents then
+    keep their survey weights for the comparison, and population.json says so (it was silent)."""
+    scenario = scenario_with(tmp_path, {"mode": "synthetic", "margins": {"race x sex": RACE_SEX}})
+    population = load_population(scenario)
+    test = population.test
+    population.test = test[~((test["attr_race"] == "other") & (test["attr_sex"] == "man"))].reset_index(drop=True)
+    draw = draw_agents(scenario, population, 40, np.random.default_rng(0))
+    assert draw.heldout_weights is None
+    summary = draw.summary()
+    assert summary["heldout_raked"] is False and "could not be raked" in summary["heldout_note"]
+    from popsim.eval.population import population_section
+
+    (tmp_path / "population.json").write_text(json.dumps(summary))
+    assert "could not be raked" in str(population_section(tmp_path).blocks[0])
+    assert draw_agents(scenario, load_population(scenario), 40, np.random.default_rng(0)).summary()["heldout_raked"]

@@ -34,5 +34,7 @@ def population_section(run_dir: str | Path) -> Section | None:
             f"{100 * gap:.1f} points); every share in this report uses them. Design effect of the weights (Kish): "
             f"{info['design_effect']:.2f}, so the agents count as {info['effective_n']:.1f} equally weighted ones "
             "(effective sample size).")
+    if info.get("heldout_note"):  # the real comparison is not against the same target population
+        text += f" Note: {info['heldout_note']}."
     return Section("population", "Whom the agents stand for", [
         text, Table(rows, caption="Target vs achieved margins", collapse=len(rows) > 12)])
