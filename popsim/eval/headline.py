@@ -270,8 +270,7 @@ def _extra_sections(run_dirs: list[str], responses: dict[str, pd.DataFrame], opt
         sections.append(population)
     frame = next(iter(responses.values()))
     if "arm" in frame.columns and config.get("experiments"):
-        spec = config["experiments"]
-        control = spec.get("control") or spec["arms"][0]["name"]
+        control = _control_name(config)
         result = experiment_effects(frame, options, control=control,
                                     by=[c.removeprefix("attr_") for c in frame.columns if c.startswith("attr_")],
                                     seed=int(config.get("seed", 0)))
@@ -285,8 +284,12 @@ def _extra_sections(run_dirs: list[str], responses: dict[str, pd.DataFrame], opt
 def _control_arm(frame: pd.DataFrame, config: dict) -> pd.DataFrame:
     """In a survey experiment, the agents compared with real respondents: the control arm's, who were asked
     the scenario's own wording, as the real respondents were (the experiment section reads every arm)."""
-    spec = config.get("experiments")
-    if not spec or "arm" not in frame.columns:
+    if not config.get("experiments") or "arm" not in frame.columns:
         return frame
-    control = spec.get("control") or spec["arms"][0]["name"]
-    return frame[frame["arm"].astype(str) == control]
+    return frame[frame["arm"].astype(str) == _control_name(config)]
+
+
+def _control_name(config: dict) -> str:
+    from popsim.population_config import ExperimentsConfig
+
+    return ExperimentsConfig.model_validate(config["experiments"]).control_arm

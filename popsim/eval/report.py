@@ -12,8 +12,9 @@ held-out population and writes, atomically, into ``out_dir``:
   ``question_errors.csv``, ``cells.csv``, ``worst_cells.csv``, ``noise_floor.csv``, ``longtail.png``,
   ``question_<id>.png`` and, when the runs carry a ``persona`` column, ``persona_composition.csv``.
 
-Review runs are not scored against real texts yet; when they are, their sections are passed in as
-``extra_sections`` (:class:`popsim.eval.page.Section`) and rendered by the same page code.
+Other sections (a survey experiment's effects, whom the agents stand for) are passed in as ``extra_sections``
+(:class:`popsim.eval.page.Section`) and rendered by the same page code; review runs get their own report from
+the same page code (:mod:`popsim.eval.text_report`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from popsim.eval.charts import longtail_png, question_png
 from popsim.eval.composition import persona_composition
 from popsim.eval.page import Figure, Section, Table, anchor, render_html, render_markdown
 from popsim.eval.subgroups import cell_fidelity, noise_floor_curve, respondent_table, split_half_noise_floor
-from popsim.eval.verdicts import family_verdicts, summary_table, thresholds, verdict_table
+from popsim.eval.verdicts import family_verdicts, method_headline, summary_table, thresholds, verdict_table
 from popsim.exceptions import DataError
 from popsim.io import atomic_write_bytes, atomic_write_text
 
@@ -87,25 +88,6 @@ def panel_attribute(by: str | None, attributes: list[str], *, name: str = "`by`"
     if by.removeprefix("attr_") not in names:
         raise DataError(f"{name} must be one of the runs' attributes ({', '.join(names) or 'none'}); got {by!r}")
     return by.removeprefix("attr_")
-
-
-def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per method: overall TV (the "all" cell) with CI and its noise floor, mean TV over scored subgroup
-    cells beside the mean noise floor of those cells (size-matched bootstrap, and real-vs-real split-half
-    when present), share of cells worse than the floor, and how many cells were scored or suppressed."""
-    rows = []
-    for method, c in cells.groupby("method", sort=False):
-        overall = c[c["order"] == 0].iloc[0]
-        sub = c[(c["order"] > 0) & ~c["suppressed"] & c["tv"].notna()]
-        rows.append({
-            "method": method, "overall_tv": overall["tv"], "overall_tv_ci_low": overall["tv_ci_low"],
-            "overall_tv_ci_high": overall["tv_ci_high"], "overall_noise_floor": overall["noise_floor_tv"],
-            "mean_tv_cells": sub["tv"].mean(), "mean_noise_floor_cells": sub["noise_floor_tv"].mean(),
-            "mean_split_half_cells": sub["split_half_tv"].mean() if "split_half_tv" in sub else np.nan,
-            "share_worse_than_floor": sub["worse_than_floor"].mean() if len(sub) else np.nan,
-            "n_cells_scored": len(sub), "n_cells_suppressed": int(c["suppressed"].sum()),
-        })
-    return pd.DataFrame(rows)
 
 
 def worst_cells(cells: pd.DataFrame, k: int = 10) -> pd.DataFrame:
