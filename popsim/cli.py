@@ -12,6 +12,7 @@ import os
 import sys
 
 from popsim.exceptions import PopsimError
+from popsim.option_order import OPTION_ORDERS
 
 __all__ = ["main"]
 
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         if name in {"run", "simulate"}:
             p.add_argument("--option-bias", choices=["none", "learned"],
                            help="learned: correct the LM's preference for some option wordings from training answers")
-            p.add_argument("--option-order", choices=["unlisted", "listed", "shuffled", "averaged"],
+            p.add_argument("--option-order", choices=OPTION_ORDERS,
                            help="how options are shown: shuffled per agent, or averaged over forward and reversed")
             p.add_argument("--ray", action="store_true", help="shard the population over Ray workers "
                            "(same responses as one process; RAY_ADDRESS joins a cluster)")

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from popsim.exceptions import ScenarioError
 from popsim.mop.presets import resolve_preset
+from popsim.option_order import OptionOrder
 from popsim.population_config import ExperimentsConfig, PopulationConfig, check_experiments, check_population
 from popsim.questions import QuestionSpec, _code, _Strict, check_questionnaire
 from popsim.schema_errors import explain, one_line, parse_yaml
@@ -187,7 +188,7 @@ class SimulationConfig(_Strict):
         "ones included, in every round (learned from one round without a network). Corrects the LM's preference "
         "for some option wordings (surveys only).")
     calibration_agents: int = Field(64, gt=0, description="Training respondents simulated to learn option_bias.")
-    option_order: Literal["unlisted", "listed", "shuffled", "averaged"] = Field(
+    option_order: OptionOrder = Field(
         "unlisted", description="How multiple-choice options are shown: unlisted (the question as written), listed "
         "(an 'Options:' line in the questionnaire's order), shuffled (listed in an order drawn per agent and "
         "question, recorded in responses.parquet) or averaged (forward and reversed listing, probabilities "

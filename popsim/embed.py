@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from popsim.exceptions import ModelLoadError
+from popsim.exceptions import ModelLoadError, first_line
 from popsim.lm.identity import weights_digest
 
 __all__ = ["SentenceEncoder", "EMBEDDED_ENCODERS"]
@@ -83,7 +83,7 @@ class SentenceEncoder:
             where = "the folder" if Path(location).expanduser().is_dir() else "the local Hugging Face cache"
             raise ModelLoadError(
                 f"encoder '{name}' could not be loaded from {where} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); nothing is downloaded at run "
+                f"{first_line(exc, 120)}); nothing is downloaded at run "
                 "time: fix encoder.name or download the model once beforehand"
             ) from None
         # cached vectors are keyed by the weights' content, not the name typed: two folders given as ./encoder,

@@ -20,7 +20,15 @@ __all__ = [
     "EndpointUnreachableError",
     "AuthenticationError",
     "CapabilityError",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-blank line of another library's error, cut to ``limit`` characters (its type's name when
+    it says nothing), for quoting inside popsim's own one-line messages."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 class PopsimError(Exception):

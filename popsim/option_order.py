@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 __all__ = ["Order", "OptionOrder", "OPTION_ORDERS", "orders_for", "options_line", "order_text"]
 
 OptionOrder = Literal["unlisted", "listed", "shuffled", "averaged"]
-OPTION_ORDERS: tuple[str, ...] = ("unlisted", "listed", "shuffled", "averaged")
+OPTION_ORDERS: tuple[str, ...] = get_args(OptionOrder)
 
 Order = tuple[int, ...]  # positions into the questionnaire's options, in the order shown
 

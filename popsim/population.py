@@ -162,7 +162,7 @@ def _checked_targets(scenario: Scenario, population: Population) -> dict[str, di
     return _flat_targets(targets)
 
 
-def _synthetic_frame(scenario: Scenario, population: Population, targets: dict[str, dict[str, float]]) -> pd.DataFrame:
+def _synthetic_frame(population: Population, targets: dict[str, dict[str, float]]) -> pd.DataFrame:
     """Every combination of the margins' categories, weighted (from equal weights) to meet the margins."""
     names = list(dict.fromkeys(a for key in targets for a in margin_attributes(key)))
     levels = []
@@ -216,7 +216,7 @@ def draw_agents(scenario: Scenario, population: Population, n: int, rng: np.rand
     attr_cols = [f"attr_{a}" for a in population.attributes]
     heldout_weights, heldout_note = None, ""
     if pop.mode == "synthetic":
-        frame = _synthetic_frame(scenario, population, targets)
+        frame = _synthetic_frame(population, targets)
     else:
         frame = population.test[attr_cols + ["weight"]].copy()
         if targets:

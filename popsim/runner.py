@@ -377,7 +377,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
         for _ in range(scenario.simulation.rounds):
             model.step()
     timings["simulate"] = time.perf_counter() - t
-    responses = _final_responses(folder.load_parts(), model, profiles)
+    responses = _final_responses(folder.load_parts(), profiles)
     atomic_write_parquet(run_dir / "responses.parquet", responses)
     agents = profiles.copy()
     agents.insert(0, "agent", range(len(agents)))
@@ -410,7 +410,7 @@ def run(scenario: Scenario, *, lm: LanguageModel | None = None, encoder: Sentenc
     return RunResult(run_dir, responses, summary, timings, model.lm_calls)
 
 
-def _final_responses(parts: pd.DataFrame, model: PopulationModel, profiles: pd.DataFrame) -> pd.DataFrame:
+def _final_responses(parts: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
     """Deduplicate on (agent, round, question) - a chunk written twice around a crash counts once."""
     frame = parts.drop_duplicates(["agent", "round", "question"], keep="first")
     frame = frame.sort_values(["agent", "round", "question"], kind="stable").reset_index(drop=True)

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from popsim.config import _code
-from popsim.exceptions import DataError
+from popsim.exceptions import DataError, first_line
 
 __all__ = ["LABELLED_SUFFIXES", "FileLabels", "read_labelled", "fill_from_labels", "missing_for",
            "remove_missing", "rule_name"]
@@ -52,7 +52,7 @@ def read_labelled(path: Path, *, metadata_only: bool = False) -> tuple[pd.DataFr
         frame, meta = reader(str(path), **kwargs)
     except Exception as exc:
         kind = LABELLED_SUFFIXES[suffix]
-        raise DataError(f"data file {path} is not a readable {kind} file ({one_line(exc)}); re-export it from "
+        raise DataError(f"data file {path} is not a readable {kind} file ({first_line(exc, 120)}); re-export it from "
                         f"{kind}, or save it as CSV and point data.source at that") from None
     for column in frame.columns:
         if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
@@ -64,11 +64,6 @@ def read_labelled(path: Path, *, metadata_only: bool = False) -> tuple[pd.DataFr
         {str(c): {_code(k): str(v) for k, v in codes.items()}
          for c, codes in (meta.variable_value_labels or {}).items()})
     return frame, labels
-
-
-def one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:120]
 
 
 def missing_for(question: dict | Any, global_missing: list | None) -> list:

@@ -167,7 +167,7 @@ def _worst_gap(errors: pd.DataFrame, method: str, question: str) -> str:
     return f"TV {_two(e['tv'].iloc[0])}; {e['direction'].iloc[0]}"
 
 
-def _sections(cells, shares, errors, order, figures, longtail, worst, *, context, by, min_n, wording):
+def _sections(cells, errors, order, figures, longtail, worst, *, context, by, min_n, wording):
     """The survey report's sections, summary first."""
     families = family_verdicts(cells, min_n=min_n)
     first = errors["method"].iloc[0]
@@ -257,7 +257,7 @@ def build_report(
                f"last round. Subgroups: each value of {', '.join(names) or 'no attribute'} and intersections of "
                f"up to {max_order}; not scored below {min_n} real respondents. TV runs from 0 (same answers) "
                "to 1 (no overlap); the noise floor is the TV a perfect simulator would get at the same sizes.")
-    sections = _sections(cells, shares, errors, order, figures, longtail, worst, context=context, by=by,
+    sections = _sections(cells, errors, order, figures, longtail, worst, context=context, by=by,
                          min_n=min_n, wording=wording)
     sections += [*extra_sections, Section("notes", "How to read this", [_NOTES])]
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from popsim.exceptions import ModelLoadError
+from popsim.exceptions import ModelLoadError, first_line
 from popsim.lm.attention import ATTENTION_NAME, TILE, register_attention, tile_layout
 from popsim.lm.base import LanguageModel, Prompt, as_row_values, check_batch, render_with_tokenizer
 from popsim.lm.compile import compile_elementwise_blocks, should_compile
@@ -112,14 +112,13 @@ class HFLanguageModel(KVCacheGeneration, LanguageModel):
             ).to(self.device)
         except OSError as exc:
             raise ModelLoadError(
-                f"lm '{name}' could not be loaded offline ({str(exc).splitlines()[0][:160]}); "
+                f"lm '{name}' could not be loaded offline ({first_line(exc)}); "
                 "download it beforehand (e.g. `huggingface-cli download ID`) or pass a local folder"
             ) from None
         except Exception as exc:  # a tokenizer that cannot be built, a truncated safetensors file, ...
-            first = (str(exc).splitlines() or [""])[0][:160]
             where = f"lm '{name}'" + (f" (at {location})" if str(location) != str(name) else "")
             raise ModelLoadError(
-                f"{where} could not be loaded ({type(exc).__name__}: {first}); its files look "
+                f"{where} could not be loaded ({type(exc).__name__}: {first_line(exc)}); its files look "
                 "incomplete or corrupt (an interrupted download?): download it again or point lm.name elsewhere"
             ) from None
         self.model.eval()

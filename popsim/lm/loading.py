@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from popsim.exceptions import ModelLoadError
+from popsim.exceptions import ModelLoadError, first_line
 
 __all__ = ["ASSEMBLED_LMS", "EMBEDDED_LMS", "ModelSource", "cache_dir", "resolve_lm", "pick_device", "pick_dtype"]
 
@@ -152,7 +152,7 @@ def convert_gguf(source: ModelSource) -> Path:
     except Exception as exc:  # transformers raises many types for a bad file
         raise ModelLoadError(
             f"could not load GGUF '{Path(source.location) / str(source.gguf_file)}': "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+            f"{type(exc).__name__}: {first_line(exc)}; "
             "check the file is a complete GGUF of a supported architecture"
         ) from None
     # save_pretrained refuses a GGUF-loaded model until its quantizer is detached.

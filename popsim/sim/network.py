@@ -7,7 +7,7 @@ from pathlib import Path
 import networkx as nx
 
 from popsim.config import NetworkConfig
-from popsim.exceptions import DataError
+from popsim.exceptions import DataError, first_line
 
 __all__ = ["build_network"]
 
@@ -30,8 +30,7 @@ def build_network(config: NetworkConfig, n_agents: int, *, seed: int, base_dir: 
     try:
         graph = nx.read_edgelist(path, nodetype=int)
     except (TypeError, ValueError, UnicodeDecodeError) as exc:  # networkx: TypeError for a non-integer node
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"network.path {path} is not an edge list of agent ids ({detail}); write one "
+        raise DataError(f"network.path {path} is not an edge list of agent ids ({first_line(exc)}); write one "
                         "'source target' pair of whole numbers per line") from None
     graph.add_nodes_from(range(n_agents))
     bad = [v for v in graph.nodes if not 0 <= v < n_agents]
