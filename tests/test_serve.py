@@ -283,3 +283,33 @@ def test_real_smollm2_through_server(smollm):
         lm.close()
     finally:
         srv.stop()
+
+
+def test_the_micro_batcher_never_leaves_a_request_waiting_when_the_lm_miscounts():
+    """A backend that returns the wrong number of results (a bug) fails those requests, or recovers them one
+    by one, and the batcher keeps serving; before, the mismatch killed its loop and every later request hung."""
+    import asyncio
+
+    from popsim.serve.batcher import MicroBatcher
+
+    def short_when_batched(key, items):  # one result too few for any batch of two or more
+        return [item * 2 for item in items][: max(len(items) - 1, 1)]
+
+    def always_short(key, items):
+        return []
+
+    async def scenario():
+        recovering = MicroBatcher(short_when_batched, window_s=0.05)
+        recovering.start()
+        doubled = await asyncio.wait_for(recovering.submit_many("k", [1, 2, 3]), 5)
+        await recovering.stop()
+        failing = MicroBatcher(always_short, window_s=0.01)
+        failing.start()
+        with pytest.raises(RuntimeError, match="returned 0 results for 1 rows"):
+            await asyncio.wait_for(failing.submit("k", 1), 5)
+        with pytest.raises(RuntimeError):  # the loop is still alive: the next request is answered too
+            await asyncio.wait_for(failing.submit("k", 2), 5)
+        await failing.stop()
+        return doubled
+
+    assert asyncio.run(scenario()) == [2, 4, 6]

@@ -116,7 +116,9 @@ class MicroBatcher:
         self.calls += 1
         self.rows += len(members)
         try:
-            results = await asyncio.to_thread(self.run_batch, key, [m.item for m in members])
+            results = list(await asyncio.to_thread(self.run_batch, key, [m.item for m in members]))
+            if len(results) != len(members):  # a backend bug; raised here so no request waits forever
+                raise RuntimeError(f"the LM returned {len(results)} results for {len(members)} rows")
         except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
             if len(members) == 1:
                 _settle(members[0].future, exc=exc)
