@@ -313,3 +313,19 @@ def test_text_metrics_on_real_sentence_embeddings(encoder, shared_data):
     train_x, train_y = np.vstack([sports_a, biz[:50]]), np.r_[np.zeros(100), np.ones(50)]
     test_x, test_y = np.vstack([sports_b, biz[50:]]), np.r_[np.zeros(100), np.ones(50)]
     assert downstream_scores(train_x, train_y, test_x, test_y)["accuracy"] > 0.8
+
+
+def test_column_weights_is_one_rule_for_every_table():
+    """Absent column: equal weights; otherwise the checks of weighted_distribution, naming the column (the
+    questionnaire section turned NaN into 0 while the subgroup tables raised, and the experiment section took
+    all-zero weights)."""
+    import pandas as pd
+
+    from popsim.eval.metrics import column_weights
+
+    frame = pd.DataFrame({"w": [1.0, 2.0, 0.0]})
+    assert column_weights(frame, None).tolist() == [1, 1, 1] and column_weights(frame, "weight").tolist() == [1, 1, 1]
+    assert column_weights(frame, "w").tolist() == [1.0, 2.0, 0.0]
+    for bad, says in [([1.0, np.nan, 1.0], "NaN"), ([1.0, -1.0, 1.0], "non-negative"), ([0.0, 0.0, 0.0], "all zero")]:
+        with pytest.raises(DataError, match=f"column w.*{says}"):
+            column_weights(pd.DataFrame({"w": bad}), "w")

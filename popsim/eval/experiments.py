@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from popsim.eval.metrics import column_weights
 from popsim.eval.page import Section, Table
 from popsim.eval.subgroups import _as_labels, _attr_column, respondent_table
 from popsim.exceptions import DataError
@@ -45,15 +46,6 @@ class ExperimentResult:
     effects: pd.DataFrame
     control: str
     arms: list[str]
-
-
-def _weights(frame: pd.DataFrame, col: str | None) -> np.ndarray:
-    if col and col in frame.columns:
-        w = pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
-        if not np.all(np.isfinite(w)) or (w < 0).any():
-            raise DataError(f"column `{col}` must hold finite non-negative weights; fix the agents' weights")
-        return w
-    return np.ones(len(frame))
 
 
 def _boot_effects(score_a, w_a, score_c, w_c, n_boot, rng) -> np.ndarray:
@@ -99,7 +91,7 @@ def experiment_effects(
         raise DataError(f"control arm {control!r} and at least one other arm must be in the responses; "
                         f"arms found: {arms}")
     arm = table[arm_col].astype(str).to_numpy()
-    w = _weights(table, weights_col)
+    w = column_weights(table, weights_col)
     groups: list[tuple[str, np.ndarray]] = [("all", np.ones(len(table), bool))]
     for name in by:
         labels = _as_labels(table[_attr_column(table, name)])

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 
 from popsim.exceptions import DataError
 
 __all__ = [
+    "column_weights",
     "weighted_distribution",
     "total_variation",
     "js_distance",
@@ -109,6 +111,14 @@ def _is_missing(codes: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------
 # survey distribution metrics
+
+
+def column_weights(frame: pd.DataFrame, column: str | None) -> np.ndarray:
+    """The weights in ``frame[column]`` (equal weights when there is no such column), checked as
+    :func:`weighted_distribution` checks weights: one rule for every table a report reads."""
+    if not column or column not in frame.columns or frame.empty:
+        return np.ones(len(frame))
+    return _check_weights(pd.to_numeric(frame[column], errors="coerce").to_numpy(float), name=f"column {column}")
 
 
 def weighted_distribution(

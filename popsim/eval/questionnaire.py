@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from popsim.eval.metrics import column_weights
 from popsim.eval.page import Section, Table
 from popsim.questions import NO, YES, QuestionSpec, expand_items, item_parent
 
@@ -37,12 +38,6 @@ def _shares(frame: pd.DataFrame, column: str, options: Sequence[str], weights: n
     return np.array([weights[ok & (values == o)].sum() / total for o in options]), float(ok.sum())
 
 
-def _weights(frame: pd.DataFrame, col: str | None) -> np.ndarray:
-    if col and col in frame.columns:
-        return pd.to_numeric(frame[col], errors="coerce").fillna(0).to_numpy(float)
-    return np.ones(len(frame))
-
-
 def _answered(frame: pd.DataFrame, question: QuestionSpec) -> int:
     """Respondents or agents with an answer to the question (any item of a multi_select one)."""
     cols = [c for c in (i.id for i in expand_items([question])) if c in frame.columns]
@@ -63,7 +58,7 @@ def questionnaire_section(questions: Sequence[QuestionSpec], runs: Mapping[str, 
     scales = [q for q in questions if q.type == "scale"]
     if not (conditional or multi or with_missing or scales or any(q.type == "ranking" for q in questions)):
         return None
-    w_real = _weights(real, weights_col)
+    w_real = column_weights(real, weights_col)
     labels = {q.id: q.code_to_label for q in questions}
     blocks: list = ["How the questionnaire's own rules came out: real held-out respondents (weighted) beside the "
                     "simulated agents. A conditional question is compared over those asked: real respondents who "

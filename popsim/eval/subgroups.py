@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from popsim.eval.metrics import (
+    column_weights,
     js_distance,
     kish_effective_n,
     representativeness,
@@ -182,15 +183,6 @@ def _codes(frame: pd.DataFrame, questions: list[str], options: dict[str, list[st
     return np.stack(cols, axis=1).astype(np.int64) if cols else np.zeros((len(frame), 0), np.int64)
 
 
-def _weights(real: pd.DataFrame, weights_col: str | None) -> np.ndarray:
-    if not weights_col or weights_col not in real.columns:
-        return np.ones(len(real))
-    w = pd.to_numeric(real[weights_col], errors="coerce").to_numpy(dtype=float)
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
-        raise DataError(f"column `{weights_col}` must hold finite non-negative weights, not all zero")
-    return w
-
-
 def _prepare(synth, real, options, attributes, max_order, weights_col) -> _Prepared:
     opts = _check_options(options)
     questions = list(opts)
@@ -201,8 +193,8 @@ def _prepare(synth, real, options, attributes, max_order, weights_col) -> _Prepa
         if col in synth_w.columns:
             s[col] = synth_w[col].to_numpy()
     cells = subgroup_cells(r, [f"attr_{_short(a)}" for a in attributes], max_order=max_order)
-    sw = _weights(synth_w, "weight") if "weight" in synth_w.columns else np.ones(len(s))
-    return _Prepared(r, s, questions, opts, _weights(real, weights_col), _codes(r, questions, opts),
+    sw = column_weights(synth_w, "weight") if "weight" in synth_w.columns else np.ones(len(s))
+    return _Prepared(r, s, questions, opts, column_weights(real, weights_col), _codes(r, questions, opts),
                      _codes(s, questions, opts), cells, sw)
 
 
@@ -381,7 +373,7 @@ def noise_floor_curve(
     opts = _check_options(options)
     questions = list(opts)
     r = _canonical(real, [], questions, "real")
-    w, codes = _weights(real, weights_col), _codes(r, questions, opts)
+    w, codes = column_weights(real, weights_col), _codes(r, questions, opts)
     full = [weighted_distribution(r[q].to_numpy(), opts[q], w) for q in questions]
     rng = np.random.default_rng(seed)
     rows = []
@@ -421,7 +413,7 @@ def split_half_noise_floor(
     opts = _check_options(options)
     questions = list(opts)
     r = _canonical(real, attributes, questions, "real")
-    weights, codes = _weights(real, weights_col), _codes(r, questions, opts)
+    weights, codes = column_weights(real, weights_col), _codes(r, questions, opts)
     hot = [_onehot(codes[:, j], len(opts[q])) for j, q in enumerate(questions)]
     rows = []
     for i, cell in enumerate(subgroup_cells(r, [f"attr_{_short(a)}" for a in attributes], max_order=max_order)):
