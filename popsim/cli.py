@@ -195,8 +195,10 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def _quiet_model_loading() -> None:
-    """--quiet: no "Loading weights" bars from transformers / huggingface_hub either (read at their import)."""
+    """--quiet: no "Loading weights" bars from transformers / huggingface_hub either, nor tqdm's own (each
+    reads its setting at import, which the CLI has not done yet)."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"  # bars libraries draw with tqdm itself (transformers' GGUF conversion)
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
 

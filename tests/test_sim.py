@@ -156,6 +156,7 @@ def test_cli_prints_outputs_and_subgroup_table(tmp_path):
     out = subprocess.run([sys.executable, "-m", "popsim", "run", str(path), "--quiet"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Outputs in" in out.stdout and "mean_tv_expected" in out.stdout and "sex=woman" in out.stdout
+    assert "it/s" not in out.stderr + out.stdout  # --quiet: no progress bar, popsim's or a library's
 
 
 def test_subgroup_table_scores_the_answer_probabilities(tmp_path):
