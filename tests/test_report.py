@@ -293,6 +293,22 @@ def test_report_reads_real_beside_simulated_per_question(report):
     assert "| Overall TV (0-1, lower is better) |" in md
 
 
+def test_report_says_whether_real_answers_are_weighted_and_how_personas_were_used(report, good, real, tmp_path):
+    """The fixture's real table has survey weights and its agents four personas drawn evenly; a run whose every
+    agent drew one persona is flagged on the first screen, and an unweighted real table is not called weighted."""
+    md = report["report_md"].read_text()
+    assert "real held-out respondents (weighted)" in md and "Kish" in md
+    assert "Personas (good): the agents drew 4 distinct personas" in md and "gate hardly routes" not in md
+    one = good.assign(persona=5)
+    paths = build_report({"mop": one}, real.assign(weight=1.0), OPTIONS, ATTRS, tmp_path, n_boot=5)
+    md = paths["report_md"].read_text()
+    assert "(unweighted)" in md and "count each respondent once" in md and "Kish" not in md
+    assert "persona 5 is in 100% of their prompts" in md and "gate hardly routes" in md
+    assert "mop (Mixture of Personas)" in md
+    ratio = re.search(r"median over these subgroups is ([0-9.]+)x", md)
+    assert ratio and 0.5 < float(ratio.group(1)) < 3
+
+
 def test_question_shares_are_the_weighted_shares_of_a_small_hand_made_table():
     real = pd.DataFrame({"attr_sex": ["f", "f", "f", "m", "m", "m"], "q": ["yes", "no", "yes", "no", "no", None],
                          "weight": [1.0, 2.0, 3.0, 1.0, 3.0, 5.0]})
@@ -363,7 +379,13 @@ def test_verdicts_in_plain_words_follow_the_stated_thresholds():
     v = family_verdicts(cells, min_n=20).set_index("family")["verdict"]
     assert v["whole population"] == "yes: within the noise floor (1.2x)"
     assert v["by age"] == "with care: within 2x the noise floor (1.6x)"
-    assert v["by party x race"] == "no: 2.5x the noise floor; not usable below n=60"
+    assert v["by party x race"] == ("no: 2.5x the noise floor; not usable below n=60; 1 under 20 real respondents "
+                                    "not scored")
+    # groups left out only for being under min_n: no size threshold is claimed for the judged ones
+    unscored = _cells([("all", 0, 700, 0.06, 0.05, False), ("party", 1, 74, 0.09, 0.06, False),
+                       ("party", 1, 19, np.nan, np.nan, True)])
+    assert family_verdicts(unscored, min_n=20).set_index("family").loc["by party", "verdict"] == (
+        "with care: within 2x the noise floor (1.5x); 1 under 20 real respondents not scored")
     small = _cells([("all", 0, 700, 0.06, 0.05, False), ("race", 1, 15, np.nan, np.nan, True)])
     assert family_verdicts(small, min_n=20).set_index("family").loc["by race", "verdict"].startswith("not scored")
 

@@ -132,7 +132,7 @@ def question_png(shares: pd.DataFrame, question: str, options: Sequence[str], me
         axes[0].text(0.5, 0.5, "too few real respondents to compare", ha="center", va="center")
     axes[0].set_ylabel("% choosing the option", fontsize=9)
     handles = [Patch(color=colours[m], label=m) for m in methods]
-    handles += [Line2D([], [], color=_REAL_COLOUR, lw=2.2, label="real respondents (weighted)"),
+    handles += [Line2D([], [], color=_REAL_COLOUR, lw=2.2, label="real respondents"),
                 Patch(color=_BAND_COLOUR, alpha=0.6, label="95% band of the real share")]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)
     fig.text(0.01, 0.995, question + (f", by {by}" if by else ""), ha="left", va="top", fontsize=10, color="#444444")

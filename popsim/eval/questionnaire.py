@@ -60,9 +60,9 @@ def questionnaire_section(questions: Sequence[QuestionSpec], runs: Mapping[str, 
         return None
     w_real = column_weights(real, weights_col)
     labels = {q.id: q.code_to_label for q in questions}
-    blocks: list = ["How the questionnaire's own rules came out: real held-out respondents (weighted) beside the "
-                    "simulated agents. A conditional question is compared over those asked: real respondents who "
-                    "met its condition and answered, agents whose own earlier answers met it."]
+    blocks: list = ["How the questionnaire's own rules came out: real held-out respondents (by their weights) "
+                    "beside the simulated agents. A conditional question is compared over those asked: real "
+                    "respondents who met its condition and answered, agents whose own earlier answers met it."]
     if conditional:
         rows = []
         for q in conditional:

@@ -39,20 +39,28 @@ __all__ = ["BANNER", "build_report", "method_headline", "panel_attribute", "wors
 
 BANNER = "Synthetic-population output: simulated answers, not real respondents"
 
-_NOTES = (
-    "TV is the total variation distance 0.5 * sum |p - q| between the real respondents' weighted answer shares "
-    "and the simulated agents' shares (last round), averaged over questions: 0 is identical, 1 is no overlap.",
-    "95% interval: 2.5-97.5 percentiles of the question-mean TV when respondents are resampled within the "
-    "group in both tables (seeded bootstrap), re-centred on the point estimate.",
-    "Noise floor: the mean TV a perfect simulator would get at this group's sizes (plug-in bootstrap: as many "
-    "draws from the real group as there are agents vs a resample of the real group). A group is worse than "
-    "the floor when its interval's lower end is above its floor.",
-    "Split-half floor: the TV between two random halves of the real group (real vs real), about 1.4x the "
-    "size-matched floor.",
-    "Real answer shares are weighted by the survey weights; their 95% band is the Wilson interval at Kish's "
-    "effective sample size. Simulated agents count by their weights (a run aimed at target margins, or with small "
-    "cells oversampled), else once each.",
-)
+def _notes(weighted: bool, split_ratio: float) -> tuple[str, ...]:
+    """How to read the report; ``weighted``: the real table carries unequal weights; ``split_ratio``: the median
+    ratio of the split-half floor to the size-matched floor over the scored subgroups."""
+    split = (f"the median over these subgroups is {split_ratio:.2f}x the size-matched floor (it ignores how "
+             "many agents there are)" if np.isfinite(split_ratio) else "it ignores how many agents there are")
+    real = ("Real answer shares are weighted by the survey weights; their 95% band is the Wilson interval at Kish's "
+            "effective sample size." if weighted else "Real answer shares count each respondent once (the data "
+            "name no survey weight); their 95% band is the Wilson interval.")
+    return (
+        "TV is the total variation distance 0.5 * sum |p - q| between the real respondents' answer shares "
+        "and the simulated agents' shares (last round), averaged over questions: 0 is identical, 1 is no overlap.",
+        "95% interval: 2.5-97.5 percentiles of the question-mean TV when respondents are resampled within the "
+        "group in both tables (seeded bootstrap), re-centred on the point estimate.",
+        "Noise floor: the mean TV a perfect simulator would get at this group's sizes (plug-in bootstrap: as many "
+        "draws from the real group as there are agents vs a resample of the real group); the verdicts use it. A "
+        "group is worse than the floor when its interval's lower end is above its floor; a group within the floor "
+        "is one this many agents cannot show to be worse, not one shown to be as good.",
+        f"Split-half floor: the TV between two random halves of the real group (real vs real); {split}.",
+        real + " Simulated agents count by their weights (a run aimed at target margins, or with small cells "
+        "oversampled), else once each.",
+    )
+
 
 _WORST_LABELS = {
     "method": "Method", "cell": "Subgroup", "real_n": "Real respondents", "synth_n": "Simulated agents",
@@ -182,8 +190,8 @@ def _sections(cells, errors, order, figures, longtail, worst, *, context, by, mi
         summary.append(Table(pairs, caption="Intersections of attributes", collapse=True, csv="cells.csv"))
     by_text = f" and each group of {by} with at least {min_n} real respondents" if by else ""
     questions = [f"One panel per question, worst first (ordered by {first}'s TV on all respondents). Bars: the "
-                 "share of each method's agents choosing the option; black line: the share of real respondents "
-                 f"(weighted); grey band: its 95% interval. Panels: all respondents{by_text}.",
+                 "share of each method's agents choosing the option; black line: the share of real respondents; "
+                 f"grey band: its 95% interval. Panels: all respondents{by_text}.",
                  _question_table(errors, order, wording), *figures]
     worst_table = (Table(_worst_for_people(worst), caption="Subgroups furthest above their noise floor",
                          csv="worst_cells.csv") if len(worst) else "No scored subgroups.")
@@ -193,6 +201,25 @@ def _sections(cells, errors, order, figures, longtail, worst, *, context, by, mi
         Section("longtail", "Fidelity by subgroup size", [longtail]),
         Section("worst", "Worst subgroups", [worst_table]),
     ]
+
+
+def _persona_use(frames: Mapping[str, pd.DataFrame]) -> str:
+    """A sentence per method whose agents hold personas: how many personas were drawn and the largest one's
+    share, with a warning when one persona speaks for most agents (every agent's prompt then carries that
+    persona's description, whatever its own profile: a gate that routes little)."""
+    text = ""
+    for method, frame in frames.items():
+        if "persona" not in frame.columns or frame["persona"].isna().all():
+            continue
+        shares = frame["persona"].dropna().astype(int).value_counts(normalize=True)
+        top, share = int(shares.index[0]), float(shares.iloc[0])
+        text += (f" Personas ({method}): the agents drew {len(shares)} distinct persona{'s' * (len(shares) > 1)}; "
+                 f"persona {top} is in {100 * share:.0f}% of their prompts.")
+        if share > 0.5:
+            text += (f" One persona description reaches most of {method}'s agents, whatever their own profile: its "
+                     "gate hardly routes, and the profiles and exemplars carry the differences between agents "
+                     "(persona texts: personas.json).")
+    return text
 
 
 def build_report(
@@ -252,14 +279,19 @@ def build_report(
                           "(dashed) and the size below which subgroups are not scored",
                       file="longtail.png", caption="Each point is a subgroup; bars are bootstrap 95% intervals; "
                       "the dashed line is the real-vs-real noise floor with its 95% band.")
-    sizes_text = ", ".join(f"{m} ({len(f)} agents)" for m, f in frames.items())
-    context = (f"{n_real} real held-out respondents (weighted), {len(options)} questions; methods: {sizes_text}, "
+    sizes_text = ", ".join(f"{m}{' (Mixture of Personas)' * (m == 'mop')} ({len(f)} agents)" for m, f in frames.items())
+    weighted = bool(weights_col and weights_col in real_df.columns and real_df[weights_col].nunique() > 1)
+    context = (f"{n_real} real held-out respondents ({'weighted' if weighted else 'unweighted'}), {len(options)} "
+               f"questions; methods: {sizes_text}, "
                f"last round. Subgroups: each value of {', '.join(names) or 'no attribute'} and intersections of "
                f"up to {max_order}; not scored below {min_n} real respondents. TV runs from 0 (same answers) "
                "to 1 (no overlap); the noise floor is the TV a perfect simulator would get at the same sizes.")
+    context += _persona_use(frames)
     sections = _sections(cells, errors, order, figures, longtail, worst, context=context, by=by,
                          min_n=min_n, wording=wording)
-    sections += [*extra_sections, Section("notes", "How to read this", [_NOTES])]
+    scored = cells[(cells["order"] > 0) & ~cells["suppressed"] & (cells["noise_floor_tv"] > 0)]
+    split_ratio = float((scored["split_half_tv"] / scored["noise_floor_tv"]).median()) if len(scored) else np.nan
+    sections += [*extra_sections, Section("notes", "How to read this", [_notes(weighted, split_ratio)])]
 
     out = Path(out_dir)
     paths = {

@@ -45,9 +45,11 @@ def _verdict(ratio: float, judged: int, scored: int, cells: int, min_n: int, sma
         text = f"with care: within {USABLE_FLOOR_RATIO:g}x the noise floor ({ratio:.1f}x)"
     else:
         text = f"no: {ratio:.1f}x the noise floor"
-    if judged < cells:
+    if judged < scored:
         text += (f"; not usable below n={small_below}" if small_below
-                 else f"; {cells - judged} of {cells} groups too small to judge")
+                 else f"; {scored - judged} of {scored} scored groups too small to judge")
+    if scored < cells:
+        text += f"; {cells - scored} under {min_n} real respondents not scored"
     return text
 
 
@@ -64,7 +66,7 @@ def family_verdicts(cells: pd.DataFrame, *, min_n: int) -> pd.DataFrame:
         scored = c[~c["suppressed"] & c["tv"].notna()]
         judged = scored[scored["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR]
         ratio = judged["tv"].mean() / judged["noise_floor_tv"].mean() if len(judged) else np.nan
-        unjudged = c.drop(judged.index)
+        unjudged = scored.drop(judged.index)  # scored but too small to judge (the unscored are counted apart)
         small_below = None
         if len(judged) and len(unjudged) and unjudged["real_n"].max() < judged["real_n"].min():
             small_below = int(judged["real_n"].min())
@@ -90,6 +92,7 @@ def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
     for method, c in cells.groupby("method", sort=False):
         overall = c[c["order"] == 0].iloc[0]
         sub = c[(c["order"] > 0) & ~c["suppressed"] & c["tv"].notna()]
+        judged = sub[sub["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR]
         rows.append({
             "method": method, "overall_tv": overall["tv"], "overall_tv_ci_low": overall["tv_ci_low"],
             "overall_tv_ci_high": overall["tv_ci_high"], "overall_noise_floor": overall["noise_floor_tv"],
@@ -97,6 +100,8 @@ def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
             "mean_split_half_cells": sub["split_half_tv"].mean() if "split_half_tv" in sub else np.nan,
             "share_worse_than_floor": sub["worse_than_floor"].mean() if len(sub) else np.nan,
             "n_cells_scored": len(sub), "n_cells_within_floor": int((~sub["worse_than_floor"]).sum()),
+            "n_cells_judged": int((sub["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR).sum()),
+            "n_cells_judged_within_floor": int((~judged["worse_than_floor"]).sum()),
             "n_cells_suppressed": int(c["suppressed"].sum()),
         })
     return pd.DataFrame(rows)
@@ -107,7 +112,7 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     (:func:`method_headline`'s numbers, worded)."""
     rows = []
     for h in method_headline(cells).itertuples():
-        floor, scored, within = h.overall_noise_floor, h.n_cells_scored, h.n_cells_within_floor
+        floor, judged, within = h.overall_noise_floor, h.n_cells_judged, h.n_cells_judged_within_floor
         ratio = h.overall_tv / floor if floor > 0 else np.nan
         rows.append({
             "Method": h.method,
@@ -115,8 +120,8 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
             "95% interval": f"{_tv(h.overall_tv_ci_low)}–{_tv(h.overall_tv_ci_high)}",
             "Noise floor (perfect simulator's TV)": _tv(floor),
             "TV ÷ floor": "–" if not np.isfinite(ratio) else f"{ratio:.1f}x",
-            "Subgroups within the floor": (f"{within} of {scored} ({100 * within / scored:.0f}%)"
-                                           if scored else "none scored"),
+            "Subgroups large enough to judge, not shown worse than the floor": (
+                f"{within} of {judged} ({100 * within / judged:.0f}%)" if judged else "none large enough"),
         })
     return pd.DataFrame(rows)
 
@@ -136,7 +141,8 @@ def thresholds(min_n: int) -> list[str]:
         f"yes: a family's mean TV is at most {WITHIN_FLOOR_RATIO:g}x its mean noise floor (the TV a perfect "
         "simulator would get at the same sizes): as close as a second real sample.",
         f"with care: at most {USABLE_FLOOR_RATIO:g}x the floor; no: more than {USABLE_FLOOR_RATIO:g}x.",
-        f"A group is too small to judge when its noise floor is above {MAX_JUDGEABLE_FLOOR:.2f} TV, and is not "
-        f"scored at all below {min_n} real respondents; \"not usable below n=...\" names the real size under "
-        "which every group of the family is too small.",
+        f"A family is the groups of one attribute (or of one pair of attributes). A group is too small to judge "
+        f"when its noise floor is above {MAX_JUDGEABLE_FLOOR:.2f} TV (it depends on both its real respondents and "
+        f"its agents), and is not scored at all below {min_n} real respondents; \"not usable below n=...\" names "
+        "the real size under which every scored group of the family is too small.",
     ]
