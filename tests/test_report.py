@@ -309,6 +309,22 @@ def test_report_says_whether_real_answers_are_weighted_and_how_personas_were_use
     assert ratio and 0.5 < float(ratio.group(1)) < 3
 
 
+def test_the_group_vs_everyone_reference_on_a_hand_made_table(report):
+    """Women all say yes, men all say no, equal weight in all: each group is 0.5 TV from everyone; and the
+    report counts the subgroups where the simulation beats that reference."""
+    from popsim.eval.subgroups import split_half_noise_floor
+
+    real = pd.DataFrame({"attr_sex": ["f"] * 4 + ["m"] * 4, "q": ["yes"] * 4 + ["no"] * 4,
+                         "weight": [1.0, 3.0, 1.0, 3.0, 2.0, 2.0, 2.0, 2.0]})
+    halves = split_half_noise_floor(real, {"q": ["yes", "no"]}, ["sex"], min_n=2, n_rep=5).set_index("cell")
+    assert halves.loc["all", "group_vs_all_tv"] == 0.0
+    assert halves.loc["sex=f", "group_vs_all_tv"] == pytest.approx(0.5)
+    assert halves.loc["sex=m", "group_vs_all_tv"] == pytest.approx(0.5)
+    page = report["report_md"].read_text()
+    assert "closer to the group's answers than \"it answers like everyone\"" in page
+    assert "Real group vs all real respondents" in page
+
+
 def test_question_shares_are_the_weighted_shares_of_a_small_hand_made_table():
     real = pd.DataFrame({"attr_sex": ["f", "f", "f", "m", "m", "m"], "q": ["yes", "no", "yes", "no", "no", None],
                          "weight": [1.0, 2.0, 3.0, 1.0, 3.0, 5.0]})

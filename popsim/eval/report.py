@@ -57,6 +57,9 @@ def _notes(weighted: bool, split_ratio: float) -> tuple[str, ...]:
         "group is worse than the floor when its interval's lower end is above its floor; a group within the floor "
         "is one this many agents cannot show to be worse, not one shown to be as good.",
         f"Split-half floor: the TV between two random halves of the real group (real vs real); {split}.",
+        "Real group vs all real respondents: how far the group's real answers are from everyone's. A simulation "
+        "further than this from the group got it less right than the guess \"this group answers like everyone\" "
+        "(a demanding bar: that guess knows the held-out respondents' real answers).",
         real + " Simulated agents count by their weights (a run aimed at target margins, or with small cells "
         "oversampled), else once each.",
     )
@@ -66,6 +69,7 @@ _WORST_LABELS = {
     "method": "Method", "cell": "Subgroup", "real_n": "Real respondents", "synth_n": "Simulated agents",
     "tv": "TV (0-1, lower is better)", "noise_floor_tv": "Noise floor", "excess_tv": "TV above the floor",
     "worse_than_floor": "Worse than the floor", "split_half_tv": "Split-half floor (real vs real)",
+    "group_vs_all_tv": "Real group vs all real respondents",
 }
 
 
@@ -102,7 +106,7 @@ def worst_cells(cells: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     """Per method, the ``k`` scored subgroup cells with the largest TV excess over their noise floor."""
     scored = cells[(cells["order"] > 0) & ~cells["suppressed"] & cells["excess_tv"].notna()]
     cols = ["method", "cell", "real_n", "synth_n", "tv", "tv_ci_low", "tv_ci_high", "noise_floor_tv",
-            "excess_tv", "worse_than_floor"] + (["split_half_tv"] if "split_half_tv" in cells else [])
+            "excess_tv", "worse_than_floor"] + [c for c in ("split_half_tv", "group_vs_all_tv") if c in cells]
     out = scored.sort_values("excess_tv", ascending=False).groupby("method", sort=False).head(k)
     return out[cols].reset_index(drop=True)
 
@@ -110,7 +114,8 @@ def worst_cells(cells: pd.DataFrame, k: int = 10) -> pd.DataFrame:
 def _worst_for_people(worst: pd.DataFrame) -> pd.DataFrame:
     """The worst-cells table with names in words and TV rounded to 2 decimals (what its intervals support)."""
     out = pd.DataFrame({_WORST_LABELS[c]: worst[c] for c in _WORST_LABELS if c in worst.columns})
-    for col in ("TV (0-1, lower is better)", "Noise floor", "TV above the floor", "Split-half floor (real vs real)"):
+    for col in ("TV (0-1, lower is better)", "Noise floor", "TV above the floor", "Split-half floor (real vs real)",
+                "Real group vs all real respondents"):
         if col in out:
             out[col] = [_two(v) for v in out[col]]
     out.insert(5, "95% interval", [f"{_two(lo)}–{_two(hi)}" for lo, hi in zip(worst["tv_ci_low"], worst["tv_ci_high"])])
@@ -264,7 +269,7 @@ def build_report(
     cells = pd.concat(tables, ignore_index=True)
     halves = split_half_noise_floor(real_df, options, attributes, max_order=max_order, min_n=min_n, seed=seed,
                                     weights_col=weights_col)
-    cells = cells.merge(halves[["cell", "split_half_tv"]], on="cell", how="left")
+    cells = cells.merge(halves[["cell", "split_half_tv", "group_vs_all_tv"]], on="cell", how="left")
     n_real = len(real_df)
     sizes = np.unique(np.round(np.geomspace(min(5, n_real), n_real, 12)).astype(int))
     floor = noise_floor_curve(real_df, options, sizes, n_rep=100, seed=seed, weights_col=weights_col)

@@ -405,8 +405,11 @@ def split_half_noise_floor(
     The direct, model-free answer to "how far apart are two real samples of this cell?": ``n_rep`` random
     halvings per cell (weights kept), mean and 2.5-97.5 percentiles of the TV. Each half has ~real_n/2
     respondents, so this floor sits about sqrt(2) above the size-matched ``noise_floor_tv`` of
-    :func:`cell_fidelity` (real_n vs synth_n respondents); both shrink like 1/sqrt(n). Columns: cell,
-    attributes, order, real_n, half_n, split_half_tv, split_half_low, split_half_high (NaN when suppressed).
+    :func:`cell_fidelity` (real_n vs synth_n respondents); both shrink like 1/sqrt(n). Also ``group_vs_all_tv``:
+    the TV between the cell's answers and all respondents' (how much this group differs from everyone; a
+    simulation further than this from the group's answers did worse than assuming the group answers like
+    everyone). Columns: cell, attributes, order, real_n, half_n, split_half_tv, split_half_low,
+    split_half_high, group_vs_all_tv (NaN when suppressed).
     """
     if n_rep < 2:
         raise DataError(f"`n_rep` must be at least 2; got {n_rep}")
@@ -415,12 +418,16 @@ def split_half_noise_floor(
     r = _canonical(real, attributes, questions, "real")
     weights, codes = column_weights(real, weights_col), _codes(r, questions, opts)
     hot = [_onehot(codes[:, j], len(opts[q])) for j, q in enumerate(questions)]
+    everyone = [_norm((weights @ h)[None, :]) for h in hot]
     rows = []
     for i, cell in enumerate(subgroup_cells(r, [f"attr_{_short(a)}" for a in attributes], max_order=max_order)):
         idx = np.flatnonzero(cell.mask(r))
         row = {"cell": cell.name, "attributes": cell.attributes, "order": cell.order, "real_n": len(idx),
-               "half_n": len(idx) // 2, "split_half_tv": np.nan, "split_half_low": np.nan, "split_half_high": np.nan}
+               "half_n": len(idx) // 2, "split_half_tv": np.nan, "split_half_low": np.nan, "split_half_high": np.nan,
+               "group_vs_all_tv": np.nan}
         if len(idx) >= max(min_n, 2):
+            group = [_tv_rows(_norm((weights[idx] @ h[idx])[None, :]), e) for h, e in zip(hot, everyone, strict=True)]
+            row["group_vs_all_tv"] = float(_qmean(np.stack(group, axis=1))[0])
             rng = np.random.default_rng([seed, i])
             half = np.zeros((n_rep, len(idx)))
             for b in range(n_rep):

@@ -102,6 +102,8 @@ def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
             "n_cells_scored": len(sub), "n_cells_within_floor": int((~sub["worse_than_floor"]).sum()),
             "n_cells_judged": int((sub["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR).sum()),
             "n_cells_judged_within_floor": int((~judged["worse_than_floor"]).sum()),
+            "n_cells_judged_closer_than_everyone": (int((judged["tv"] < judged["group_vs_all_tv"]).sum())
+                                                    if "group_vs_all_tv" in judged else np.nan),
             "n_cells_suppressed": int(c["suppressed"].sum()),
         })
     return pd.DataFrame(rows)
@@ -123,6 +125,10 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
             "Subgroups large enough to judge, not shown worse than the floor": (
                 f"{within} of {judged} ({100 * within / judged:.0f}%)" if judged else "none large enough"),
         })
+        closer = h.n_cells_judged_closer_than_everyone
+        if np.isfinite(closer):
+            rows[-1]["... closer to the group's answers than \"it answers like everyone\""] = (
+                f"{int(closer)} of {judged}" if judged else "none large enough")
     return pd.DataFrame(rows)
 
 
