@@ -258,12 +258,8 @@ class MixtureOfPersonas:
         self.h_e_ = torch.from_numpy(h_e)
 
     def _training_subset(self, records: Records, rng: np.random.Generator) -> Records:
-        """At most ``max_train_records`` records (LM scoring is the cost), a seeded sample, of those with a weight
-        above 0 (a record of weight 0 has no likelihood to learn from, and a batch of them only would divide
-        the weighted loss by 0)."""
-        positive = np.flatnonzero(records.weights > 0)
-        if len(positive) < len(records):
-            records = records.subset(positive)
+        """At most ``max_train_records`` records (LM scoring is the cost), seeded, of weight > 0 (0 teaches nothing)."""
+        records = records.subset(np.flatnonzero(records.weights > 0)) if (records.weights <= 0).any() else records
         if self.max_train_records and len(records) > self.max_train_records:
             return records.subset(np.sort(rng.choice(len(records), self.max_train_records, replace=False)))
         return records
