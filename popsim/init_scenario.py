@@ -244,7 +244,8 @@ def render(draft: Draft, *, name: str, source: str, rows: int, labelled: bool) -
     lines += ["", "mop:", f"  n_personas: {personas}", f"  n_exemplars: {exemplars}",
               "  exemplar_questions: 1      # with exemplar_asked: the exemplar's answer to the question asked",
               "  exemplar_asked: true       # agents follow a lone shown answer: make it that one (docs/methods.md)",
-              "  calibrate_exemplars: true  # every exemplar drawn about equally often", "  max_train_records: 64",
+              "  calibrate_exemplars: true  # every exemplar drawn about equally often",
+              "  calibrate_personas: true   # each persona drawn at its cluster's share", "  max_train_records: 64",
               "  epochs: 2", "", "simulation:", "  agents: 50", "  method: mop", "",
               "lm:", "  name: smollm2-135m-instruct   # the embedded default; any local folder, .gguf or HF id", ""]
     return "\n".join(lines)
