@@ -307,7 +307,7 @@ def test_every_mop_key_of_a_scenario_reaches_the_estimator():
                "mop.epochs": 2, "mop.learning_rate": 0.01, "mop.tau_learning_rate": 0.0, "mop.batch_size": 4,
                "mop.max_train_records": 50, "mop.balance": 0.5, "mop.stickiness": 2.0, "mop.gate_init_scale": 30.0,
                "mop.pair_embedding": "mean", "mop.calibrate_exemplars": True, "mop.persona_gate_init": "clusters",
-               "mop.calibrate_personas": True, "mop.check_personas": True, "mop.learn_option_offsets": True,
+               "mop.calibrate_personas": False, "mop.check_personas": True, "mop.learn_option_offsets": True,
                "mop.offset_learning_rate": 0.5, "seed": 11}
     scenario = load_scenario(path, changed)
     params = runner.mop_estimator(scenario, None, None, verbose=False).get_params()
@@ -330,9 +330,9 @@ def test_a_setting_at_its_default_does_not_change_the_config_hash(tmp_path):
 
     path = Path(__file__).resolve().parents[1] / "scenarios" / "survey.yaml"
     plain = load_scenario(path)
-    explicit = load_scenario(path, {"mop.calibrate_personas": False, "mop.persona_gate_init": "uniform",
-                                    "mop.check_personas": False})
-    changed = load_scenario(path, {"mop.calibrate_personas": True})
+    explicit = load_scenario(path, {"mop.persona_gate_init": "uniform", "mop.check_personas": False,
+                                    "mop.exemplars_per_agent": 1})  # the file leaves them at their defaults
+    changed = load_scenario(path, {"mop.check_personas": True})
     assert config_hash(explicit) == config_hash(plain) and config_hash(explicit, "mop") == config_hash(plain, "mop")
     assert config_hash(changed) != config_hash(plain) and config_hash(changed, "mop") != config_hash(plain, "mop")
     run_dir = tmp_path / "run"
