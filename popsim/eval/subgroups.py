@@ -193,9 +193,8 @@ def _prepare(synth, real, options, attributes, max_order, weights_col) -> _Prepa
         if col in synth_w.columns:
             s[col] = synth_w[col].to_numpy()
     cells = subgroup_cells(r, [f"attr_{_short(a)}" for a in attributes], max_order=max_order)
-    sw = column_weights(synth_w, "weight") if "weight" in synth_w.columns else np.ones(len(s))
     return _Prepared(r, s, questions, opts, column_weights(real, weights_col), _codes(r, questions, opts),
-                     _codes(s, questions, opts), cells, sw)
+                     _codes(s, questions, opts), cells, column_weights(synth_w, "weight"))
 
 
 def _point_rows(p: _Prepared, cell: Cell, min_n: int, mr: np.ndarray, ms: np.ndarray) -> list[dict[str, Any]]:

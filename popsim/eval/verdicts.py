@@ -33,6 +33,11 @@ def _family(attributes: str) -> str:
     return "whole population" if attributes == "all" else "by " + attributes.replace(" & ", " x ")
 
 
+def _judged(scored: pd.DataFrame) -> pd.DataFrame:
+    """The scored cells large enough to judge (noise floor at most :data:`MAX_JUDGEABLE_FLOOR`)."""
+    return scored[scored["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR]
+
+
 def _verdict(ratio: float, judged: int, scored: int, cells: int, min_n: int, small_below: int | None) -> str:
     """A family's verdict in words, e.g. "with care: within 2x the noise floor (1.6x); 3 of 8 groups ..."."""
     if scored == 0:
@@ -64,7 +69,7 @@ def family_verdicts(cells: pd.DataFrame, *, min_n: int) -> pd.DataFrame:
     rows = []
     for (method, attrs), c in cells.groupby(["method", "attributes"], sort=False):
         scored = c[~c["suppressed"] & c["tv"].notna()]
-        judged = scored[scored["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR]
+        judged = _judged(scored)
         ratio = judged["tv"].mean() / judged["noise_floor_tv"].mean() if len(judged) else np.nan
         unjudged = scored.drop(judged.index)  # scored but too small to judge (the unscored are counted apart)
         small_below = None
@@ -92,7 +97,7 @@ def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
     for method, c in cells.groupby("method", sort=False):
         overall = c[c["order"] == 0].iloc[0]
         sub = c[(c["order"] > 0) & ~c["suppressed"] & c["tv"].notna()]
-        judged = sub[sub["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR]
+        judged = _judged(sub)
         rows.append({
             "method": method, "overall_tv": overall["tv"], "overall_tv_ci_low": overall["tv_ci_low"],
             "overall_tv_ci_high": overall["tv_ci_high"], "overall_noise_floor": overall["noise_floor_tv"],
@@ -100,7 +105,7 @@ def method_headline(cells: pd.DataFrame) -> pd.DataFrame:
             "mean_split_half_cells": sub["split_half_tv"].mean() if "split_half_tv" in sub else np.nan,
             "share_worse_than_floor": sub["worse_than_floor"].mean() if len(sub) else np.nan,
             "n_cells_scored": len(sub), "n_cells_within_floor": int((~sub["worse_than_floor"]).sum()),
-            "n_cells_judged": int((sub["noise_floor_tv"] <= MAX_JUDGEABLE_FLOOR).sum()),
+            "n_cells_judged": len(judged),
             "n_cells_judged_within_floor": int((~judged["worse_than_floor"]).sum()),
             "n_cells_judged_closer_than_everyone": (int((judged["tv"] < judged["group_vs_all_tv"]).sum())
                                                     if "group_vs_all_tv" in judged else np.nan),
